@@ -1,0 +1,59 @@
+"""The ``kfactory`` task function: validate the config, then train, eval or predict."""
+
+from __future__ import annotations
+
+import logging
+import math
+import traceback
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from kfactory.config import ConfigError, validate
+
+log = logging.getLogger("kfactory")
+
+ERROR_FILE = "error.txt"  # written in a run directory whose job failed
+
+
+def kfactory(cfg: DictConfig) -> float | None:
+    """Run ``cfg.task`` in the Hydra run directory; return the monitored metric.
+
+    A bad config exits with status 2 and one line naming the key. In a multirun
+    a failed job is recorded in its directory and returns NaN, so the other jobs
+    (and an Optuna study, which marks the trial failed) carry on.
+    """
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        validate(cfg)
+        return run_task(cfg, run_dir)
+    except ConfigError as error:
+        log.error("%s", error)
+        if not multirun:
+            raise SystemExit(2) from None
+        (run_dir / ERROR_FILE).write_text(f"{error}\n")
+    except Exception as error:
+        if not multirun:
+            raise
+        log.error("Job failed: %s: %s", type(error).__name__, error)
+        (run_dir / ERROR_FILE).write_text(traceback.format_exc())
+    return math.nan
+
+
+def run_task(cfg: DictConfig, run_dir: Path) -> float | None:
+    """Import the task's module (and TensorFlow) only now, and run it."""
+    if cfg.task == "train":
+        from kfactory.train import train
+
+        return train(cfg, run_dir)
+    if cfg.task == "eval":
+        from kfactory.evaluate import evaluate
+
+        return evaluate(cfg, run_dir)
+    from kfactory.predict import predict
+
+    return predict(cfg, run_dir)

@@ -1,0 +1,206 @@
+"""Checks on a composed run config, made before TensorFlow is imported.
+
+Every refusal is one line that names the key, the value received and what is
+accepted, so a typo costs a second, not a run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from kfactory.registry import (
+    ACTIVATIONS,
+    CROSSENTROPY_LOSSES,
+    LOSSES,
+    METRICS,
+    MODELS,
+    OPTIMIZERS,
+    PROBABILITY_ACTIVATIONS,
+)
+
+TASKS = ("train", "eval", "predict")
+CACHE_MODES = ("memory", "disk", "none")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+DATA_SOURCES = ("digits", "folder", "csv", "keras")
+KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
+
+
+class ConfigError(ValueError):
+    """A config value kfactory cannot run with."""
+
+    def __init__(self, key: str, value: Any, accepted: str) -> None:
+        self.key, self.value, self.accepted = key, value, accepted
+        super().__init__(f"{key}={_show(value)} is not accepted: {accepted}")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def expand_path(path: str | os.PathLike) -> Path:
+    """A user path with ``~`` and environment variables expanded."""
+    return Path(os.path.expandvars(os.path.expanduser(str(path))))
+
+
+def input_size(cfg: DictConfig) -> tuple[int, int]:
+    """``model.input_size`` as (height, width); a single int means a square."""
+    size = cfg.model.input_size
+    if size is None:
+        side = MODELS[cfg.model.name].default_size
+        return side, side
+    if isinstance(size, int):
+        return size, size
+    if isinstance(size, ListConfig | list | tuple) and len(size) == 2:
+        if all(isinstance(s, int) for s in size):
+            return int(size[0]), int(size[1])
+    raise ConfigError("model.input_size", size, "[height, width] in pixels, or one int")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first value of ``cfg`` a run cannot use."""
+    _check_choice("task", cfg.task, TASKS)
+    if cfg.task == "train":
+        _check_model(cfg)
+        _check_loss(cfg)
+        _check_optimizer(cfg)
+        _check_trainer(cfg)
+        _check_data(cfg)
+    else:
+        _check_checkpoint(cfg)
+    if cfg.task == "predict":
+        _check_predict(cfg)
+
+
+def _check_choice(key: str, value: Any, accepted: tuple | frozenset | dict) -> None:
+    if value not in accepted:
+        raise ConfigError(key, value, "one of " + ", ".join(map(str, accepted)))
+
+
+def _check_number(key: str, value: Any, low: float, high: float | None, closed_high: bool, what: str) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= low
+    if ok and high is not None:
+        ok = value <= high if closed_high else value < high
+    if not ok:
+        raise ConfigError(key, value, what)
+
+
+def _check_model(cfg: DictConfig) -> None:
+    model = cfg.model
+    _check_choice("model.name", model.name, MODELS)
+    spec = MODELS[model.name]
+    height, width = input_size(cfg)
+    if min(height, width) < spec.min_size:
+        raise ConfigError(
+            "model.input_size", [height, width], f"{model.name} needs at least {spec.min_size} px a side"
+        )
+    weights = model.weights
+    if weights not in (None, "imagenet"):
+        path = expand_path(weights)
+        if not path.is_file():
+            raise ConfigError("model.weights", weights, "imagenet, null, or the path of an existing weights file")
+    if model.include_top and weights == "imagenet" and (height, width) != (spec.default_size,) * 2:
+        raise ConfigError(
+            "model.input_size",
+            [height, width],
+            f"with model.include_top=true and ImageNet weights, {model.name} takes only "
+            f"[{spec.default_size}, {spec.default_size}]; use model.include_top=false for other sizes",
+        )
+    _check_number("model.dropout", model.dropout, 0, 1, False, "a number in [0, 1)")
+    _check_choice("model.activation", model.activation, ACTIVATIONS)
+    if model.get("bn_momentum") is not None:
+        _check_number("model.bn_momentum", model.bn_momentum, 0, 1, False, "null or a number in [0, 1)")
+
+
+def _check_loss(cfg: DictConfig) -> None:
+    name = cfg.loss.name
+    _check_choice("loss.name", name, LOSSES)
+    activation = cfg.model.activation
+    if name in CROSSENTROPY_LOSSES and activation not in PROBABILITY_ACTIVATIONS | {"linear"}:
+        wanted = "sigmoid" if name.startswith("binary") else "softmax"
+        raise ConfigError(
+            "model.activation",
+            activation,
+            f"loss={name} needs probabilities: use model.activation={wanted} (or linear for logits)",
+        )
+    smoothing = cfg.loss.get("label_smoothing", 0.0)
+    _check_number("loss.label_smoothing", smoothing, 0, 1, False, "a number in [0, 1)")
+
+
+def _check_optimizer(cfg: DictConfig) -> None:
+    _check_choice("optimizer.name", cfg.optimizer.name, OPTIMIZERS)
+    lr = cfg.optimizer.learning_rate
+    _check_number("optimizer.learning_rate", lr, 0, None, False, "a number > 0")
+    if lr == 0:
+        raise ConfigError("optimizer.learning_rate", lr, "a number > 0")
+
+
+def _check_trainer(cfg: DictConfig) -> None:
+    t = cfg.trainer
+    if not isinstance(t.epochs, int) or isinstance(t.epochs, bool) or t.epochs < 1:
+        raise ConfigError("trainer.epochs", t.epochs, "an integer >= 1")
+    _check_choice("trainer.verbose", t.verbose, (0, 1, 2))
+    for metric in t.metrics:
+        _check_choice("trainer.metrics", metric, METRICS)
+    for key in ("steps_per_epoch", "validation_steps", "early_stopping", "threads"):
+        value = t.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(f"trainer.{key}", value, "null or an integer >= 1")
+    _check_choice("trainer.jit_compile", t.jit_compile, ("auto", True, False))
+    _check_choice("trainer.precision", t.precision, PRECISIONS)
+    _check_monitor(cfg)
+
+
+def _check_monitor(cfg: DictConfig) -> None:
+    names = ["loss", *(metric_log_name(m) for m in cfg.trainer.metrics)]
+    accepted = [f"{split}{n}" for split in ("val_", "") for n in names]
+    _check_choice("trainer.monitor", cfg.trainer.monitor, tuple(accepted))
+
+
+def metric_log_name(metric: str) -> str:
+    """The name Keras logs a trainer.metrics entry under."""
+    return {"top_k": "top_k_accuracy", "f1": "f1_score"}.get(metric, metric)
+
+
+def _check_data(cfg: DictConfig) -> None:
+    data = cfg.data
+    _check_choice("data.source", data.source, DATA_SOURCES)
+    if not isinstance(data.batch_size, int) or data.batch_size < 1:
+        raise ConfigError("data.batch_size", data.batch_size, "an integer >= 1")
+    for key in ("val_split", "test_split"):
+        _check_number(f"data.{key}", data[key], 0, 1, False, "a fraction in [0, 1)")
+    if data.val_split + data.test_split >= 1:
+        raise ConfigError(
+            "data.val_split + data.test_split", data.val_split + data.test_split, "a sum below 1, to leave training data"
+        )
+    _check_choice("data.cache", data.cache, CACHE_MODES)
+    if data.source == "keras":
+        _check_choice("data.name", data.name, KERAS_DATASETS)
+    elif data.source in ("folder", "csv"):
+        from kfactory.sources import describe_source  # lists files only, no TensorFlow
+
+        describe_source(data)
+
+
+def _check_checkpoint(cfg: DictConfig) -> None:
+    from kfactory.checkpoint import find_model_file
+
+    find_model_file(cfg.ckpt_path)
+
+
+def _check_predict(cfg: DictConfig) -> None:
+    value = cfg.predict.input
+    if value is None or not expand_path(value).exists():
+        raise ConfigError("predict.input", value, "an existing image, folder of images, or CSV file")
+    top_k = cfg.predict.top_k
+    if not isinstance(top_k, int) or top_k < 1:
+        raise ConfigError("predict.top_k", top_k, "an integer >= 1")

@@ -1,0 +1,130 @@
+"""Image sources to batched ``tf.data`` pipelines: decode, resize, cache, prefetch.
+
+Files are read and decoded in parallel; images are resized in the pipeline and
+cached once (as uint8) so later epochs skip decoding. No Python runs per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from omegaconf import DictConfig
+
+from kfactory.config import input_size
+from kfactory.models import output_units
+from kfactory.registry import sparse_labels
+from kfactory.sources import ImageSource, describe_source, split_indices
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclass
+class Splits:
+    """Train, validation and test pipelines over one source."""
+
+    source: ImageSource
+    train: tf.data.Dataset
+    val: tf.data.Dataset | None
+    test: tf.data.Dataset | None
+    indices: dict[str, np.ndarray]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.source.class_names
+
+
+def load_source(data: DictConfig) -> ImageSource:
+    """Describe any data source, keras.datasets included (may download)."""
+    if data.source != "keras":
+        return describe_source(data)
+    import keras
+
+    (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, data.name).load_data()
+    images = np.concatenate([x_train, x_test])
+    if images.ndim == 3:
+        images = images[..., None]
+    labels = np.concatenate([y_train, y_test]).reshape(-1).astype(np.int64)
+    names = [str(i) for i in range(int(labels.max()) + 1)]
+    return ImageSource(names, labels, images=images.astype(np.uint8))
+
+
+def make_splits(cfg: DictConfig, run_dir: Path | None = None) -> Splits:
+    """Seeded, stratified splits of ``cfg.data`` as batched pipelines."""
+    source = load_source(cfg.data)
+    train_idx, val_idx, test_idx = split_indices(source.labels, cfg.data.val_split, cfg.data.test_split, cfg.seed)
+    indices = {"train": train_idx, "val": val_idx, "test": test_idx}
+    pipelines = {
+        name: make_dataset(source, idx, cfg, training=name == "train", cache_dir=run_dir, split=name) if len(idx) else None
+        for name, idx in indices.items()
+    }
+    return Splits(source, pipelines["train"], pipelines["val"], pipelines["test"], indices)
+
+
+def make_dataset(
+    source: ImageSource,
+    indices: np.ndarray,
+    cfg: DictConfig,
+    training: bool,
+    cache_dir: Path | None = None,
+    split: str = "data",
+) -> tf.data.Dataset:
+    """Batches of (uint8-valued float images at the model's size, encoded labels)."""
+    size = input_size(cfg)
+    labels = source.labels[indices]
+    if source.paths is not None:
+        paths = np.asarray(source.paths)[indices]
+        ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+        ds = ds.map(lambda p, y: (read_image(p, size), y), num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = ds.ignore_errors(log_warning=True)
+        ds = _cache(ds, cfg.data.cache, cache_dir, split)
+        resize_batches = False
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((source.images[indices], labels))
+        resize_batches = True  # arrays stay at their own size in memory
+    if training:
+        ds = ds.shuffle(min(len(indices), cfg.data.shuffle_buffer), seed=cfg.seed, reshuffle_each_iteration=True)
+    ds = ds.batch(cfg.data.batch_size)
+    encode = label_encoder(cfg.loss.name, len(source.class_names))
+    ds = ds.map(
+        lambda x, y: (to_rgb_float(x, size if resize_batches else None), encode(y)), num_parallel_calls=AUTOTUNE
+    )
+    return ds.prefetch(AUTOTUNE)
+
+
+def read_image(path: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """Decode one JPEG/PNG/BMP/GIF file to RGB uint8 at ``size``."""
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    image = tf.image.resize(image, size)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def to_rgb_float(images: tf.Tensor, size: tuple[int, int] | None) -> tf.Tensor:
+    """A batch as float32 RGB in [0, 255], resized to ``size`` when given."""
+    images = tf.cast(images, tf.float32)
+    if images.shape[-1] == 1:
+        images = tf.image.grayscale_to_rgb(images)
+    if size is not None and tuple(images.shape[1:3]) != tuple(size):
+        images = tf.image.resize(images, size)
+    return images
+
+
+def label_encoder(loss: str, num_classes: int):
+    """Labels as the loss wants them: integers, one sigmoid target, or one-hot."""
+    if sparse_labels(loss):
+        return lambda y: y
+    if output_units(loss, num_classes) == 1:
+        return lambda y: tf.cast(tf.expand_dims(y, -1), tf.float32)
+    return lambda y: tf.one_hot(y, num_classes)
+
+
+def _cache(ds: tf.data.Dataset, mode: str, cache_dir: Path | None, split: str) -> tf.data.Dataset:
+    if mode == "memory" or (mode == "disk" and cache_dir is None):
+        return ds.cache()
+    if mode == "disk":
+        folder = cache_dir / "cache"
+        folder.mkdir(parents=True, exist_ok=True)
+        return ds.cache(str(folder / split))
+    return ds

@@ -1,0 +1,66 @@
+"""Re-evaluate a trained model on its run's test split, with a per-class report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from kfactory.checkpoint import find_model_file, load_model, read_metadata, write_json_atomic
+from kfactory.data import make_splits
+from kfactory.train import compile_model
+
+log = logging.getLogger(__name__)
+
+
+def training_config(model_path: Path, fallback: DictConfig) -> DictConfig:
+    """The config the model was trained with (its run's .hydra/config.yaml), else ``fallback``."""
+    saved = model_path.parent / ".hydra" / "config.yaml"
+    if saved.is_file():
+        return OmegaConf.load(saved)
+    log.warning("No %s; evaluating on the data of the current config", saved)
+    return fallback
+
+
+def evaluate(cfg: DictConfig, run_dir: Path) -> float:
+    """Evaluate ``cfg.ckpt_path`` on its test split; write and log the results."""
+    model_path = find_model_file(cfg.ckpt_path)
+    train_cfg = training_config(model_path, cfg)
+    splits = make_splits(train_cfg)
+    class_names = read_metadata(model_path).get("class_names", splits.class_names)
+    model = load_model(model_path)
+    compile_model(model, train_cfg, len(class_names), jit_compile=False)
+    test = splits.test if splits.test is not None else splits.val
+    values = {f"test_{k}": float(v) for k, v in model.evaluate(test, verbose=0, return_dict=True).items()}
+    report = class_report(model.predict(test, verbose=0), splits.source.labels[splits.indices["test"]], class_names)
+    write_json_atomic(run_dir / "eval_metrics.json", values)
+    report.to_csv(run_dir / "class_report.csv")
+    log.info("Test metrics of %s: %s", model_path, ", ".join(f"{k}={v:.4f}" for k, v in values.items()))
+    log.info("Per-class report:\n%s", report.to_string(float_format=lambda v: f"{v:.3f}"))
+    return values.get("test_accuracy", values.get("test_loss", float("nan")))
+
+
+def class_report(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class, plus the macro average."""
+    predicted = predicted_classes(probabilities)
+    rows = []
+    for index, name in enumerate(class_names):
+        tp = int(np.sum((predicted == index) & (labels == index)))
+        precision = tp / max(int(np.sum(predicted == index)), 1)
+        recall = tp / max(int(np.sum(labels == index)), 1)
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append({"class": name, "precision": precision, "recall": recall, "f1": f1, "support": int(np.sum(labels == index))})
+    table = pd.DataFrame(rows).set_index("class")
+    table.loc["macro avg"] = [*table[["precision", "recall", "f1"]].mean(), table["support"].sum()]
+    table["support"] = table["support"].astype(int)
+    return table
+
+
+def predicted_classes(probabilities: np.ndarray) -> np.ndarray:
+    """Class indices from model outputs (one sigmoid unit means two classes)."""
+    if probabilities.shape[-1] == 1:
+        return (probabilities[:, 0] > 0.5).astype(np.int64)
+    return probabilities.argmax(axis=-1)

@@ -1,0 +1,146 @@
+"""Build a Keras application with its preprocessing and a new classifier.
+
+The built model takes raw RGB pixels in [0, 255]: each family's own
+``preprocess_input`` is expressed with built-in layers inside the model, so a
+saved ``model.keras`` loads and predicts with plain Keras, in safe mode.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from omegaconf import DictConfig
+
+from kfactory.config import ConfigError, expand_path, input_size
+from kfactory.registry import MODELS
+
+if TYPE_CHECKING:
+    import keras
+
+IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)  # caffe mode subtracts these, as BGR
+TORCH_MEAN = (0.485, 0.456, 0.406)
+TORCH_STD = (0.229, 0.224, 0.225)
+
+
+def output_units(loss: str, num_classes: int) -> int:
+    """One sigmoid unit for binary crossentropy on two classes, else one per class."""
+    return 1 if loss.startswith("binary") and num_classes == 2 else num_classes
+
+
+def build_model(cfg: DictConfig, num_classes: int) -> keras.Model:
+    """The application named by ``cfg.model`` with ``num_classes`` outputs."""
+    import keras
+
+    spec = MODELS[cfg.model.name]
+    height, width = input_size(cfg)
+    inputs = keras.Input((height, width, 3), name="image")
+    base = build_backbone(cfg, num_classes)
+    x = preprocess(inputs, spec.preprocess)
+    # A pretrained base keeps BatchNormalization in inference mode, also when
+    # unfrozen; from scratch its statistics must learn.
+    pretrained = cfg.model.weights is not None
+    bn_trainable = cfg.model.get("bn_trainable", False) or not pretrained
+    x = base(x, training=None if bn_trainable else False)
+    if _keeps_imagenet_classifier(cfg, num_classes):
+        return keras.Model(inputs, x, name=cfg.model.name)
+    if cfg.model.dropout > 0:
+        x = keras.layers.Dropout(cfg.model.dropout, name="head_dropout")(x)
+    units = output_units(cfg.loss.name, num_classes)
+    activation = cfg.model.activation
+    if activation == "softmax" and units == 1:
+        activation = "sigmoid"
+    outputs = keras.layers.Dense(units, activation=activation, dtype="float32", name="predictions")(x)
+    return keras.Model(inputs, outputs, name=cfg.model.name)
+
+
+def build_backbone(cfg: DictConfig, num_classes: int) -> keras.Model:
+    """The application itself: pooled features, or its ImageNet top minus the last layer."""
+    import keras
+
+    spec = MODELS[cfg.model.name]
+    height, width = input_size(cfg)
+    weights = cfg.model.weights
+    weights_file = None if weights in (None, "imagenet") else expand_path(weights)
+    kwargs = {"include_top": bool(cfg.model.include_top), "input_shape": (height, width, 3)}
+    if not cfg.model.include_top:
+        kwargs["pooling"] = "avg"
+    app = getattr(keras.applications, spec.keras_name)
+    try:
+        if _keeps_imagenet_classifier(cfg, num_classes):
+            kwargs["classifier_activation"] = cfg.model.activation
+        base = app(weights="imagenet" if weights == "imagenet" else None, **kwargs)
+    except Exception as error:  # download or architecture refusal
+        if weights == "imagenet":
+            raise ConfigError(
+                "model.weights",
+                weights,
+                f"ImageNet weights could not be loaded ({type(error).__name__}: {error}); "
+                "use model.weights=null, or model.weights=<path> to a local .h5/.weights.h5 file",
+            ) from error
+        raise
+    if weights_file is not None:
+        load_weights_file(base, weights_file)
+    if cfg.model.include_top and not _keeps_imagenet_classifier(cfg, num_classes):
+        base = _without_last_layer(base)
+    set_bn_momentum(base, cfg.model.get("bn_momentum"))
+    return base
+
+
+def _keeps_imagenet_classifier(cfg: DictConfig, num_classes: int) -> bool:
+    """ImageNet weights, top and 1000 classes: the original classifier is the model."""
+    return bool(cfg.model.include_top) and cfg.model.weights == "imagenet" and num_classes == 1000
+
+
+def load_weights_file(base: keras.Model, path) -> None:
+    """Load a local weights file into ``base``, refusing one for another architecture."""
+    try:
+        base.load_weights(str(path))
+    except Exception as error:
+        raise ConfigError(
+            "model.weights", str(path), f"a weights file saved from {base.name} with these settings ({error})"
+        ) from error
+
+
+def _without_last_layer(model: keras.Model) -> keras.Model:
+    """``model`` up to the input of its ImageNet classification layer, flattened."""
+    import keras
+
+    classifier = next(
+        layer for layer in reversed(model.layers) if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
+    )
+    features = classifier.input
+    if len(features.shape) > 2:
+        features = keras.layers.Flatten(name="top_features")(features)
+    return keras.Model(model.inputs, features, name=model.name)
+
+
+def set_bn_momentum(model: keras.Model, momentum: float | None) -> None:
+    """Set every BatchNormalization's momentum (null leaves the application's)."""
+    import keras
+
+    if momentum is None:
+        return
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
+
+
+def preprocess(x, mode: str):
+    """Apply a family's ``preprocess_input`` mode with serialisable built-in layers."""
+    import keras
+    import numpy as np
+
+    if mode == "tf":
+        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(x)
+    if mode == "torch":
+        x = keras.layers.Rescaling(1 / 255.0, name="preprocess_scale")(x)
+        variance = [s**2 for s in TORCH_STD]
+        return keras.layers.Normalization(mean=TORCH_MEAN, variance=variance, name="preprocess")(x)
+    if mode == "caffe":
+        # RGB -> BGR and minus the mean, as one fixed 1x1 convolution.
+        layer = keras.layers.Conv2D(3, 1, trainable=False, name="preprocess")
+        x = layer(x)
+        flip = np.eye(3, dtype="float32")[::-1].reshape(1, 1, 3, 3)
+        layer.set_weights([flip, -np.asarray(IMAGENET_MEAN_RGB[::-1], dtype="float32")])
+        return x
+    return x

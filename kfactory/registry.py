@@ -1,0 +1,138 @@
+"""The Keras applications kfactory can build, as plain data.
+
+Nothing here imports TensorFlow: the command line validates a config against
+this table before any heavy import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# How each family expects its input pixels (given RGB in [0, 255]):
+#   caffe: RGB -> BGR, minus the ImageNet channel means;
+#   tf:    scaled to [-1, 1];
+#   torch: scaled to [0, 1], then normalised by the ImageNet mean and std;
+#   none:  the application rescales inside itself (EfficientNet, ConvNeXt, …).
+PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One Keras application."""
+
+    keras_name: str  # attribute of keras.applications
+    default_size: int  # the size its ImageNet weights were trained at
+    preprocess: str  # one of PREPROCESS_MODES
+    min_size: int = 32  # smallest input side the architecture accepts
+
+
+MODELS: dict[str, ModelSpec] = {
+    "vgg16": ModelSpec("VGG16", 224, "caffe"),
+    "vgg19": ModelSpec("VGG19", 224, "caffe"),
+    "resnet50": ModelSpec("ResNet50", 224, "caffe"),
+    "resnet101": ModelSpec("ResNet101", 224, "caffe"),
+    "resnet152": ModelSpec("ResNet152", 224, "caffe"),
+    "resnet50_v2": ModelSpec("ResNet50V2", 224, "tf"),
+    "resnet101_v2": ModelSpec("ResNet101V2", 224, "tf"),
+    "resnet152_v2": ModelSpec("ResNet152V2", 224, "tf"),
+    "inception_v3": ModelSpec("InceptionV3", 299, "tf", min_size=75),
+    "inception_resnet_v2": ModelSpec("InceptionResNetV2", 299, "tf", min_size=75),
+    "xception": ModelSpec("Xception", 299, "tf", min_size=71),
+    "densenet121": ModelSpec("DenseNet121", 224, "torch"),
+    "densenet169": ModelSpec("DenseNet169", 224, "torch"),
+    "densenet201": ModelSpec("DenseNet201", 224, "torch"),
+    "mobilenet": ModelSpec("MobileNet", 224, "tf"),
+    "mobilenet_v2": ModelSpec("MobileNetV2", 224, "tf"),
+    "mobilenet_v3_small": ModelSpec("MobileNetV3Small", 224, "none"),
+    "mobilenet_v3_large": ModelSpec("MobileNetV3Large", 224, "none"),
+    "nasnet_mobile": ModelSpec("NASNetMobile", 224, "tf"),
+    "nasnet_large": ModelSpec("NASNetLarge", 331, "tf"),
+    "efficientnet_b0": ModelSpec("EfficientNetB0", 224, "none"),
+    "efficientnet_b1": ModelSpec("EfficientNetB1", 240, "none"),
+    "efficientnet_b2": ModelSpec("EfficientNetB2", 260, "none"),
+    "efficientnet_b3": ModelSpec("EfficientNetB3", 300, "none"),
+    "efficientnet_b4": ModelSpec("EfficientNetB4", 380, "none"),
+    "efficientnet_b5": ModelSpec("EfficientNetB5", 456, "none"),
+    "efficientnet_b6": ModelSpec("EfficientNetB6", 528, "none"),
+    "efficientnet_b7": ModelSpec("EfficientNetB7", 600, "none"),
+    "efficientnet_v2_b0": ModelSpec("EfficientNetV2B0", 224, "none"),
+    "efficientnet_v2_b1": ModelSpec("EfficientNetV2B1", 240, "none"),
+    "efficientnet_v2_b2": ModelSpec("EfficientNetV2B2", 260, "none"),
+    "efficientnet_v2_b3": ModelSpec("EfficientNetV2B3", 300, "none"),
+    "efficientnet_v2_s": ModelSpec("EfficientNetV2S", 384, "none"),
+    "efficientnet_v2_m": ModelSpec("EfficientNetV2M", 480, "none"),
+    "efficientnet_v2_l": ModelSpec("EfficientNetV2L", 480, "none"),
+    "convnext_tiny": ModelSpec("ConvNeXtTiny", 224, "none"),
+    "convnext_small": ModelSpec("ConvNeXtSmall", 224, "none"),
+    "convnext_base": ModelSpec("ConvNeXtBase", 224, "none"),
+    "convnext_large": ModelSpec("ConvNeXtLarge", 224, "none"),
+    "convnext_xlarge": ModelSpec("ConvNeXtXLarge", 224, "none"),
+}
+
+# Config name -> keras.optimizers class.
+OPTIMIZERS: dict[str, str] = {
+    "sgd": "SGD",
+    "rmsprop": "RMSprop",
+    "adagrad": "Adagrad",
+    "adadelta": "Adadelta",
+    "adam": "Adam",
+    "adamax": "Adamax",
+    "nadam": "Nadam",
+    "adamw": "AdamW",
+    "lion": "Lion",
+    "ftrl": "Ftrl",
+}
+
+# Config name (the old Keras Factory's) -> keras.losses class.
+LOSSES: dict[str, str] = {
+    "mean_squared_error": "MeanSquaredError",
+    "mean_absolute_error": "MeanAbsoluteError",
+    "mean_absolute_percentage_error": "MeanAbsolutePercentageError",
+    "mean_squared_logarithmic_error": "MeanSquaredLogarithmicError",
+    "squared_hinge": "SquaredHinge",
+    "hinge": "Hinge",
+    "categorical_hinge": "CategoricalHinge",
+    "logcosh": "LogCosh",
+    "categorical_crossentropy": "CategoricalCrossentropy",
+    "sparse_categorical_crossentropy": "SparseCategoricalCrossentropy",
+    "binary_crossentropy": "BinaryCrossentropy",
+    "kullback_leibler_divergence": "KLDivergence",
+    "poisson": "Poisson",
+    "cosine_proximity": "CosineSimilarity",
+    "categorical_focal_crossentropy": "CategoricalFocalCrossentropy",
+    "binary_focal_crossentropy": "BinaryFocalCrossentropy",
+}
+
+CROSSENTROPY_LOSSES = frozenset(
+    {
+        "categorical_crossentropy",
+        "sparse_categorical_crossentropy",
+        "binary_crossentropy",
+        "categorical_focal_crossentropy",
+        "binary_focal_crossentropy",
+    }
+)
+
+# Output activations of the old project. Those that give probabilities are
+# the only ones a crossentropy can follow ("linear" means logits).
+ACTIVATIONS = (
+    "softmax",
+    "elu",
+    "selu",
+    "softplus",
+    "relu",
+    "tanh",
+    "sigmoid",
+    "hard_sigmoid",
+    "exponential",
+    "linear",
+)
+PROBABILITY_ACTIVATIONS = frozenset({"softmax", "sigmoid"})
+
+# trainer.metrics names -> how train.py builds them.
+METRICS = ("accuracy", "top_k", "precision", "recall", "auc", "f1")
+
+
+def sparse_labels(loss: str) -> bool:
+    """Whether a loss takes integer class labels rather than one-hot vectors."""
+    return loss == "sparse_categorical_crossentropy"

@@ -1,0 +1,124 @@
+"""Where images and labels come from: file lists and arrays, without TensorFlow.
+
+A source is described once, cheaply (file names and labels, no decoding), so a
+bad folder or CSV is refused before any heavy import.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from kfactory.config import ConfigError, expand_path
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+
+@dataclass
+class ImageSource:
+    """Images with integer labels: as file paths, or as an in-memory array."""
+
+    class_names: list[str]
+    labels: np.ndarray  # int64, one per image
+    paths: list[str] | None = None
+    images: np.ndarray | None = None  # uint8, (N, H, W, C)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def describe_source(data: DictConfig) -> ImageSource:
+    """The images and labels ``data`` names (``digits``, ``folder`` or ``csv``)."""
+    if data.source == "digits":
+        return load_digits()
+    if data.source == "folder":
+        return list_folder(data.path)
+    if data.source == "csv":
+        return read_csv(data.csv, data.path_column, data.label_column)
+    raise ConfigError("data.source", data.source, "digits, folder or csv here; keras is loaded by kfactory.data")
+
+
+def load_digits() -> ImageSource:
+    """scikit-learn's bundled 8x8 digits as uint8 grayscale images."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    digits = sk_load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    return ImageSource([str(i) for i in range(10)], digits.target.astype(np.int64), images=images)
+
+
+def is_image_file(name: str) -> bool:
+    """Whether a file name has an image extension kfactory reads."""
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def list_folder(path: str) -> ImageSource:
+    """A folder with one sub-folder of images per class (names sorted)."""
+    root = expand_path(path)
+    if not root.exists():
+        raise ConfigError("data.path", path, "an existing folder with one sub-folder of images per class")
+    if not root.is_dir():
+        raise ConfigError("data.path", path, "a folder (not a file) with one sub-folder of images per class")
+    class_names, paths, labels = [], [], []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(_images_below(class_dir))
+        if files:
+            labels += [len(class_names)] * len(files)
+            class_names.append(class_dir.name)
+            paths += files
+    if len(class_names) < 2:
+        found = f"found {len(class_names)} class folder(s) with images"
+        raise ConfigError("data.path", path, f"at least two sub-folders of JPEG/PNG/BMP/GIF images ({found})")
+    return ImageSource(class_names, np.asarray(labels, dtype=np.int64), paths=paths)
+
+
+def _images_below(folder: Path) -> list[str]:
+    found = []
+    for dirpath, _, filenames in os.walk(folder):
+        found += [os.path.join(dirpath, f) for f in filenames if is_image_file(f)]
+    return found
+
+
+def read_csv(csv: str, path_column: str, label_column: str) -> ImageSource:
+    """A CSV of image paths (relative to the CSV's folder) and labels."""
+    import pandas as pd
+
+    csv_path = expand_path(csv)
+    if not csv_path.is_file():
+        raise ConfigError("data.csv", csv, "an existing CSV file with an image-path column and a label column")
+    table = pd.read_csv(csv_path)
+    for key, column in (("data.path_column", path_column), ("data.label_column", label_column)):
+        if column not in table.columns:
+            raise ConfigError(key, column, f"a column of {csv_path.name}: {', '.join(map(str, table.columns))}")
+    paths = [str(p) if Path(p).is_absolute() else str(csv_path.parent / p) for p in table[path_column].astype(str)]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise ConfigError("data.csv", csv, f"every listed image to exist ({len(missing)} missing: {shown})")
+    names = table[label_column].astype(str)
+    class_names = sorted(names.unique())
+    if len(class_names) < 2:
+        raise ConfigError("data.label_column", label_column, "a column with at least two distinct labels")
+    index = {name: i for i, name in enumerate(class_names)}
+    labels = np.asarray([index[n] for n in names], dtype=np.int64)
+    return ImageSource(class_names, labels, paths=paths)
+
+
+def split_indices(
+    labels: np.ndarray, val_split: float, test_split: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stratified, seeded (train, val, test) index arrays over ``labels``."""
+    rng = np.random.default_rng(seed)
+    train, val, test = [], [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_test = int(round(len(members) * test_split))
+        n_val = int(round(len(members) * val_split))
+        test.append(members[:n_test])
+        val.append(members[n_test : n_test + n_val])
+        train.append(members[n_test + n_val :])
+    return tuple(rng.permutation(np.concatenate(part)) for part in (train, val, test))  # type: ignore[return-value]

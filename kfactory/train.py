@@ -1,0 +1,147 @@
+"""One training run: data, model, compile, fit, then evaluate the best model."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+from omegaconf import DictConfig, OmegaConf
+
+from kfactory.callbacks import BestModelCheckpoint, make_callbacks
+from kfactory.checkpoint import MODEL_FILE, load_model, write_json_atomic
+from kfactory.compute import choose_jit_compile, configure_tensorflow
+from kfactory.config import ConfigError, metric_log_name, input_size
+from kfactory.data import Splits, make_splits
+from kfactory.models import build_model, output_units
+from kfactory.registry import LOSSES, OPTIMIZERS, sparse_labels
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig, run_dir: Path) -> float:
+    """Train ``cfg`` into ``run_dir`` and return the best ``trainer.monitor`` value."""
+    started = time.time()
+    configure_tensorflow(cfg.trainer, cfg.seed)
+    splits = make_splits(cfg, run_dir)
+    log.info("Data: %s", ", ".join(f"{k} {len(v)}" for k, v in splits.indices.items()))
+    model = build_model(cfg, len(splits.class_names))
+    steps = cfg.trainer.steps_per_epoch or -(-len(splits.indices["train"]) // cfg.data.batch_size)
+    jit, why = choose_jit_compile(cfg.trainer.jit_compile, cfg.model.name, max(input_size(cfg)), steps * cfg.trainer.epochs)
+    log.info("XLA %s (%s)", "on" if jit else "off", why)
+    compile_model(model, cfg, len(splits.class_names), jit)
+    checkpoint = BestModelCheckpoint(run_dir / MODEL_FILE, cfg.trainer.monitor, model_metadata(cfg, splits))
+    history = model.fit(
+        splits.train,
+        validation_data=splits.val,
+        epochs=cfg.trainer.epochs,
+        steps_per_epoch=cfg.trainer.steps_per_epoch,
+        validation_steps=cfg.trainer.validation_steps,
+        callbacks=make_callbacks(cfg, run_dir, checkpoint),
+        verbose=cfg.trainer.verbose,
+        shuffle=False,  # the pipeline shuffles
+    )
+    if checkpoint.best is None:
+        raise RuntimeError(f"no epoch produced a finite {cfg.trainer.monitor}; nothing to save (try a lower learning rate)")
+    metrics = evaluate_best(cfg, run_dir / MODEL_FILE, splits, len(splits.class_names))
+    metrics.update(best_epoch=checkpoint.best_epoch + 1, epochs_run=len(history.epoch), wall_time_s=time.time() - started)
+    metrics[f"best_{cfg.trainer.monitor}"] = checkpoint.best
+    write_json_atomic(run_dir / "metrics.json", metrics)
+    report(cfg, run_dir, metrics)
+    return checkpoint.best
+
+
+def compile_model(model: keras.Model, cfg: DictConfig, num_classes: int, jit_compile: bool) -> None:
+    """Compile with the configured optimizer, loss and metrics."""
+    model.compile(
+        optimizer=make_optimizer(cfg.optimizer),
+        loss=make_loss(cfg.loss, cfg.model.activation),
+        metrics=make_metrics(cfg.trainer, cfg.loss.name, num_classes),
+        jit_compile=jit_compile,
+    )
+
+
+def make_optimizer(optimizer: DictConfig, learning_rate: Any = None) -> keras.optimizers.Optimizer:
+    """A keras optimizer from ``optimizer.name`` and its arguments."""
+    kwargs = {k: v for k, v in OmegaConf.to_container(optimizer).items() if k not in ("name", "schedule")}
+    if learning_rate is not None:
+        kwargs["learning_rate"] = learning_rate
+    cls = getattr(keras.optimizers, OPTIMIZERS[optimizer.name])
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"optimizer ({optimizer.name})", kwargs, f"arguments of keras.optimizers.{cls.__name__}: {error}") from error
+
+
+def make_loss(loss: DictConfig, activation: str) -> keras.losses.Loss:
+    """A keras loss; after a linear output, crossentropies take logits."""
+    kwargs = {k: v for k, v in OmegaConf.to_container(loss).items() if k != "name"}
+    if activation == "linear" and "crossentropy" in loss.name:
+        kwargs["from_logits"] = True
+    cls = getattr(keras.losses, LOSSES[loss.name])
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"loss ({loss.name})", kwargs, f"arguments of keras.losses.{cls.__name__}: {error}") from error
+
+
+def make_metrics(trainer: DictConfig, loss: str, num_classes: int) -> list[keras.metrics.Metric]:
+    """The ``trainer.metrics`` entries as Keras metrics that fit the label encoding."""
+    sparse = sparse_labels(loss)
+    single_unit = output_units(loss, num_classes) == 1
+    built = []
+    for name in trainer.metrics:
+        log_name = metric_log_name(name)
+        if name == "accuracy":
+            cls = keras.metrics.BinaryAccuracy if single_unit else (
+                keras.metrics.SparseCategoricalAccuracy if sparse else keras.metrics.CategoricalAccuracy
+            )
+            built.append(cls(name=log_name))
+        elif name == "top_k":
+            cls = keras.metrics.SparseTopKCategoricalAccuracy if sparse else keras.metrics.TopKCategoricalAccuracy
+            built.append(cls(k=min(trainer.top_k, num_classes), name=log_name))
+        elif sparse:
+            raise ConfigError("trainer.metrics", name, "accuracy or top_k with sparse labels; use loss=categorical_crossentropy")
+        elif name == "precision":
+            built.append(keras.metrics.Precision(name=log_name))
+        elif name == "recall":
+            built.append(keras.metrics.Recall(name=log_name))
+        elif name == "auc":
+            built.append(keras.metrics.AUC(name=log_name, multi_label=not single_unit))
+        elif name == "f1":
+            built.append(keras.metrics.F1Score(average="macro", threshold=0.5 if single_unit else None, name=log_name))
+    return built
+
+
+def model_metadata(cfg: DictConfig, splits: Splits) -> dict[str, Any]:
+    """What travels inside model.keras: enough to predict without the config."""
+    return {
+        "class_names": splits.class_names,
+        "model": cfg.model.name,
+        "input_size": list(input_size(cfg)),
+        "loss": cfg.loss.name,
+        "activation": cfg.model.activation,
+    }
+
+
+def evaluate_best(cfg: DictConfig, model_path: Path, splits: Splits, num_classes: int) -> dict[str, float]:
+    """Validation and test metrics of the saved best model, as flat floats."""
+    model = load_model(model_path)
+    compile_model(model, cfg, num_classes, jit_compile=False)
+    metrics: dict[str, float] = {}
+    for split, ds in (("val", splits.val), ("test", splits.test)):
+        if ds is not None:
+            values = model.evaluate(ds, verbose=0, return_dict=True)
+            metrics.update({f"{split}_{k}": float(v) for k, v in values.items()})
+    return metrics
+
+
+def report(cfg: DictConfig, run_dir: Path, metrics: dict[str, float]) -> None:
+    """Log the final metrics, where the outputs are, and how to view them."""
+    shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith(("val_", "test_")))
+    log.info("Final metrics: %s", shown)
+    log.info("Model: %s", run_dir / MODEL_FILE)
+    log.info("Metrics: %s  History: %s", run_dir / "metrics.json", run_dir / "history.csv")
+    log.info("View: tensorboard --logdir %s", run_dir / "tensorboard")
