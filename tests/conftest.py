@@ -1,0 +1,76 @@
+"""Shared fixtures: compose the real config, run the real CLI, write small image sets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = ROOT / "conf"
+
+# A run small enough for a test: two short epochs of a small model at 32 px.
+TINY = [
+    "trainer=fast",
+    "trainer.verbose=0",
+    "trainer.steps_per_epoch=2",
+    "trainer.validation_steps=1",
+    "data.batch_size=16",
+]
+
+
+def compose_config(overrides: list[str] | None = None, run_dir: Path | None = None) -> DictConfig:
+    """The real composed config, as ``run.py`` would see it."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides or [], return_hydra_config=run_dir is not None)
+    if run_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(run_dir)
+    return cfg
+
+
+@pytest.fixture
+def cfg_factory():
+    """Compose the real config with overrides: ``cfg_factory(["model=vgg16"])``."""
+    return compose_config
+
+
+def run_cli(args: list[str], cwd: Path = ROOT, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python run.py ARGS`` and capture its output."""
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
+
+
+def write_image_folder(root: Path, classes: dict[str, int], size: int = 24, fmt: str = "png", seed: int = 0) -> Path:
+    """A class-per-sub-folder image set; each class has its own mean colour."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for index, (name, count) in enumerate(classes.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            base = np.full((size, size, 3), 40 + 160 * (index % 2), dtype=np.float64)
+            base[..., index % 3] = 255 - 50 * index
+            pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{name}_{i}.{fmt}")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """Two classes of 12 PNG images each."""
+    return write_image_folder(tmp_path / "images", {"cats": 12, "dogs": 12})
