@@ -1,9 +1,12 @@
 """Run kfactory: `python run.py model=densenet169 optimizer=adam` (see README)."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from kfactory.app import kfactory
+from kfactory.plugins import require_plugins
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -13,4 +16,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    require_plugins(sys.argv[1:])  # name the pip extra before Hydra fails on a missing plugin
     main()

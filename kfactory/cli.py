@@ -1,16 +1,24 @@
 """The ``kfactory`` console script: the same entrypoint as ``run.py``."""
 
+import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from kfactory.app import kfactory
+from kfactory.plugins import require_plugins
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def run(cfg: DictConfig) -> float | None:
     """Compose the config from the command line and run it."""
     return kfactory(cfg)
+
+
+def main() -> None:
+    """Name the pip extra of a missing Hydra plugin, then hand over to Hydra."""
+    require_plugins(sys.argv[1:])
+    run()

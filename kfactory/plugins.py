@@ -1,0 +1,57 @@
+"""Hydra plugins kfactory can use, and the pip extra that installs each.
+
+Hydra fails at compose time when a command names a launcher or sweeper whose
+plugin is not installed ("Could not find 'hydra/launcher/ray'"), before any
+kfactory code runs; this check runs first and names the extra to install.
+No TensorFlow here: it sits on the command line's cold path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Sequence
+
+# (config group, option) -> (plugin module, pip extra)
+PLUGINS: dict[tuple[str, str], tuple[str, str]] = {
+    ("hydra/sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "sweep"),
+    ("hparams_search", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "sweep"),
+    ("hydra/launcher", "joblib"): ("hydra_plugins.hydra_joblib_launcher", "sweep"),
+    ("hydra/launcher", "submitit_local"): ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    ("hydra/launcher", "submitit_slurm"): ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    ("hydra/launcher", "ray"): ("hydra_plugins.hydra_ray_launcher", "ray"),
+    ("hydra/launcher", "ray_aws"): ("hydra_plugins.hydra_ray_launcher", "ray"),
+}
+
+
+def missing_plugin(overrides: Sequence[str]) -> str | None:
+    """The message for the first override whose plugin is absent, else None."""
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        if not sep:
+            continue
+        entry = PLUGINS.get((key.strip(), value.strip()))
+        if entry is None:
+            continue
+        module, extra = entry
+        if not _installed(module):
+            return (
+                f"{key}={value} needs the Hydra plugin {module.split('.')[-1]}, which is not installed: "
+                f"pip install -e '.[{extra}]' (or pip install 'kfactory[{extra}]')"
+            )
+    return None
+
+
+def require_plugins(overrides: Sequence[str]) -> None:
+    """Exit with status 2 and one line naming the extra if a named plugin is missing."""
+    message = missing_plugin(overrides)
+    if message is not None:
+        print(f"Error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the hydra_plugins namespace itself is absent
+        return False
