@@ -8,12 +8,13 @@ from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
-# Families whose depthwise or squeeze-excite convolutions ran several times
-# slower under XLA on CPU (MobileNetV2 at 96 px and EfficientNetB0 at 64 px were
-# 8x slower); dense residual stacks gained at small sizes (ResNet50 2.4x at 32 px)
-# and lost at 224 px (0.62x).
+# XLA on CPU, measured on 2 cores with TensorFlow 2.21 / Keras 3.15 (training
+# images/s with jit_compile=True over False): ResNet50 2.4x at 32 px and 0.62x
+# at 224 px; DenseNet121 1.9x at 64 px; MobileNetV2 at 96 px and EfficientNetB0
+# at 64 px 0.125x (XLA's CPU depthwise convolutions are poor). The families
+# below all rely on depthwise or separable convolutions.
 XLA_CPU_SLOW_FAMILIES = ("mobilenet", "efficientnet", "nasnet", "xception", "convnext")
-XLA_CPU_MAX_SIDE = 64  # above this the dense families also ran slower on CPU
+XLA_CPU_MAX_SIDE = 64  # the largest measured size where dense families still gained
 XLA_MIN_STEPS = 40  # compiling cost about 16 ordinary steps; repay it well
 
 
@@ -24,25 +25,58 @@ def configure_tensorflow(trainer: DictConfig, seed: int) -> None:
 
     keras.utils.set_random_seed(seed)
     if trainer.get("threads"):
-        tf.config.threading.set_intra_op_parallelism_threads(trainer.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(min(2, trainer.threads))
+        set_threads(int(trainer.threads))
     if trainer.get("deterministic"):
         tf.config.experimental.enable_op_determinism()
+    if trainer.precision != "float32" and not has_gpu():
+        log.warning("trainer.precision=%s on a CPU is usually slower than float32", trainer.precision)
+    # The output Dense layer is built with dtype float32, so logits stay float32.
     keras.mixed_precision.set_global_policy(trainer.precision)
 
 
-def choose_jit_compile(setting: bool | str, model_name: str, side: int, total_steps: int) -> tuple[bool, str]:
-    """Whether to compile with XLA, and why (``setting`` may be ``auto``)."""
-    if setting != "auto":
-        return bool(setting), f"trainer.jit_compile={str(setting).lower()}"
+def set_threads(threads: int) -> None:
+    """Intra/inter-op threads; TensorFlow fixes them once its runtime has started."""
     import tensorflow as tf
 
-    if tf.config.list_physical_devices("GPU"):
+    threading = tf.config.threading
+    inter = min(2, threads)
+    current = (threading.get_intra_op_parallelism_threads(), threading.get_inter_op_parallelism_threads())
+    if current == (threads, inter):
+        return
+    try:
+        threading.set_intra_op_parallelism_threads(threads)
+        threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError:  # a later job of a sweep in the same process
+        log.warning("trainer.threads=%d ignored: this process already runs TensorFlow with %s", threads, current)
+
+
+def has_gpu() -> bool:
+    """Whether TensorFlow sees a GPU."""
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def choose_jit_compile(
+    setting: bool | str, model_name: str, side: int, total_steps: int, gpu: bool | None = None
+) -> tuple[bool, str]:
+    """Whether to compile with XLA, and why (``setting`` may be ``auto``).
+
+    ``gpu`` defaults to asking TensorFlow, which is needed only for ``auto``.
+    """
+    if setting != "auto":
+        return bool(setting), f"trainer.jit_compile={str(setting).lower()}"
+    return xla_rule(model_name, side, total_steps, has_gpu() if gpu is None else gpu)
+
+
+def xla_rule(model_name: str, side: int, total_steps: int, gpu: bool) -> tuple[bool, str]:
+    """The ``auto`` rule, from the measurements above."""
+    if gpu:
         return True, "auto: a GPU is present and XLA fuses its kernels"
     if model_name.startswith(XLA_CPU_SLOW_FAMILIES):
         return False, f"auto: XLA's CPU depthwise convolutions are slow for {model_name}"
     if side > XLA_CPU_MAX_SIDE:
         return False, f"auto: on CPU XLA is slower above {XLA_CPU_MAX_SIDE} px (input {side} px)"
     if total_steps < XLA_MIN_STEPS:
-        return False, f"auto: {total_steps} steps are too few to repay XLA's compile time"
-    return True, f"auto: on CPU XLA is faster for {model_name} at {side} px"
+        return False, f"auto: {total_steps} steps are too few to repay XLA's compile time (< {XLA_MIN_STEPS})"
+    return True, f"auto: on CPU XLA is faster for {model_name} at {side} px over {total_steps} steps"

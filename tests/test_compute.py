@@ -1,0 +1,90 @@
+"""XLA choice (a pure rule, no TensorFlow) and the TensorFlow runtime settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from kfactory.compute import XLA_MIN_STEPS, choose_jit_compile, xla_rule
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    ("model", "side", "steps", "gpu", "expected"),
+    [
+        ("resnet50", 32, 1000, False, True),  # measured 2.4x faster with XLA
+        ("densenet121", 64, 1000, False, True),  # measured 1.9x
+        ("resnet50", 224, 1000, False, False),  # measured 0.62x
+        ("mobilenet_v2", 96, 1000, False, False),  # measured 8x slower
+        ("efficientnet_b0", 64, 1000, False, False),  # measured 8x slower
+        ("mobilenet_v3_small", 32, 1000, False, False),  # same depthwise family
+        ("resnet50", 32, XLA_MIN_STEPS - 1, False, False),  # compile time not repaid
+        ("resnet50", 32, XLA_MIN_STEPS, False, True),
+        ("mobilenet_v2", 224, 10, True, True),  # GPU: always
+    ],
+)
+def test_auto_rule_follows_the_measurements(model: str, side: int, steps: int, gpu: bool, expected: bool) -> None:
+    chosen, why = xla_rule(model, side, steps, gpu)
+    assert chosen is expected
+    assert why.startswith("auto: ")
+
+
+def test_reasons_name_what_decided() -> None:
+    assert "mobilenet_v2" in xla_rule("mobilenet_v2", 32, 1000, False)[1]
+    assert "224 px" in xla_rule("resnet50", 224, 1000, False)[1]
+    assert "12 steps" in xla_rule("resnet50", 32, 12, False)[1]
+
+
+@pytest.mark.parametrize("setting", [True, False])
+def test_explicit_setting_wins_without_asking_tensorflow(setting: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # importing it would fail
+    assert choose_jit_compile(setting, "mobilenet_v2", 224, 5) == (
+        setting,
+        f"trainer.jit_compile={str(setting).lower()}",
+    )
+    assert choose_jit_compile("auto", "resnet50", 32, 100, gpu=False)[0] is True
+
+
+def test_configure_tensorflow_sets_precision() -> None:
+    keras = pytest.importorskip("keras")
+    from kfactory.compute import configure_tensorflow
+
+    trainer = OmegaConf.create({"threads": None, "deterministic": False, "precision": "mixed_bfloat16"})
+    try:
+        configure_tensorflow(trainer, seed=0)
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+THREADS_SCRIPT = """
+import tensorflow as tf
+from omegaconf import OmegaConf
+from kfactory.compute import configure_tensorflow
+trainer = OmegaConf.create({"threads": 1, "deterministic": False, "precision": "float32"})
+configure_tensorflow(trainer, seed=0)
+tf.constant(1.0) + 1.0  # the runtime starts: threads are fixed from here on
+configure_tensorflow(OmegaConf.merge(trainer, {"threads": 2}), seed=0)  # a later sweep job: warns, no error
+print(tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads())
+"""
+
+
+def test_threads_are_set_once_and_a_later_job_does_not_fail() -> None:
+    """Fresh process: TensorFlow refuses thread changes once its runtime has started."""
+    result = subprocess.run(
+        [sys.executable, "-c", THREADS_SCRIPT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["1", "1"]
+    assert "trainer.threads=2 ignored" in result.stderr
