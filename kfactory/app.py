@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
+import sys
 import traceback
 from pathlib import Path
 
@@ -12,6 +14,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from kfactory.config import ConfigError, validate
+from kfactory.resolvers import register_resolvers
+
+register_resolvers()  # before Hydra composes: conf/hydra/default.yaml uses ${kf_dirname:...}
 
 log = logging.getLogger("kfactory")
 
@@ -41,7 +46,23 @@ def kfactory(cfg: DictConfig) -> float | None:
             raise
         log.error("Job failed: %s: %s", type(error).__name__, error)
         (run_dir / ERROR_FILE).write_text(traceback.format_exc())
+    finally:
+        release_memory()
     return math.nan
+
+
+def release_memory() -> None:
+    """Drop the finished job's models, graphs and datasets.
+
+    Hydra's basic launcher runs sweep jobs one after another in this process;
+    without this, Keras' global state keeps every job's layers alive.
+    """
+    if "keras" not in sys.modules:  # nothing was built; keep the cold path TF-free
+        return
+    import keras
+
+    keras.backend.clear_session(free_memory=False)
+    gc.collect()
 
 
 def run_task(cfg: DictConfig, run_dir: Path) -> float | None:
