@@ -1,0 +1,93 @@
+"""The model registry, the config groups and Keras agree on every option."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from kfactory.config import input_size
+from kfactory.registry import ACTIVATIONS, LOSSES, MODELS, OPTIMIZERS, PREPROCESS_MODES
+from tests.conftest import CONF_DIR, compose_config
+
+
+def group_options(group: str) -> set[str]:
+    return {p.stem for p in (CONF_DIR / group).glob("*.yaml")}
+
+
+def test_every_keras_application_has_a_model_option():
+    import keras
+
+    applications = {name for name in dir(keras.applications) if name[0].isupper()}
+    assert applications == {spec.keras_name for spec in MODELS.values()}
+    assert len(MODELS) == 40
+    assert group_options("model") == set(MODELS)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_model_option_composes_with_its_own_size(name):
+    spec = MODELS[name]
+    assert spec.preprocess in PREPROCESS_MODES
+    text = (CONF_DIR / "model" / f"{name}.yaml").read_text()
+    assert text.startswith("# "), "each option starts with a comment saying what it is"
+    assert yaml.safe_load(text)["input_size"] == [spec.default_size, spec.default_size]
+    cfg = compose_config([f"model={name}", "data=folder", "data.path=/nonexistent"])
+    assert cfg.model.name == name
+    assert input_size(cfg) == (spec.default_size, spec.default_size)
+    assert cfg.model.weights == "imagenet"
+
+
+def test_default_sizes_follow_the_keras_documentation():
+    assert MODELS["inception_v3"].default_size == 299
+    assert MODELS["xception"].default_size == 299
+    assert MODELS["inception_resnet_v2"].default_size == 299
+    assert MODELS["nasnet_large"].default_size == 331
+    assert MODELS["efficientnet_b7"].default_size == 600
+    assert MODELS["vgg16"].default_size == 224
+
+
+def test_optimizer_and_loss_options_match_the_registry():
+    assert group_options("optimizer") == set(OPTIMIZERS)
+    assert group_options("loss") == set(LOSSES)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_every_optimizer_option_builds(name):
+    from kfactory.train import make_optimizer
+
+    cfg = compose_config([f"optimizer={name}", "optimizer.learning_rate=0.05"])
+    optimizer = make_optimizer(cfg.optimizer)
+    assert type(optimizer).__name__ == OPTIMIZERS[name]
+    assert float(optimizer.learning_rate) == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_loss_option_builds(name):
+    from kfactory.train import make_loss
+
+    activation = "sigmoid" if name.startswith("binary") else "softmax"
+    cfg = compose_config([f"loss={name}", f"model.activation={activation}"])
+    loss = make_loss(cfg.loss, cfg.model.activation)
+    assert type(loss).__name__ == LOSSES[name]
+
+
+def test_linear_output_makes_crossentropy_take_logits():
+    from kfactory.train import make_loss
+
+    cfg = compose_config(["model.activation=linear"])
+    assert make_loss(cfg.loss, "linear").get_config()["from_logits"] is True
+    assert make_loss(cfg.loss, "softmax").get_config()["from_logits"] is False
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_every_activation_is_accepted_with_a_fitting_loss(activation):
+    from kfactory.config import validate
+
+    loss = "categorical_crossentropy" if activation in ("softmax", "sigmoid", "linear") else "mean_squared_error"
+    validate(compose_config([f"model.activation={activation}", f"loss={loss}"]))
+
+
+def test_keras_factory_experiment_is_the_old_default_config():
+    cfg = compose_config(["experiment=keras_factory"])
+    assert (cfg.model.name, cfg.optimizer.name, cfg.loss.name) == ("vgg19", "rmsprop", "categorical_crossentropy")
+    assert cfg.model.include_top is True and cfg.model.weights == "imagenet"
+    assert (cfg.trainer.epochs, cfg.data.batch_size, cfg.model.activation) == (3, 32, "softmax")
