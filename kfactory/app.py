@@ -17,6 +17,9 @@ from kfactory.config import ConfigError, validate
 from kfactory.resolvers import register_resolvers
 
 register_resolvers()  # before Hydra composes: conf/hydra/default.yaml uses ${kf_dirname:...}
+from kfactory.resolvers import register_resolvers
+
+register_resolvers()  # before Hydra composes: conf/hydra/default.yaml uses ${kf_dirname:...}
 
 log = logging.getLogger("kfactory")
 

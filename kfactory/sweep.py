@@ -1,0 +1,144 @@
+"""The sweep leaderboard: a Hydra callback that sums up every job of a multirun.
+
+After the last job, ``summary.csv`` and ``summary.md`` at the sweep root hold one
+row per job (the overrides that differ, status, final metrics, epochs, wall time),
+best first by ``trainer.monitor``. No TensorFlow here: this runs in the launcher.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+import kfactory.resolvers  # noqa: F401  (workers that unpickle this callback resolve sweep.subdir too)
+
+ERROR_FILE = "error.txt"  # kfactory.app writes it in a failed job's directory
+METRICS_FILES = ("metrics.json", "eval_metrics.json")  # task=train, task=eval
+SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
+TOP_ROWS = 10
+
+
+class SweepSummary(Callback):
+    """Write the sweep leaderboard at the end of a multirun; exit 1 if a job failed."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        root = Path(str(config.hydra.sweep.dir))
+        table = summarize_sweep(root)
+        if table.empty:
+            return
+        failed = int((table["status"] == "failed").sum())
+        print(f"\nSweep summary ({len(table)} jobs, {failed} failed): {root / SUMMARY_CSV}")
+        print(table.attrs["shown"].head(TOP_ROWS).to_string(index=False))
+        print(f"\nView: tensorboard --logdir {root}\n")
+        if failed:
+            raise SystemExit(1)  # so the multirun's exit status says that some jobs failed
+
+
+def summarize_sweep(root: Path):
+    """Read every job under ``root``, write summary.csv and summary.md, return the table."""
+    import pandas as pd  # only at the end of a sweep, not on every start
+
+    jobs = sorted(p.parent.parent for p in root.glob("*/.hydra/overrides.yaml"))
+    if not jobs:
+        return pd.DataFrame()
+    rows = [read_job(job) for job in jobs]
+    monitor = next((m for m in (read_monitor(job) for job in jobs) if m), "val_accuracy")
+    table = pd.DataFrame(rows)
+    override_keys = list(dict.fromkeys(key for job in jobs for key, _ in read_overrides(job)))
+    lead = leading_columns(table, override_keys, monitor)
+    table = sort_by_monitor(table[lead + [c for c in table.columns if c not in lead]], monitor)
+    table.to_csv(root / SUMMARY_CSV, index=False)
+    # The printed and markdown tables leave out what every job shares
+    hidden = ["overrides", "dir", *(k for k in override_keys if k not in lead)]
+    table.attrs["shown"] = shown = table.drop(columns=hidden)
+    (root / SUMMARY_MD).write_text(f"# Sweep {root.name}\n\nBest first by `{monitor}`.\n\n{markdown_table(shown)}\n")
+    return table
+
+
+def read_job(job: Path) -> dict[str, Any]:
+    """One row: job number, overrides (one column per key), status, metrics, epochs, time."""
+    overrides = read_overrides(job)
+    number = job.name.split("_", 1)[0]
+    row: dict[str, Any] = {"job": int(number) if number.isdigit() else job.name}
+    row.update(overrides)
+    metrics = read_metrics(job)
+    failed = (job / ERROR_FILE).exists() or metrics is None
+    row.update(status="failed" if failed else "ok", **(metrics or {}))
+    row.setdefault("epochs_run", count_epochs(job))
+    row.setdefault("wall_time_s", elapsed(job))
+    row.update(overrides=" ".join(f"{k}={v}" for k, v in overrides), dir=job.name)
+    return row
+
+
+def read_overrides(job: Path) -> list[tuple[str, str]]:
+    """The job's command-line overrides as (key, value) pairs."""
+    return [split_override(str(o)) for o in OmegaConf.load(job / ".hydra" / "overrides.yaml")]
+
+
+def split_override(override: str) -> tuple[str, str]:
+    """``+model.dropout=0.5`` -> ("model.dropout", "0.5")."""
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def read_metrics(job: Path) -> dict[str, Any] | None:
+    for name in METRICS_FILES:
+        if (job / name).exists():
+            return json.loads((job / name).read_text())
+    return None
+
+
+def read_monitor(job: Path) -> str | None:
+    config = job / ".hydra" / "config.yaml"
+    if not config.exists():
+        return None
+    return OmegaConf.select(OmegaConf.load(config), "trainer.monitor", default=None)
+
+
+def count_epochs(job: Path) -> int:
+    """Epochs a job finished, from history.csv (one row each); 0 if it never trained."""
+    history = job / "history.csv"
+    if not history.exists():
+        return 0
+    return max(len(history.read_text().strip().splitlines()) - 1, 0)
+
+
+def elapsed(job: Path) -> float:
+    """Wall time of a job without metrics.json: from its config to its last file."""
+    started = (job / ".hydra" / "config.yaml").stat().st_mtime
+    last = max(p.stat().st_mtime for p in job.iterdir())
+    return max(last - started, 0.0)
+
+
+def leading_columns(table, override_keys: list[str], monitor: str) -> list[str]:
+    """Job, the override keys that differ between jobs (all if none differ), status, the monitored value."""
+    varying = [k for k in override_keys if table[k].nunique(dropna=False) > 1] or override_keys
+    return ["job", *varying, "status"] + [c for c in (f"best_{monitor}", monitor) if c in table.columns]
+
+
+def markdown_table(table) -> str:
+    """A DataFrame as a GitHub markdown table (pandas' to_markdown needs tabulate)."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return "" if math.isnan(value) else f"{value:.4g}"
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def sort_by_monitor(table, monitor: str):
+    """Best first by ``monitor`` (lower is better for a loss); failed jobs last."""
+    column = next((c for c in (f"best_{monitor}", monitor) if c in table.columns), None)
+    if column is None:
+        return table.sort_values("job").reset_index(drop=True)
+    ascending = "loss" in monitor
+    table = table.sort_values(column, ascending=ascending, na_position="last", kind="stable")
+    return table.sort_values("status", key=lambda s: s != "ok", kind="stable").reset_index(drop=True)
