@@ -15,6 +15,12 @@ if TYPE_CHECKING:
 
 MODEL_FILE = "model.keras"
 METADATA_ENTRY = "kfactory.json"  # extra entry in the .keras zip; Keras ignores it
+KERAS_ENTRY = "config.json"  # every .keras zip Keras writes holds its architecture here
+# Beside a SavedModel, in the folder TF Serving keeps for extra files.
+SAVED_MODEL_METADATA = f"assets.extra/{METADATA_ENTRY}"
+# The serving signatures of an exported SavedModel (kfactory.export writes them).
+BYTES_SIGNATURE = "serving_default"  # a batch of encoded JPEG/PNG images
+PIXELS_SIGNATURE = "serving_pixels"  # a batch of uint8 RGB pixels at the input size
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -34,28 +40,68 @@ def save_model(model: keras.Model, path: Path, metadata: dict[str, Any]) -> None
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
-    """The metadata kfactory stored in a ``.keras`` file ({} if none)."""
+    """The metadata kfactory stored with a model: in a ``.keras`` zip, or beside a SavedModel ({} if none)."""
+    if path.is_dir():
+        sidecar = path / SAVED_MODEL_METADATA
+        return json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     with zipfile.ZipFile(path) as archive:
         if METADATA_ENTRY not in archive.namelist():
             return {}
         return json.loads(archive.read(METADATA_ENTRY))
 
 
+def is_saved_model(path: Path) -> bool:
+    """Whether ``path`` is a TensorFlow SavedModel directory."""
+    return (path / "saved_model.pb").is_file()
+
+
+def find_saved_model(folder: Path) -> Path | None:
+    """A SavedModel in ``folder``: itself, or the newest numbered version under it or its ``saved_model/``."""
+    for root in (folder, folder / "saved_model"):
+        if is_saved_model(root):
+            return root
+        # TF Serving's layout: <base>/<version>/saved_model.pb
+        versions = [p for p in root.glob("[0-9]*") if p.name.isdigit() and is_saved_model(p)] if root.is_dir() else []
+        if versions:
+            return max(versions, key=lambda p: int(p.name))
+    return None
+
+
 def find_model_file(ckpt_path: str | None) -> Path:
-    """The ``model.keras`` that ``ckpt_path`` (a run directory or the file) names."""
-    accepted = "a run directory holding model.keras, or a .keras file"
+    """The model ``ckpt_path`` names: a run directory's ``model.keras``, a ``.keras`` file, or a SavedModel.
+
+    A directory holding ``model.keras`` gives that file; otherwise an exported
+    SavedModel directory (or a TF Serving base folder of numbered versions)
+    gives the SavedModel directory. Reads only the file system: no TensorFlow.
+    """
+    accepted = "a run directory holding model.keras, a .keras file, or an exported SavedModel directory"
     if ckpt_path is None:
         raise ConfigError("ckpt_path", ckpt_path, accepted)
     path = expand_path(ckpt_path)
     if path.is_dir():
+        if not (path / MODEL_FILE).is_file() and (saved := find_saved_model(path)) is not None:
+            return saved
         path = path / MODEL_FILE
     if not path.is_file() or not zipfile.is_zipfile(path):
         raise ConfigError("ckpt_path", ckpt_path, accepted)
+    with zipfile.ZipFile(path) as archive:
+        if KERAS_ENTRY not in archive.namelist():  # a zip, but not a saved Keras model
+            raise ConfigError("ckpt_path", ckpt_path, f"{accepted} ({path.name} is a zip without {KERAS_ENTRY})")
     return path
 
 
 def load_model(path: Path, safe_mode: bool = True) -> keras.Model:
-    """Load a saved model; safe mode refuses code embedded in the file."""
+    """Load a saved model; safe mode refuses code embedded in the file (``unsafe_load=true`` allows it)."""
     import keras
 
-    return keras.models.load_model(path, compile=False, safe_mode=safe_mode)
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=safe_mode)
+    except ValueError as error:
+        if safe_mode and "safe_mode" in str(error):
+            first_line = str(error).splitlines()[0]
+            raise ConfigError(
+                "unsafe_load",
+                False,
+                f"true to load {path}, which holds Python code; only for a file you trust ({first_line})",
+            ) from error
+        raise

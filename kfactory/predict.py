@@ -1,21 +1,60 @@
-"""Predict images with a trained model: top-k labels and probabilities to a CSV."""
+"""Predict images with a trained model: top-k labels and probabilities to a CSV.
+
+The model may be a ``model.keras`` (a run directory or the file) or an exported
+SavedModel; images are decoded and resized by the same ``tf.data`` reader as in
+training. Files that cannot be decoded are skipped, listed and logged, without
+shifting any other row.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 from omegaconf import DictConfig
 
-from kfactory.checkpoint import find_model_file, load_model, read_metadata
+from kfactory.annotate import annotate_image, annotated_path, contact_sheet, input_root
+from kfactory.checkpoint import PIXELS_SIGNATURE, find_model_file, is_saved_model, load_model, read_metadata
 from kfactory.config import ConfigError, expand_path
-from kfactory.data import AUTOTUNE, read_image, to_rgb_float
+from kfactory.data import AUTOTUNE, read_image
 from kfactory.sources import is_image_file, list_folder, read_csv
 
 log = logging.getLogger(__name__)
+
+UNREADABLE_FILE = "unreadable.txt"  # files predict skipped, one a line
+
+
+@dataclass
+class Predictor:
+    """A loaded model as predict uses it: uint8 RGB batches in, class probabilities out."""
+
+    predict_batch: Callable[[tf.Tensor], np.ndarray]
+    input_size: tuple[int, int]
+    class_names: list[str]
+
+
+def load_predictor(path: Path) -> Predictor:
+    """Load a ``.keras`` file or an exported SavedModel directory for prediction."""
+    metadata = read_metadata(path)
+    if is_saved_model(path):
+        signature = tf.saved_model.load(str(path)).signatures[PIXELS_SIGNATURE]
+        spec = signature.structured_input_signature[1]["pixels"]
+        size = (int(spec.shape[1]), int(spec.shape[2]))
+        names = metadata.get("class_names")
+        if names is None:
+            sample = signature(pixels=tf.zeros((1, *size, 3), tf.uint8))["class_names"]
+            names = [n.decode() for n in sample.numpy()[0]]
+        return Predictor(lambda x: signature(pixels=tf.cast(x, tf.uint8))["probabilities"].numpy(), size, names)
+    model = load_model(path)
+    size = (int(model.input_shape[1]), int(model.input_shape[2]))
+    names = metadata.get("class_names") or [str(i) for i in range(max(model.output_shape[-1], 2))]
+    return Predictor(lambda x: as_class_probabilities(model.predict_on_batch(tf.cast(x, tf.float32))), size, names)
 
 
 def list_inputs(value: str) -> tuple[list[str], list[str] | None]:
@@ -38,27 +77,73 @@ def list_inputs(value: str) -> tuple[list[str], list[str] | None]:
 
 def predict(cfg: DictConfig, run_dir: Path) -> float | None:
     """Write ``predictions.csv`` for ``cfg.predict.input``; return accuracy if labelled."""
-    model_path = find_model_file(cfg.ckpt_path)
-    class_names = read_metadata(model_path).get("class_names")
-    model = load_model(model_path)
-    size = tuple(model.input_shape[1:3])
-    if class_names is None:
-        class_names = [str(i) for i in range(max(model.output_shape[-1], 2))]
+    predictor = load_predictor(find_model_file(cfg.ckpt_path))
     files, true_labels = list_inputs(cfg.predict.input)
-    ds = tf.data.Dataset.from_tensor_slices(files).map(lambda p: read_image(p, size), num_parallel_calls=AUTOTUNE)
-    ds = ds.batch(cfg.data.batch_size).map(lambda x: to_rgb_float(x, None)).prefetch(AUTOTUNE)
-    probabilities = as_class_probabilities(model.predict(ds, verbose=1))
-    table = top_k_table(files, probabilities, class_names, cfg.predict.top_k)
+    kept, probabilities = predict_files(predictor, files, cfg.data.batch_size)
+    record_unreadable(files, kept, run_dir)
+    table = top_k_table([files[i] for i in kept], probabilities, predictor.class_names, cfg.predict.top_k)
     accuracy = None
     if true_labels is not None:
-        table["true_label"] = true_labels
+        table["true_label"] = [true_labels[i] for i in kept]
         table["correct"] = table["label_1"] == table["true_label"]
-        accuracy = float(table["correct"].mean())
-        log.info("Accuracy on %d labelled images: %.4f", len(table), accuracy)
+        accuracy = float(table["correct"].mean()) if len(table) else None
+        log.info("Accuracy on %d labelled images: %s", len(table), accuracy)
     out = run_dir / "predictions.csv"
     table.to_csv(out, index=False)
     log.info("Predictions for %d images: %s", len(table), out)
+    if cfg.predict.annotate:
+        write_annotations(table, run_dir, cfg.predict.contact_sheet)
     return accuracy
+
+
+def predict_files(predictor: Predictor, files: list[str], batch_size: int) -> tuple[list[int], np.ndarray]:
+    """Class probabilities of each readable file, and those files' indices in ``files``.
+
+    Each image carries its index through the pipeline, so a file that fails to
+    decode (dropped by ``ignore_errors``) cannot shift the others' rows.
+    """
+    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(files)), files))
+    ds = ds.map(lambda i, p: (i, read_image(p, predictor.input_size)), num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.ignore_errors(log_warning=True).batch(batch_size).prefetch(AUTOTUNE)
+    progress = keras.utils.Progbar(len(files), unit_name="image")
+    kept: list[int] = []
+    outputs = [np.zeros((0, len(predictor.class_names)), np.float32)]
+    for indices, images in ds:
+        outputs.append(predictor.predict_batch(images))
+        kept.extend(indices.numpy().tolist())
+        progress.update(kept[-1] + 1)  # skipped files count as done too
+    if kept and kept[-1] + 1 < len(files):
+        progress.update(len(files))
+    return kept, np.concatenate(outputs)
+
+
+def record_unreadable(files: list[str], kept: list[int], run_dir: Path) -> None:
+    """List the files that could not be read in ``unreadable.txt`` and the log."""
+    skipped = sorted(set(range(len(files))) - set(kept))
+    if not skipped:
+        return
+    names = [files[i] for i in skipped]
+    (run_dir / UNREADABLE_FILE).write_text("".join(f"{n}\n" for n in names))
+    log.warning("Skipped %d unreadable file(s), e.g. %s; all in %s", len(names), names[0], run_dir / UNREADABLE_FILE)
+
+
+def write_annotations(table: pd.DataFrame, run_dir: Path, sheet_count: int) -> list[Path]:
+    """Annotated copies under ``run_dir/annotated`` and a contact sheet of the first ``sheet_count``."""
+    out_dir = run_dir / "annotated"
+    root = input_root(list(table["file"]))
+    k = sum(c.startswith("label_") for c in table.columns)
+    written = []
+    for row in table.to_dict("records"):
+        predictions = [(row[f"label_{r}"], row[f"prob_{r}"]) for r in range(1, k + 1)]
+        target = annotated_path(row["file"], root, out_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        annotate_image(row["file"], predictions, row.get("true_label")).save(target)
+        written.append(target)
+    log.info("Annotated images: %s", out_dir)
+    if written and sheet_count > 0:
+        sheet = contact_sheet(written[:sheet_count], run_dir / "contact_sheet.png")
+        log.info("Contact sheet: %s", sheet)
+    return written
 
 
 def as_class_probabilities(outputs: np.ndarray) -> np.ndarray:
