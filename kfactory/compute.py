@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from omegaconf import DictConfig
+
+from kfactory.distribute import split_cpu
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +26,11 @@ def configure_tensorflow(trainer: DictConfig, seed: int) -> None:
     import keras
     import tensorflow as tf
 
+    split_cpu(trainer.get("cpu_devices"))  # device and thread settings must precede TensorFlow's start
+    threads = trainer.get("threads") or launcher_thread_budget()
+    if threads:
+        set_threads(int(threads))
     keras.utils.set_random_seed(seed)
-    if trainer.get("threads"):
-        set_threads(int(trainer.threads))
     if trainer.get("deterministic"):
         tf.config.experimental.enable_op_determinism()
     if trainer.precision != "float32" and not has_gpu():
@@ -48,6 +53,27 @@ def set_threads(threads: int) -> None:
         threading.set_inter_op_parallelism_threads(inter)
     except RuntimeError:  # a later job of a sweep in the same process
         log.warning("trainer.threads=%d ignored: this process already runs TensorFlow with %s", threads, current)
+
+
+def launcher_thread_budget() -> int | None:
+    """Under hydra/launcher=joblib, the cores shared out between its parallel jobs.
+
+    TensorFlow's own thread pools ignore OMP_NUM_THREADS, which is all joblib
+    limits, so without this n_jobs parallel jobs would each use every core.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    launcher = HydraConfig.get().get("launcher") or {}
+    n_jobs = launcher.get("n_jobs") if "joblib" in str(launcher.get("_target_", "")) else None
+    if not n_jobs:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)  # joblib: -1 = all cores, -2 = all but one
+    budget = max(1, cores // workers)
+    log.info("TensorFlow threads: %d (%d cores shared by %d parallel jobs)", budget, cores, workers)
+    return budget
 
 
 def has_gpu() -> bool:

@@ -158,6 +158,9 @@ def _check_trainer(cfg: DictConfig) -> None:
     _check_choice("trainer.jit_compile", t.jit_compile, ("auto", True, False))
     _check_choice("trainer.precision", t.precision, PRECISIONS)
     _check_monitor(cfg)
+    from kfactory.distribute import check_strategy  # no TensorFlow at import
+
+    check_strategy(t)
 
 
 def _check_monitor(cfg: DictConfig) -> None:

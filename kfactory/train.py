@@ -15,6 +15,7 @@ from kfactory.checkpoint import MODEL_FILE, load_model, write_json_atomic
 from kfactory.compute import choose_jit_compile, configure_tensorflow
 from kfactory.config import ConfigError, metric_log_name, input_size
 from kfactory.data import Splits, make_splits
+from kfactory.distribute import make_strategy
 from kfactory.models import build_model, output_units
 from kfactory.registry import LOSSES, OPTIMIZERS, sparse_labels
 
@@ -27,11 +28,12 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     configure_tensorflow(cfg.trainer, cfg.seed)
     splits = make_splits(cfg, run_dir)
     log.info("Data: %s", ", ".join(f"{k} {len(v)}" for k, v in splits.indices.items()))
-    model = build_model(cfg, len(splits.class_names))
     steps = cfg.trainer.steps_per_epoch or -(-len(splits.indices["train"]) // cfg.data.batch_size)
     jit, why = choose_jit_compile(cfg.trainer.jit_compile, cfg.model.name, max(input_size(cfg)), steps * cfg.trainer.epochs)
     log.info("XLA %s (%s)", "on" if jit else "off", why)
-    compile_model(model, cfg, len(splits.class_names), jit)
+    with make_strategy(cfg.trainer).scope():  # variables and optimizer slots live on the strategy's devices
+        model = build_model(cfg, len(splits.class_names))
+        compile_model(model, cfg, len(splits.class_names), jit)
     checkpoint = BestModelCheckpoint(run_dir / MODEL_FILE, cfg.trainer.monitor, model_metadata(cfg, splits))
     history = model.fit(
         splits.train,
