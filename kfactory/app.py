@@ -78,6 +78,10 @@ def run_task(cfg: DictConfig, run_dir: Path) -> float | None:
         from kfactory.evaluate import evaluate
 
         return evaluate(cfg, run_dir)
+    if cfg.task == "export":
+        from kfactory.export import export
+
+        return export(cfg, run_dir)
     from kfactory.predict import predict
 
     return predict(cfg, run_dir)

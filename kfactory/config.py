@@ -22,10 +22,11 @@ from kfactory.registry import (
     PROBABILITY_ACTIVATIONS,
 )
 
-TASKS = ("train", "eval", "predict")
+TASKS = ("train", "eval", "predict", "export")
 CACHE_MODES = ("memory", "disk", "none")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 DATA_SOURCES = ("digits", "folder", "csv", "keras")
+EXPORT_FORMATS = ("keras", "saved_model", "tflite")
 KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 
 
@@ -79,6 +80,8 @@ def validate(cfg: DictConfig) -> None:
         _check_checkpoint(cfg)
     if cfg.task == "predict":
         _check_predict(cfg)
+    if cfg.task == "export":
+        _check_export(cfg)
 
 
 def _check_choice(key: str, value: Any, accepted: tuple | frozenset | dict) -> None:
@@ -200,6 +203,23 @@ def _check_checkpoint(cfg: DictConfig) -> None:
     find_model_file(cfg.ckpt_path)
 
 
+def _check_export(cfg: DictConfig) -> None:
+    from kfactory.checkpoint import find_model_file
+
+    export = cfg.export
+    if find_model_file(cfg.ckpt_path).is_dir():
+        accepted = "for task=export, a run directory or .keras file (not a SavedModel)"
+        raise ConfigError("ckpt_path", cfg.ckpt_path, accepted)
+    _check_choice("export.format", export.format, EXPORT_FORMATS)
+    _check_choice("export.quantize", export.quantize, (True, False))
+    if export.quantize and export.format != "tflite":
+        raise ConfigError("export.quantize", export.quantize, "true only with export.format=tflite")
+    if export.tolerance is not None:
+        _check_number("export.tolerance", export.tolerance, 0, None, False, "null or a number >= 0")
+    if export.check_input is not None and not expand_path(export.check_input).exists():
+        raise ConfigError("export.check_input", export.check_input, "null, or an existing image, folder or CSV file")
+
+
 def _check_predict(cfg: DictConfig) -> None:
     value = cfg.predict.input
     if value is None or not expand_path(value).exists():
@@ -207,3 +227,4 @@ def _check_predict(cfg: DictConfig) -> None:
     top_k = cfg.predict.top_k
     if not isinstance(top_k, int) or top_k < 1:
         raise ConfigError("predict.top_k", top_k, "an integer >= 1")
+    _check_choice("predict.annotate", cfg.predict.get("annotate", False), (True, False))

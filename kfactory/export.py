@@ -1,0 +1,153 @@
+"""Export a trained model: a stand-alone .keras, a SavedModel for TF Serving, or TFLite.
+
+Each export writes ``model_card.md`` next to it. The SavedModel serves two
+signatures, both returning class names and probabilities: ``serving_default``
+takes a batch of encoded JPEG/PNG images (tf.string), ``serving_pixels`` a batch
+of uint8 RGB pixels at the model's input size.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from omegaconf import DictConfig
+
+from kfactory.checkpoint import (
+    BYTES_SIGNATURE,
+    MODEL_FILE,
+    PIXELS_SIGNATURE,
+    SAVED_MODEL_METADATA,
+    find_model_file,
+    load_model,
+    read_metadata,
+    write_json_atomic,
+)
+from kfactory.config import expand_path
+from kfactory.data import read_image
+from kfactory.model_card import write_model_card
+from kfactory.predict import list_inputs
+
+log = logging.getLogger(__name__)
+
+TFLITE_FILE = "model.tflite"
+CHECK_IMAGES = 8  # images the TFLite model is compared with Keras on
+
+
+def export(cfg: DictConfig, run_dir: Path) -> None:
+    """Export the model of ``cfg.ckpt_path`` as ``cfg.export.format``, with a model card."""
+    source = find_model_file(cfg.ckpt_path)
+    metadata = read_metadata(source)
+    model = load_model(source, safe_mode=not cfg.get("unsafe_load", False))
+    metadata.setdefault("class_names", [str(i) for i in range(max(model.output_shape[-1], 2))])
+    out_dir = expand_path(cfg.export.dir) if cfg.export.dir else run_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fmt = cfg.export.format
+    checks: dict[str, Any] = {}
+    if fmt == "keras":
+        target = out_dir / MODEL_FILE
+        if target.resolve() != source.resolve():
+            shutil.copyfile(source, target)  # class names are inside the .keras zip already
+    elif fmt == "saved_model":
+        target = next_version_dir(out_dir / "saved_model")
+        export_saved_model(model, metadata, target)
+    else:
+        target = out_dir / TFLITE_FILE
+        checks = export_tflite(model, target, cfg.export)
+    card = write_model_card(out_dir, target, fmt, source, metadata, model, checks)
+    log.info("Exported %s: %s (model card %s)", fmt, target, card)
+
+
+def next_version_dir(base: Path) -> Path:
+    """``base/<n>`` for the first unused version number, as TF Serving expects."""
+    versions = [int(p.name) for p in base.glob("[0-9]*") if p.name.isdigit()] if base.is_dir() else []
+    return base / str(max(versions, default=0) + 1)
+
+
+def export_saved_model(model: keras.Model, metadata: dict[str, Any], target: Path) -> None:
+    """A SavedModel with a bytes and a pixels signature, and kfactory's metadata beside it."""
+    height, width = (int(s) for s in model.input_shape[1:3])
+    class_names = list(metadata["class_names"])
+
+    def from_pixels(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        outputs = model(tf.cast(pixels, tf.float32), training=False)
+        probabilities = tf.concat([1 - outputs, outputs], -1) if outputs.shape[-1] == 1 else outputs
+        names = tf.constant(class_names)
+        return {
+            "probabilities": probabilities,
+            "class_names": tf.tile(names[None], [tf.shape(probabilities)[0], 1]),
+            "top_class": tf.gather(names, tf.argmax(probabilities, axis=-1)),
+        }
+
+    def from_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        spec = tf.TensorSpec((height, width, 3), tf.uint8)
+        pixels = tf.map_fn(lambda b: decode_image(b, (height, width)), image_bytes, fn_output_signature=spec)
+        return from_pixels(pixels)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(BYTES_SIGNATURE, from_bytes, input_signature=[tf.TensorSpec([None], tf.string)])
+    pixels_spec = tf.TensorSpec([None, height, width, 3], tf.uint8)
+    archive.add_endpoint(PIXELS_SIGNATURE, from_pixels, input_signature=[pixels_spec])
+    archive.write_out(str(target), verbose=False)
+    (target / SAVED_MODEL_METADATA).parent.mkdir(exist_ok=True)
+    write_json_atomic(target / SAVED_MODEL_METADATA, metadata)
+
+
+def decode_image(data: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """Encoded image bytes to uint8 RGB at ``size``: the steps of ``kfactory.data.read_image``."""
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image = tf.image.resize(image, size)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def export_tflite(model: keras.Model, target: Path, export_cfg: DictConfig) -> dict[str, Any]:
+    """Convert to TFLite, then compare the interpreter with Keras; raise over the tolerance."""
+    kwargs = {"optimizations": [tf.lite.Optimize.DEFAULT]} if export_cfg.quantize else {}
+    model.export(str(target), format="litert", verbose=False, **kwargs)
+    tolerance = export_cfg.tolerance
+    if tolerance is None:
+        tolerance = 0.05 if export_cfg.quantize else 1e-4
+    images = check_images(export_cfg.check_input, tuple(model.input_shape[1:3]))
+    difference = float(np.max(np.abs(run_tflite(target, images) - model.predict_on_batch(images))))
+    log.info(
+        "TFLite vs Keras on %d images: max abs difference %.3g (tolerance %.3g)", len(images), difference, tolerance
+    )
+    if not difference <= tolerance:
+        raise RuntimeError(
+            f"TFLite outputs differ from Keras by {difference:.3g} > export.tolerance={tolerance}; {target} is suspect"
+        )
+    checks = {"quantized": bool(export_cfg.quantize), "images": len(images), "max_abs_difference": difference}
+    return {**checks, "tolerance": tolerance, "size_bytes": target.stat().st_size}
+
+
+def check_images(check_input: str | None, size: tuple[int, int]) -> np.ndarray:
+    """Up to ``CHECK_IMAGES`` images from ``check_input`` as float32 pixels, or seeded random pixels."""
+    if check_input is None:
+        rng = np.random.default_rng(0)
+        return rng.integers(0, 256, (CHECK_IMAGES, *size, 3)).astype(np.float32)
+    files, _ = list_inputs(check_input)
+    return np.stack([read_image(tf.constant(f), size).numpy() for f in files[:CHECK_IMAGES]]).astype(np.float32)
+
+
+def run_tflite(path: Path, images: np.ndarray) -> np.ndarray:
+    """The TFLite model's outputs for a batch of ``images``."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        Interpreter = tf.lite.Interpreter  # noqa: N806
+    with warnings.catch_warnings():  # tf.lite.Interpreter warns that it moved to ai_edge_litert; it still works
+        warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
+        interpreter = Interpreter(model_path=str(path))
+    (entry,), (exit_,) = interpreter.get_input_details(), interpreter.get_output_details()
+    interpreter.resize_tensor_input(entry["index"], images.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(entry["index"], images.astype(entry["dtype"]))
+    interpreter.invoke()
+    return interpreter.get_tensor(exit_["index"])
