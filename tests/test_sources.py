@@ -1,0 +1,74 @@
+"""Folder and CSV sources list files and labels; splits are stratified and seeded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kfactory.config import ConfigError
+from kfactory.sources import list_folder, load_digits, read_csv, split_indices
+from tests.conftest import write_image_folder
+
+
+def test_folder_source_lists_png_and_jpeg_by_class(tmp_path):
+    write_image_folder(tmp_path / "imgs", {"brass": 3, "copper": 2}, fmt="png")
+    write_image_folder(tmp_path / "imgs", {"steel": 4}, fmt="jpg")
+    (tmp_path / "imgs" / "brass" / "notes.txt").write_text("not an image")
+    source = list_folder(str(tmp_path / "imgs"))
+    assert source.class_names == ["brass", "copper", "steel"]
+    assert len(source) == 9 and source.images is None
+    assert np.bincount(source.labels).tolist() == [3, 2, 4]
+    assert all(p.endswith((".png", ".jpg")) for p in source.paths)
+
+
+def test_folder_source_expands_home_and_variables(tmp_path, monkeypatch):
+    write_image_folder(tmp_path / "imgs", {"a": 1, "b": 1})
+    monkeypatch.setenv("KF_DATA", str(tmp_path))
+    assert list_folder("$KF_DATA/imgs").class_names == ["a", "b"]
+
+
+def test_folder_with_one_class_is_refused(tmp_path):
+    write_image_folder(tmp_path / "imgs", {"only": 2})
+    with pytest.raises(ConfigError, match="data.path=.*at least two sub-folders"):
+        list_folder(str(tmp_path / "imgs"))
+
+
+def test_csv_source_resolves_paths_relative_to_the_csv(tmp_path):
+    write_image_folder(tmp_path / "imgs", {"a": 2, "b": 2}, fmt="jpg")
+    rows = [{"file": f"imgs/{c}/{c}_{i}.jpg", "kind": c} for c in "ab" for i in range(2)]
+    pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
+    source = read_csv(str(tmp_path / "labels.csv"), "file", "kind")
+    assert source.class_names == ["a", "b"]
+    assert source.labels.tolist() == [0, 0, 1, 1]
+    assert source.paths[0] == str(tmp_path / "imgs/a/a_0.jpg")
+
+
+def test_csv_without_the_named_column_is_refused(tmp_path):
+    pd.DataFrame({"path": ["x.png"], "y": ["a"]}).to_csv(tmp_path / "l.csv", index=False)
+    with pytest.raises(ConfigError, match="data.label_column=label.*path, y"):
+        read_csv(str(tmp_path / "l.csv"), "path", "label")
+
+
+def test_csv_with_missing_files_says_how_many(tmp_path):
+    pd.DataFrame({"path": [f"m{i}.png" for i in range(5)], "label": list("ababa")}).to_csv(tmp_path / "l.csv", index=False)
+    with pytest.raises(ConfigError, match=r"5 missing: .*m0.png, .*m1.png, .*m2.png, \.\.\."):
+        read_csv(str(tmp_path / "l.csv"), "path", "label")
+
+
+def test_digits_are_uint8_grayscale_images():
+    source = load_digits()
+    assert source.images.shape == (1797, 8, 8, 1) and source.images.dtype == np.uint8
+    assert source.images.max() == 255 and len(source.class_names) == 10
+
+
+def test_splits_are_stratified_disjoint_and_seeded():
+    labels = np.repeat(np.arange(4), [100, 50, 30, 20])
+    train, val, test = split_indices(labels, 0.1, 0.2, seed=7)
+    assert len(set(train) | set(val) | set(test)) == len(labels) == len(train) + len(val) + len(test)
+    assert np.bincount(labels[test]).tolist() == [20, 10, 6, 4]
+    assert np.bincount(labels[val]).tolist() == [10, 5, 3, 2]
+    again = split_indices(labels, 0.1, 0.2, seed=7)
+    assert all(np.array_equal(a, b) for a, b in zip((train, val, test), again, strict=True))
+    other = split_indices(labels, 0.1, 0.2, seed=8)
+    assert not np.array_equal(test, other[2])
