@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 from omegaconf import DictConfig
 
 from kfactory.checkpoint import save_model
+
+if TYPE_CHECKING:
+    from kfactory.data import Splits
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):
@@ -39,19 +42,26 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             save_model(self.model, self.path, {**self.metadata, "best_epoch": epoch + 1, self.monitor: value})
 
 
-def make_callbacks(cfg: DictConfig, run_dir: Path, checkpoint: BestModelCheckpoint) -> list[keras.callbacks.Callback]:
+def make_callbacks(
+    cfg: DictConfig, run_dir: Path, checkpoint: BestModelCheckpoint, splits: Splits | None = None
+) -> list[keras.callbacks.Callback]:
     """The callbacks of one training run, all writing under ``run_dir``."""
+    board = cfg.trainer.get("tensorboard") or {}
     callbacks: list[keras.callbacks.Callback] = [
         checkpoint,
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(
             log_dir=str(run_dir / "tensorboard"),
-            histogram_freq=1,
-            write_graph=True,
+            histogram_freq=board.get("histogram_freq", 1),
+            write_graph=board.get("write_graph", True),
             update_freq="epoch",
         ),
         keras.callbacks.TerminateOnNaN(),
     ]
+    if board and splits is not None:
+        from kfactory.tensorboard_extras import ValidationSummaries  # matplotlib, TensorBoard plugins
+
+        callbacks.append(ValidationSummaries(run_dir / "tensorboard", splits.val, splits.class_names, cfg))
     if cfg.trainer.early_stopping:
         callbacks.append(
             keras.callbacks.EarlyStopping(

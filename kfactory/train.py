@@ -18,6 +18,7 @@ from kfactory.data import Splits, make_splits
 from kfactory.distribute import make_strategy
 from kfactory.models import build_model, output_units
 from kfactory.registry import LOSSES, OPTIMIZERS, sparse_labels
+from kfactory.tensorboard_extras import write_final_summaries
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         epochs=cfg.trainer.epochs,
         steps_per_epoch=cfg.trainer.steps_per_epoch,
         validation_steps=cfg.trainer.validation_steps,
-        callbacks=make_callbacks(cfg, run_dir, checkpoint),
+        callbacks=make_callbacks(cfg, run_dir, checkpoint, splits),
         verbose=cfg.trainer.verbose,
         shuffle=False,  # the pipeline shuffles
     )
@@ -51,6 +52,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     metrics.update(best_epoch=checkpoint.best_epoch + 1, epochs_run=len(history.epoch), wall_time_s=time.time() - started)
     metrics[f"best_{cfg.trainer.monitor}"] = checkpoint.best
     write_json_atomic(run_dir / "metrics.json", metrics)
+    write_final_summaries(cfg, run_dir / "tensorboard", metrics)
     report(cfg, run_dir, metrics)
     return checkpoint.best
 

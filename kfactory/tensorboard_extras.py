@@ -1,0 +1,267 @@
+"""TensorBoard beyond scalars: PR curves, confusion matrix, image grid and HParams.
+
+Everything is written at epoch end from one extra pass over (at most
+``trainer.tensorboard.max_samples`` of) the validation split, into the run's
+``tensorboard/`` directory itself, next to the ``train/`` and ``validation/``
+runs the Keras callback writes; nothing runs per training batch.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from hydra.core.hydra_config import HydraConfig
+from matplotlib.figure import Figure
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from tensorboard.plugins.hparams import api as hp
+from tensorboard.plugins.pr_curve import summary as pr_summary
+
+from kfactory.config import input_size, metric_log_name
+from kfactory.registry import PROBABILITY_ACTIVATIONS
+
+# Overridden keys that are already logged under a shorter name.
+_HPARAM_ALIASES = {
+    "model": "model",
+    "model.weights": "weights",
+    "optimizer": "optimizer",
+    "optimizer.learning_rate": "learning_rate",
+    "loss": "loss",
+    "data.batch_size": "batch_size",
+    "model.input_size": "input_size",
+    "model.dropout": "dropout",
+}
+# Overridden keys that do not change what a run learns.
+_NOT_HPARAMS = ("hydra.", "trainer.verbose", "trainer.tensorboard.")
+MAX_TEXT_CLASSES = 50  # the confusion matrix is also logged as a text table up to this many classes
+
+
+class ValidationSummaries(keras.callbacks.Callback):
+    """Epoch-end PR curves, confusion matrix and image grid; HParams at the start.
+
+    Args:
+        log_dir: the run's ``tensorboard/`` directory.
+        val_data: the validation pipeline (batches of images, encoded labels), or None.
+        class_names: names for curves, axes and titles.
+        cfg: the run config (``trainer.tensorboard`` settings, hyperparameters).
+    """
+
+    def __init__(self, log_dir: Path, val_data: tf.data.Dataset | None, class_names: list[str], cfg: DictConfig):
+        super().__init__()
+        self.log_dir, self.val_data, self.class_names = Path(log_dir), val_data, list(class_names)
+        self.settings = cfg.trainer.tensorboard
+        self.activation = cfg.model.activation
+        self.hparams = run_hparams(cfg) if self.settings.hparams else None
+        self.writer: Any = None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if self.writer is None:  # fine-tuning phases call fit (and this) again
+            self.writer = tf.summary.create_file_writer(str(self.log_dir))
+            if self.hparams is not None:
+                with self.writer.as_default():
+                    hp.hparams(self.hparams)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        freq = self.settings.summary_freq
+        last = epoch + 1 == self.params.get("epochs")
+        if self.val_data is None or not freq or ((epoch + 1) % freq and not last):
+            return
+        wants_images = self.settings.images > 0
+        images, labels, probs = collect_predictions(
+            self.model, self.val_data, self.settings.max_samples, self.activation, wants_images
+        )
+        with self.writer.as_default(step=epoch):
+            if self.settings.pr_curves:
+                write_pr_curves(labels, probs, self.class_names, self.settings.pr_thresholds, epoch)
+            if self.settings.confusion_matrix:
+                write_confusion_matrix(labels, probs.argmax(axis=1), self.class_names, epoch)
+            if wants_images:
+                write_image_grid(images, labels, probs.argmax(axis=1), self.class_names, self.settings.images, epoch)
+        self.writer.flush()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+
+def collect_predictions(
+    model: keras.Model, dataset: tf.data.Dataset, max_samples: int, activation: str, keep_images: bool
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Up to ``max_samples`` validation (uint8 images, int labels, class probabilities)."""
+    images, labels, outputs, seen = [], [], [], 0
+    for x, y in dataset:
+        outputs.append(np.asarray(model.predict_on_batch(x), dtype=np.float64))
+        labels.append(decode_labels(np.asarray(y)))
+        if keep_images:
+            images.append(np.clip(np.asarray(x), 0, 255).astype(np.uint8))
+        seen += len(labels[-1])
+        if seen >= max_samples:
+            break
+    probs = to_probabilities(np.concatenate(outputs)[:max_samples], activation)
+    kept = np.concatenate(images)[:max_samples] if keep_images else None
+    return kept, np.concatenate(labels)[:max_samples], probs
+
+
+def decode_labels(y: np.ndarray) -> np.ndarray:
+    """Class indices from integer, one-hot or single-sigmoid-unit labels."""
+    if y.ndim == 2 and y.shape[1] > 1:
+        return y.argmax(axis=1)
+    return np.rint(y.reshape(-1)).astype(np.int64)
+
+
+def to_probabilities(outputs: np.ndarray, activation: str) -> np.ndarray:
+    """Model outputs as one probability per class (two columns for one sigmoid unit)."""
+    if outputs.shape[1] == 1:
+        positive = outputs[:, 0] if activation in PROBABILITY_ACTIVATIONS else 1 / (1 + np.exp(-outputs[:, 0]))
+        positive = np.clip(positive, 0.0, 1.0)
+        return np.stack([1 - positive, positive], axis=1)
+    if activation in PROBABILITY_ACTIVATIONS:
+        return np.clip(outputs, 0.0, 1.0)
+    shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))  # logits or scores: softmax
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def write_pr_curves(labels: np.ndarray, probs: np.ndarray, class_names: list[str], thresholds: int, step: int) -> None:
+    """One PR curve per class (one-vs-rest) and a micro-averaged one, under ``pr_curve/``."""
+    one_hot = np.eye(len(class_names), dtype=bool)[labels]
+    curves = {name: (one_hot[:, i], probs[:, i]) for i, name in enumerate(class_names)}
+    curves["micro_average"] = (one_hot.reshape(-1), probs.reshape(-1))
+    for name, (truth, scores) in curves.items():
+        summary = pr_summary.pb(
+            f"pr_curve/{name}", truth, scores.astype(np.float32), num_thresholds=thresholds, display_name=name
+        )
+        tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=step)
+
+
+def confusion_counts(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts[true, predicted]."""
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(counts, (labels, predicted), 1)
+    return counts
+
+
+def write_confusion_matrix(labels: np.ndarray, predicted: np.ndarray, class_names: list[str], step: int) -> None:
+    """The confusion matrix as an image (counts, row-normalised colours) and a text table."""
+    counts = confusion_counts(labels, predicted, len(class_names))
+    tf.summary.image("confusion_matrix", png_to_batch(confusion_figure(counts, class_names)), step=step)
+    if len(class_names) <= MAX_TEXT_CLASSES:
+        header = "| true \\ predicted | " + " | ".join(class_names) + " |"
+        rows = [f"| {name} | {' | '.join(map(str, row))} |" for name, row in zip(class_names, counts, strict=True)]
+        table = "\n".join([header, "|---" * (len(class_names) + 1) + "|", *rows])
+        tf.summary.text("confusion_matrix_counts", table, step=step)
+
+
+def confusion_figure(counts: np.ndarray, class_names: list[str]) -> bytes:
+    """A PNG of the confusion matrix: class names on the axes, colour = share of the true class."""
+    n = len(class_names)
+    side = min(max(4.0, 0.45 * n + 2), 24.0)
+    figure = Figure(figsize=(side, side), dpi=80)
+    axes = figure.add_subplot()
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    axes.set_xticks(range(n), class_names, rotation=90 if n > 10 else 45, ha="right" if n <= 10 else "center")
+    axes.set_yticks(range(n), class_names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    if n <= 30:  # numbers stay readable up to about this many classes
+        for (row, col), count in np.ndenumerate(counts):
+            colour = "white" if rates[row, col] > 0.5 else "black"
+            axes.text(col, row, str(count), ha="center", va="center", color=colour, fontsize=8)
+    figure.tight_layout()
+    return figure_png(figure)
+
+
+def write_image_grid(
+    images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, class_names: list[str], count: int, step: int
+) -> None:
+    """A grid of validation images titled true/predicted, misclassified (red) first."""
+    order = np.argsort(labels == predicted, kind="stable")[:count]  # False (wrong) sorts first
+    cols = math.ceil(math.sqrt(len(order)))
+    rows = math.ceil(len(order) / cols)
+    figure = Figure(figsize=(2 * cols, 2.2 * rows), dpi=80)
+    for slot, index in enumerate(order):
+        axes = figure.add_subplot(rows, cols, slot + 1)
+        axes.imshow(images[index])
+        axes.axis("off")
+        wrong = labels[index] != predicted[index]
+        title = f"true {class_names[labels[index]]}\npred {class_names[predicted[index]]}"
+        axes.set_title(title, fontsize=8, color="red" if wrong else "black")
+    figure.tight_layout()
+    tf.summary.image("validation_images", png_to_batch(figure_png(figure)), step=step)
+
+
+def figure_png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def png_to_batch(png: bytes) -> tf.Tensor:
+    """A PNG as a batch of one image, as tf.summary.image wants it."""
+    return tf.expand_dims(tf.io.decode_png(png, channels=3), 0)
+
+
+def run_hparams(cfg: DictConfig) -> dict[str, bool | int | float | str]:
+    """The run's hyperparameters for the HParams dashboard, every overridden key included."""
+    height, width = input_size(cfg)
+    values: dict[str, bool | int | float | str] = {
+        "model": cfg.model.name,
+        "weights": hparam_value(cfg.model.weights),
+        "optimizer": cfg.optimizer.name,
+        "learning_rate": float(cfg.optimizer.learning_rate),
+        "loss": cfg.loss.name,
+        "batch_size": int(cfg.data.batch_size),
+        "input_size": f"{height}x{width}",
+        "dropout": float(cfg.model.dropout),
+    }
+    for override in task_overrides(cfg):
+        key, _, given = override.lstrip("+~").partition("=")
+        if key.startswith(_NOT_HPARAMS) or _HPARAM_ALIASES.get(key) in values:
+            continue
+        value = OmegaConf.select(cfg, key, default=given)
+        values[key] = hparam_value(given if isinstance(value, (DictConfig, ListConfig)) else value)
+    return values
+
+
+def task_overrides(cfg: DictConfig) -> list[str]:
+    """The command-line overrides of this job (one sweep point in a multirun)."""
+    if HydraConfig.initialized():
+        return list(HydraConfig.get().overrides.task)
+    return list(OmegaConf.select(cfg, "hydra.overrides.task", default=[]) or [])
+
+
+def hparam_value(value: Any) -> bool | float | str:
+    """Numbers as floats (so 0 and 0.5 share a type across runs), other values as text."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    return "null" if value is None else str(value)
+
+
+def hparam_metrics(cfg: DictConfig, final_keys: list[str]) -> list[hp.Metric]:
+    """Metrics the HParams table shows: last train/validation epoch values and the final ones."""
+    names = ["loss", *(metric_log_name(m) for m in cfg.trainer.metrics)]
+    metrics = [hp.Metric(f"epoch_{n}", group="validation", display_name=f"val_{n}") for n in names]
+    metrics += [hp.Metric(f"epoch_{n}", group="train", display_name=f"train_{n}") for n in names]
+    return metrics + [hp.Metric(f"final/{key}", display_name=key) for key in final_keys]
+
+
+def write_final_summaries(cfg: DictConfig, log_dir: Path, metrics: dict[str, Any]) -> None:
+    """After training: the final metrics as ``final/*`` scalars and the HParams experiment config."""
+    settings = cfg.trainer.get("tensorboard")
+    if settings is None or not settings.hparams:
+        return
+    final = {k: float(v) for k, v in metrics.items() if k.startswith(("val_", "test_", "best_"))}
+    writer = tf.summary.create_file_writer(str(log_dir))
+    with writer.as_default(step=int(metrics.get("epochs_run", 1)) - 1):
+        for key, value in final.items():
+            tf.summary.scalar(f"final/{key}", value)
+        hparams = [hp.HParam(name) for name in run_hparams(cfg)]
+        hp.hparams_config(hparams=hparams, metrics=hparam_metrics(cfg, list(final)))
+    writer.close()
