@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import sys
 import traceback
 from pathlib import Path
@@ -30,8 +29,9 @@ def kfactory(cfg: DictConfig) -> float | None:
     """Run ``cfg.task`` in the Hydra run directory; return the monitored metric.
 
     A bad config exits with status 2 and one line naming the key. In a multirun
-    a failed job is recorded in its directory and returns NaN, so the other jobs
-    (and an Optuna study, which marks the trial failed) carry on.
+    a failed job is recorded in its directory and returns None, so the other jobs
+    carry on; the Optuna sweeper records a None as a failed trial (a NaN would
+    crash hydra-optuna-sweeper 1.3: it passes the NaN on with the FAIL state).
     """
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -51,7 +51,7 @@ def kfactory(cfg: DictConfig) -> float | None:
         (run_dir / ERROR_FILE).write_text(traceback.format_exc())
     finally:
         release_memory()
-    return math.nan
+    return None
 
 
 def release_memory() -> None:
