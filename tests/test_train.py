@@ -1,0 +1,79 @@
+"""One tiny run end to end through the real CLI: train, then eval and predict on it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import TINY, run_cli
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    result = run_cli(["model=vgg16", *TINY, f"hydra.run.dir={run_dir}"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    return run_dir, result.stdout + result.stderr
+
+
+def test_train_writes_model_metrics_history_tensorboard_and_config(trained_run):
+    run_dir, output = trained_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("val_accuracy", "val_loss", "test_accuracy", "test_loss"):
+        assert isinstance(metrics[key], float) and np.isfinite(metrics[key])
+    history = pd.read_csv(run_dir / "history.csv")
+    assert history["epoch"].tolist() == [0, 1]
+    assert {"accuracy", "loss", "val_accuracy", "val_loss"} <= set(history.columns)
+    assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert f"tensorboard --logdir {run_dir / 'tensorboard'}" in output
+    assert str(run_dir / "model.keras") in output
+
+
+def test_saved_model_loads_with_plain_keras_and_carries_class_names(trained_run):
+    import keras
+
+    from kfactory.checkpoint import read_metadata
+
+    run_dir, _ = trained_run
+    model = keras.models.load_model(run_dir / "model.keras")
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 10)
+    assert read_metadata(run_dir / "model.keras")["class_names"] == [str(i) for i in range(10)]
+
+
+def test_eval_reproduces_the_runs_test_metrics(trained_run, tmp_path):
+    run_dir, _ = trained_run
+    result = run_cli(["task=eval", f"ckpt_path={run_dir}", f"hydra.run.dir={tmp_path}"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    expected = json.loads((run_dir / "metrics.json").read_text())
+    got = json.loads((tmp_path / "eval_metrics.json").read_text())
+    assert got["test_accuracy"] == pytest.approx(expected["test_accuracy"], abs=1e-6)
+    assert got["test_loss"] == pytest.approx(expected["test_loss"], rel=1e-4)
+    report = pd.read_csv(tmp_path / "class_report.csv", index_col=0)
+    assert report.loc["macro avg", "support"] == 179 and "precision" in report.columns
+    assert "Per-class report" in result.stdout + result.stderr
+
+
+def test_predict_writes_top_k_labels_and_probabilities(trained_run, tmp_path):
+    from PIL import Image
+
+    from kfactory.sources import load_digits
+
+    run_dir, _ = trained_run
+    digits = load_digits()
+    for i in range(6):
+        label = str(digits.labels[i])
+        (tmp_path / "in" / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(digits.images[i, ..., 0]).save(tmp_path / "in" / label / f"{i}.png")
+    out = tmp_path / "out"
+    result = run_cli(["task=predict", f"ckpt_path={run_dir / 'model.keras'}", f"predict.input={tmp_path / 'in'}",
+                      "predict.top_k=3", f"hydra.run.dir={out}"])  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = pd.read_csv(out / "predictions.csv")
+    assert len(table) == 6
+    assert {"file", "label_1", "prob_1", "label_3", "prob_3", "true_label", "correct"} <= set(table.columns)
+    assert (table["prob_1"] >= table["prob_2"]).all() and (table["prob_2"] >= table["prob_3"]).all()
+    assert table["correct"].tolist() == (table["label_1"] == table["true_label"]).tolist()
