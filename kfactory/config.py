@@ -7,10 +7,12 @@ accepted, so a typo costs a second, not a run.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from kfactory.registry import (
     ACTIVATIONS,
@@ -35,7 +37,8 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, value: Any, accepted: str) -> None:
         self.key, self.value, self.accepted = key, value, accepted
-        super().__init__(f"{key}={_show(value)} is not accepted: {accepted}")
+        # One line, even when ``accepted`` quotes a multi-line library error.
+        super().__init__(" ".join(f"{key}={_show(value)} is not accepted: {accepted}".split()))
 
 
 def _show(value: Any) -> str:
@@ -53,6 +56,17 @@ def expand_path(path: str | os.PathLike) -> Path:
     return Path(os.path.expandvars(os.path.expanduser(str(path))))
 
 
+def unset_variables(path: str) -> list[str]:
+    """The ``$NAME`` / ``${NAME}`` variables in ``path`` that the environment does not set."""
+    names = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", str(path))
+    return [name for name in names if name not in os.environ]
+
+
+PATH_KEYS = ("model.weights", "data.path", "data.csv", "ckpt_path", "predict.input")
+WEIGHTS_SUFFIXES = (".h5", ".hdf5", ".keras")  # what keras.Model.load_weights reads
+BOOLEAN_KEYS = ("resume", "unsafe_load")
+
+
 def input_size(cfg: DictConfig) -> tuple[int, int]:
     """``model.input_size`` as (height, width); a single int means a square."""
     size = cfg.model.input_size
@@ -61,15 +75,28 @@ def input_size(cfg: DictConfig) -> tuple[int, int]:
         return side, side
     if isinstance(size, int):
         return size, size
-    if isinstance(size, ListConfig | list | tuple) and len(size) == 2:
-        if all(isinstance(s, int) for s in size):
-            return int(size[0]), int(size[1])
+    if isinstance(size, ListConfig | list | tuple) and len(size) == 2 and all(isinstance(s, int) for s in size):
+        return int(size[0]), int(size[1])
     raise ConfigError("model.input_size", size, "[height, width] in pixels, or one int")
 
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first value of ``cfg`` a run cannot use."""
+    try:
+        _validate(cfg)
+    except MissingMandatoryValue as error:  # a ``???`` the user has not set, e.g. data.path
+        raise ConfigError(error.full_key, "???", f"a value: add {error.full_key}=... to the command line") from None
+    except InterpolationResolutionError as error:  # e.g. ${HOME} read as a config key, not the variable
+        accepted = f"an interpolation that resolves ({str(error).splitlines()[0]}); environment variables: $NAME"
+        raise ConfigError(error.full_key, "${...}", accepted) from None
+
+
+def _validate(cfg: DictConfig) -> None:
     _check_choice("task", cfg.task, TASKS)
+    _check_paths(cfg)
+    for key in BOOLEAN_KEYS:
+        if not isinstance(cfg.get(key, False), bool):
+            raise ConfigError(key, cfg.get(key), "true or false")
     if cfg.task == "train":
         _check_model(cfg)
         _check_loss(cfg)
@@ -90,6 +117,14 @@ def _check_choice(key: str, value: Any, accepted: tuple | frozenset | dict) -> N
 
 
 def _check_number(key: str, value: Any, low: float, high: float | None, closed_high: bool, what: str) -> None:
+def _check_paths(cfg: DictConfig) -> None:
+    """Refuse a path whose ``$VARIABLE`` is not set, naming the variable (``~`` always expands)."""
+    for key in PATH_KEYS:
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        if isinstance(value, str) and (unset := unset_variables(value)):
+            raise ConfigError(key, value, f"a path whose environment variables are set (${unset[0]} is not)")
+
+
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= low
     if ok and high is not None:
         ok = value <= high if closed_high else value < high
@@ -112,6 +147,8 @@ def _check_model(cfg: DictConfig) -> None:
         if not path.is_file():
             raise ConfigError("model.weights", weights, "imagenet, null, or the path of an existing weights file")
     if model.include_top and weights == "imagenet" and (height, width) != (spec.default_size,) * 2:
+        if not path.name.lower().endswith(WEIGHTS_SUFFIXES):
+            raise ConfigError("model.weights", weights, "a Keras weights file: .weights.h5, .h5 or .keras")
         raise ConfigError(
             "model.input_size",
             [height, width],
@@ -185,9 +222,8 @@ def _check_data(cfg: DictConfig) -> None:
     for key in ("val_split", "test_split"):
         _check_number(f"data.{key}", data[key], 0, 1, False, "a fraction in [0, 1)")
     if data.val_split + data.test_split >= 1:
-        raise ConfigError(
-            "data.val_split + data.test_split", data.val_split + data.test_split, "a sum below 1, to leave training data"
-        )
+        total = data.val_split + data.test_split
+        raise ConfigError("data.val_split + data.test_split", total, "a sum below 1, to leave training data")
     _check_choice("data.cache", data.cache, CACHE_MODES)
     if data.source == "keras":
         _check_choice("data.name", data.name, KERAS_DATASETS)

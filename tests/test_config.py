@@ -1,0 +1,110 @@
+"""Refusals: every bad value stops the run before work starts, in one line naming the key."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from kfactory.config import ConfigError, validate
+from tests.conftest import run_cli, write_image_folder
+
+
+@pytest.fixture
+def bad_inputs(tmp_path: Path) -> Path:
+    """Files and folders the refusals below point at, under ``{tmp}``."""
+    write_image_folder(tmp_path / "one_class", {"cats": 3})
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a_file.txt").write_text("not a folder\n")
+    write_image_folder(tmp_path / "images", {"cats": 3, "dogs": 3})
+    (tmp_path / "no_columns.csv").write_text("file,y\nimages/cats/cats_0.png,cats\n")
+    rows = "".join(f"missing_{i}.png,cats\n" for i in range(5))
+    (tmp_path / "missing.csv").write_text("path,label\nimages/cats/cats_0.png,cats\n" + rows)
+    (tmp_path / "weights.txt").write_text("not weights\n")
+    with zipfile.ZipFile(tmp_path / "not_a_model.keras", "w") as archive:
+        archive.writestr("hello.txt", "a zip, but no Keras model inside")
+    return tmp_path
+
+
+# (overrides, the key the message must name); {tmp} is the bad_inputs folder.
+REFUSALS = [
+    (["optimizer.learning_rate=0"], "optimizer.learning_rate"),
+    (["optimizer.learning_rate=-0.1"], "optimizer.learning_rate"),
+    (["trainer.epochs=0"], "trainer.epochs"),
+    (["data.batch_size=0"], "data.batch_size"),
+    (["model.dropout=1.0"], "model.dropout"),
+    (["model.dropout=-0.1"], "model.dropout"),
+    (["model.activation=swishy"], "model.activation"),
+    (["trainer.metrics=[accuracy,accurracy]"], "trainer.metrics"),
+    (["model.activation=relu", "loss=categorical_crossentropy"], "model.activation"),
+    (["data.val_split=0.5", "data.test_split=0.5"], "data.val_split + data.test_split"),
+    (["model=inception_v3", "model.input_size=[74,74]"], "model.input_size"),
+    (["model=xception", "model.input_size=[70,70]"], "model.input_size"),
+    (["model=vgg16", "model.input_size=[31,31]"], "model.input_size"),
+    (
+        ["model=vgg16", "model.weights=imagenet", "model.include_top=true", "model.input_size=[64,64]"],
+        "model.input_size",
+    ),
+    (["model.weights={tmp}/missing.weights.h5"], "model.weights"),
+    (["model.weights={tmp}/weights.txt"], "model.weights"),
+    (["model.weights='$KF_UNSET_VARIABLE/w.weights.h5'"], "model.weights"),
+    (["data=folder"], "data.path"),
+    (["data=folder", "data.path='${KF_UNSET_VARIABLE}/images'"], "data.path"),  # an OmegaConf interpolation
+    (["data=folder", "data.path={tmp}/nowhere"], "data.path"),
+    (["data=folder", "data.path={tmp}/empty"], "data.path"),
+    (["data=folder", "data.path={tmp}/a_file.txt"], "data.path"),
+    (["data=folder", "data.path={tmp}/one_class"], "data.path"),
+    (["data=csv", "data.csv={tmp}/no_columns.csv"], "data.path_column"),
+    (["data=csv", "data.csv={tmp}/missing.csv"], "data.csv"),
+    (["task=eval", "ckpt_path={tmp}/empty"], "ckpt_path"),
+    (["task=eval", "ckpt_path={tmp}/a_file.txt"], "ckpt_path"),
+    (["task=eval", "ckpt_path={tmp}/not_a_model.keras"], "ckpt_path"),
+    (["task=predict", "ckpt_path=null"], "ckpt_path"),
+    (["resume=maybe"], "resume"),
+    (["unsafe_load=1"], "unsafe_load"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "key"), REFUSALS, ids=[" ".join(o) for o, _ in REFUSALS])
+def test_validate_refuses_with_one_line_naming_the_key(cfg_factory, bad_inputs, overrides, key):
+    cfg = cfg_factory([o.replace("{tmp}", str(bad_inputs)) for o in overrides])
+    with pytest.raises(ConfigError) as caught:
+        validate(cfg)
+    message = str(caught.value)
+    assert caught.value.key == key
+    assert message.startswith(f"{key}=")
+    assert "is not accepted" in message
+    assert "\n" not in message
+
+
+def test_csv_with_missing_files_says_how_many_and_shows_the_first(cfg_factory, bad_inputs):
+    cfg = cfg_factory(["data=csv", f"data.csv={bad_inputs}/missing.csv"])
+    with pytest.raises(ConfigError, match=r"5 missing: .*missing_0\.png, .*missing_1\.png, .*missing_2\.png, \.\.\."):
+        validate(cfg)
+
+
+def test_paths_expand_home_and_environment_variables(cfg_factory, bad_inputs, monkeypatch):
+    monkeypatch.setenv("HOME", str(bad_inputs))
+    monkeypatch.setenv("KF_DATA", str(bad_inputs))
+    # Quoted, as Hydra's override grammar wants for ~ and $ (config files need no quotes).
+    validate(cfg_factory(["data=folder", "data.path='~/images'"]))
+    validate(cfg_factory(["data=folder", "data.path='$KF_DATA/images'"]))
+    validate(cfg_factory(["data=folder", "data.path=${oc.env:KF_DATA}/images"]))
+
+
+CLI_REFUSALS = [
+    (["model=resnet9000"], 1, "model"),  # Hydra's own message, with the list of options
+    (["trainer.epochs=0"], 2, "trainer.epochs"),
+    (["data=folder", "data.path=/nonexistent/kf"], 2, "data.path"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "code", "key"), CLI_REFUSALS, ids=[o[0] for o, _, _ in CLI_REFUSALS])
+def test_cli_refuses_without_traceback_or_tensorflow(tmp_path, overrides, code, key):
+    result = run_cli([*overrides, f"hydra.run.dir={tmp_path / 'run'}"], timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == code, output
+    assert "Traceback" not in output
+    assert key in output
+    assert "tensorflow" not in output.lower()
