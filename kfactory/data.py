@@ -6,7 +6,7 @@ cached once (as uint8) so later epochs skip decoding. No Python runs per image.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from kfactory.config import input_size
 from kfactory.models import output_units
+from kfactory.image_check import drop_unreadable
 from kfactory.registry import sparse_labels
 from kfactory.sources import ImageSource, describe_source, split_indices
 
@@ -31,6 +32,7 @@ class Splits:
     test: tf.data.Dataset | None
     indices: dict[str, np.ndarray]
 
+    skipped: list[str] = field(default_factory=list)  # unreadable files left out of every split
     @property
     def class_names(self) -> list[str]:
         return self.source.class_names
@@ -53,14 +55,14 @@ def load_source(data: DictConfig) -> ImageSource:
 
 def make_splits(cfg: DictConfig, run_dir: Path | None = None) -> Splits:
     """Seeded, stratified splits of ``cfg.data`` as batched pipelines."""
-    source = load_source(cfg.data)
+    source, skipped = drop_unreadable(load_source(cfg.data), cfg.data, run_dir)
     train_idx, val_idx, test_idx = split_indices(source.labels, cfg.data.val_split, cfg.data.test_split, cfg.seed)
     indices = {"train": train_idx, "val": val_idx, "test": test_idx}
     pipelines = {
         name: make_dataset(source, idx, cfg, training=name == "train", cache_dir=run_dir, split=name) if len(idx) else None
         for name, idx in indices.items()
     }
-    return Splits(source, pipelines["train"], pipelines["val"], pipelines["test"], indices)
+    return Splits(source, pipelines["train"], pipelines["val"], pipelines["test"], indices, skipped)
 
 
 def make_dataset(

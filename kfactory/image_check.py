@@ -1,0 +1,68 @@
+"""Find image files that do not decode, before training, so they are skipped by name.
+
+One parallel ``tf.data`` pass decodes every file once; each file carries its
+index through the pass and ``ignore_errors`` drops the ones that fail, so the
+indices that come out are the readable files. No Python runs per image.
+The same files are then left out of every split, so a corrupt image can
+neither crash an epoch nor shift the split between ``train`` and ``eval``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from omegaconf import DictConfig
+
+from kfactory.config import ConfigError
+from kfactory.sources import ImageSource
+
+log = logging.getLogger(__name__)
+
+SKIPPED_FILE = "skipped_images.txt"  # in the run directory: one unreadable path a line
+SHOWN = 3  # unreadable files named in the log line; the file lists all
+
+
+def find_unreadable(paths: list[str]) -> np.ndarray:
+    """Indices into ``paths`` of the files that cannot be read or decoded as an image."""
+    if not paths:
+        return np.zeros(0, np.int64)
+    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths), dtype=np.int64), paths))
+    ds = ds.map(_index_if_decodes, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    ds = ds.ignore_errors().batch(8192)
+    readable = np.zeros(len(paths), bool)
+    for indices, _ in ds.as_numpy_iterator():
+        readable[indices] = True
+    return np.flatnonzero(~readable)
+
+
+def _index_if_decodes(index: tf.Tensor, path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    # Returning the decoded shape keeps the decode in the graph: an unused one is pruned.
+    return index, tf.shape(image)
+
+
+def drop_unreadable(source: ImageSource, data: DictConfig, run_dir: Path | None) -> tuple[ImageSource, list[str]]:
+    """``source`` (from ``data``) without its unreadable files, and their paths, listed in ``run_dir``."""
+    if source.paths is None:
+        return source, []
+    bad = find_unreadable(source.paths)
+    if len(bad) == 0:
+        return source, []
+    skipped = [source.paths[i] for i in bad]
+    if len(bad) == len(source):
+        key = "data.csv" if data.source == "csv" else "data.path"
+        raise ConfigError(
+            key, data[key.split(".")[1]], f"readable images: none of its {len(source)} files decodes, e.g. {skipped[0]}"
+        )
+    keep = np.setdiff1d(np.arange(len(source)), bad)
+    kept = ImageSource(source.class_names, source.labels[keep], paths=[source.paths[i] for i in keep])
+    where = ""
+    if run_dir is not None:
+        (run_dir / SKIPPED_FILE).write_text("".join(f"{p}\n" for p in skipped))
+        where = f"; all listed in {run_dir / SKIPPED_FILE}"
+    shown = ", ".join(skipped[:SHOWN]) + (", ..." if len(skipped) > SHOWN else "")
+    log.warning("Skipping %d of %d images that cannot be decoded: %s%s", len(skipped), len(source), shown, where)
+    return kept, skipped
