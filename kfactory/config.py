@@ -103,6 +103,7 @@ def _validate(cfg: DictConfig) -> None:
         _check_optimizer(cfg)
         _check_trainer(cfg)
         _check_data(cfg)
+        _check_transfer(cfg)
     else:
         _check_checkpoint(cfg)
     if cfg.task == "predict":
@@ -231,6 +232,22 @@ def _check_data(cfg: DictConfig) -> None:
         from kfactory.sources import describe_source  # lists files only, no TensorFlow
 
         describe_source(data)
+
+
+def _check_transfer(cfg: DictConfig) -> None:
+    """Fine-tuning phases, augmentation, schedule and class weights (modules import no TensorFlow)."""
+    from kfactory.augment import check_augment
+    from kfactory.class_weights import check_class_weight
+    from kfactory.finetune import check_finetune
+    from kfactory.schedules import check_schedule
+
+    check_finetune(cfg)
+    check_augment(cfg)
+    check_schedule(cfg)
+    check_class_weight(cfg.data)
+    ema = cfg.trainer.get("ema")
+    if ema is not None:
+        _check_number("trainer.ema", ema, 0, 1, False, "null, or the EMA momentum in (0, 1), e.g. 0.99")
 
 
 def _check_checkpoint(cfg: DictConfig) -> None:

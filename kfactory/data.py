@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
 
+from kfactory.augment import build_augmenter
 from kfactory.config import input_size
 from kfactory.models import output_units
 from kfactory.image_check import drop_unreadable
@@ -93,6 +94,9 @@ def make_dataset(
     ds = ds.map(
         lambda x, y: (to_rgb_float(x, size if resize_batches else None), encode(y)), num_parallel_calls=AUTOTUNE
     )
+    augment = build_augmenter(cfg) if training else None  # data.augment: training batches only
+    if augment is not None:
+        ds = ds.map(augment, num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 
 

@@ -96,8 +96,12 @@ def load_weights_file(base: keras.Model, path) -> None:
     try:
         base.load_weights(str(path))
     except Exception as error:
+        reason = str(error).strip().splitlines()[0][:300]  # Keras lists every layer that did not fit
         raise ConfigError(
-            "model.weights", str(path), f"a weights file saved from {base.name} with these settings ({error})"
+            "model.weights",
+            str(path),
+            f"a weights file saved from this architecture ({base.name}) with the same include_top; "
+            f"this file does not fit it: {reason}",
         ) from error
 
 

@@ -16,6 +16,7 @@ from kfactory.compute import choose_jit_compile, configure_tensorflow
 from kfactory.config import ConfigError, metric_log_name, input_size
 from kfactory.data import Splits, make_splits
 from kfactory.distribute import make_strategy
+from kfactory.finetune import fit_in_phases
 from kfactory.models import build_model, output_units
 from kfactory.registry import LOSSES, OPTIMIZERS, sparse_labels
 from kfactory.tensorboard_extras import write_final_summaries
@@ -36,16 +37,12 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         model = build_model(cfg, len(splits.class_names))
         compile_model(model, cfg, len(splits.class_names), jit)
     checkpoint = BestModelCheckpoint(run_dir / MODEL_FILE, cfg.trainer.monitor, model_metadata(cfg, splits))
-    history = model.fit(
-        splits.train,
-        validation_data=splits.val,
-        epochs=cfg.trainer.epochs,
-        steps_per_epoch=cfg.trainer.steps_per_epoch,
-        validation_steps=cfg.trainer.validation_steps,
-        callbacks=make_callbacks(cfg, run_dir, checkpoint, splits),
-        verbose=cfg.trainer.verbose,
-        shuffle=False,  # the pipeline shuffles
-    )
+    def compile_phase(learning_rate: Any) -> None:  # each fine-tuning phase recompiles, in the model's strategy
+        with model.distribute_strategy.scope():
+            compile_model(model, cfg, len(splits.class_names), jit, learning_rate)
+
+    callbacks = make_callbacks(cfg, run_dir, checkpoint, splits)
+    history = fit_in_phases(model, cfg, splits, run_dir, steps, callbacks, compile_phase)
     if checkpoint.best is None:
         raise RuntimeError(f"no epoch produced a finite {cfg.trainer.monitor}; nothing to save (try a lower learning rate)")
     metrics = evaluate_best(cfg, run_dir / MODEL_FILE, splits, len(splits.class_names))
@@ -57,21 +54,25 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     return checkpoint.best
 
 
-def compile_model(model: keras.Model, cfg: DictConfig, num_classes: int, jit_compile: bool) -> None:
-    """Compile with the configured optimizer, loss and metrics."""
+def compile_model(
+    model: keras.Model, cfg: DictConfig, num_classes: int, jit_compile: bool, learning_rate: Any = None
+) -> None:
+    """Compile with the configured optimizer (at ``learning_rate`` if given), loss and metrics."""
     model.compile(
-        optimizer=make_optimizer(cfg.optimizer),
+        optimizer=make_optimizer(cfg.optimizer, learning_rate, cfg.trainer.get("ema")),
         loss=make_loss(cfg.loss, cfg.model.activation),
         metrics=make_metrics(cfg.trainer, cfg.loss.name, num_classes),
         jit_compile=jit_compile,
     )
 
 
-def make_optimizer(optimizer: DictConfig, learning_rate: Any = None) -> keras.optimizers.Optimizer:
-    """A keras optimizer from ``optimizer.name`` and its arguments."""
+def make_optimizer(optimizer: DictConfig, learning_rate: Any = None, ema: float | None = None) -> keras.optimizers.Optimizer:
+    """A keras optimizer from ``optimizer.name`` and its arguments; ``ema``: keep an EMA of the weights."""
     kwargs = {k: v for k, v in OmegaConf.to_container(optimizer).items() if k not in ("name", "schedule")}
     if learning_rate is not None:
         kwargs["learning_rate"] = learning_rate
+    if ema is not None:
+        kwargs.update(use_ema=True, ema_momentum=ema)
     cls = getattr(keras.optimizers, OPTIMIZERS[optimizer.name])
     try:
         return cls(**kwargs)

@@ -1,0 +1,245 @@
+"""Fit in phases: a new head on a frozen base, then part of the base at a lower rate.
+
+``model.freeze`` says which layers of the base (the application, never the
+preprocessing layers or the head) train: ``all`` (none of them: feature
+extraction), ``none`` (all), an integer N (the top N layers) or a layer name
+(that layer and those above it). With ``finetune.head_epochs`` > 0, phase 1
+trains the head alone for that many epochs, then phase 2 applies ``model.freeze``
+and continues at ``learning_rate * finetune.learning_rate_factor`` up to
+``trainer.epochs``. Both phases share the callbacks, so the run has one
+history.csv, one TensorBoard run with continuous epoch numbers and one best model.
+
+A base trained from scratch (``model.weights=null``) always trains in full.
+BatchNormalization of a pretrained base stays frozen, so in inference mode, in
+every phase unless ``model.bn_trainable`` (see ``apply_freeze``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig
+
+from kfactory.config import ConfigError
+
+if TYPE_CHECKING:
+    import keras
+
+    from kfactory.data import Splits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Epochs ``[initial_epoch, epochs)`` trained with ``freeze`` at ``learning_rate``."""
+
+    name: str
+    freeze: Any
+    initial_epoch: int
+    epochs: int
+    learning_rate: float
+
+
+def freeze_of(model: DictConfig) -> Any:
+    """``model.freeze``; a config without the key trains everything, as before it existed."""
+    return model.get("freeze", "none")
+
+
+def check_finetune(cfg: DictConfig) -> None:
+    """Refuse freeze / finetune / bn_trainable values a run cannot use (no TensorFlow)."""
+    freeze = freeze_of(cfg.model)
+    if isinstance(freeze, bool) or not isinstance(freeze, (int, str)) or (isinstance(freeze, int) and freeze < 0):
+        raise ConfigError("model.freeze", freeze, "all, none, N >= 0 (the top N layers train) or a layer name")
+    if not isinstance(cfg.model.get("bn_trainable", False), bool):
+        raise ConfigError("model.bn_trainable", cfg.model.bn_trainable, "true or false")
+    finetune = cfg.get("finetune") or {}
+    head = finetune.get("head_epochs", 0)
+    if not isinstance(head, int) or isinstance(head, bool) or head < 0 or (head and head >= cfg.trainer.epochs):
+        raise ConfigError("finetune.head_epochs", head, "an integer >= 0 and below trainer.epochs")
+    factor = finetune.get("learning_rate_factor", 1.0)
+    if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor <= 0:
+        raise ConfigError("finetune.learning_rate_factor", factor, "a number > 0")
+    if head and cfg.model.weights is None:
+        raise ConfigError(
+            "finetune.head_epochs", head, "0 when model.weights=null: a base trained from scratch has nothing to keep"
+        )
+
+
+def plan_phases(cfg: DictConfig) -> list[Phase]:
+    """One phase, or head-then-base when ``finetune.head_epochs`` > 0."""
+    lr = float(cfg.optimizer.learning_rate)
+    finetune = cfg.get("finetune") or {}
+    head = finetune.get("head_epochs", 0) or 0
+    if not head:
+        return [Phase("train", freeze_of(cfg.model), 0, cfg.trainer.epochs, lr)]
+    factor = float(finetune.get("learning_rate_factor", 1.0))
+    return [
+        Phase("head", "all", 0, head, lr),
+        Phase("finetune", freeze_of(cfg.model), head, cfg.trainer.epochs, lr * factor),
+    ]
+
+
+def find_base(model: keras.Model) -> keras.Model:
+    """The application inside a built model (its only nested model)."""
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            return layer
+    raise ValueError(f"{model.name} has no nested base model")
+
+
+def apply_freeze(base: keras.Model, freeze: Any, pretrained: bool = True, bn_trainable: bool = False) -> None:
+    """Set which layers of ``base`` train; the outer model's own layers are left alone.
+
+    Never set the outer model's ``trainable``: it would recurse into the fixed
+    preprocessing layers (e.g. the caffe-mode Conv2D) and make them train.
+    A pretrained base's BatchNormalization layers stay frozen unless
+    ``bn_trainable``: in Keras 3, ``fit`` calls nested models with
+    ``training=True`` even where the graph says ``training=False``
+    (keras-team/keras#20285), and only a non-trainable BatchNormalization is
+    sure to run in inference mode (the keras.io EfficientNet fine-tuning recipe).
+    """
+    import keras
+
+    layers = [layer for layer in base.layers if layer.__class__.__name__ != "InputLayer"]
+    if not pretrained or freeze == "none":
+        start = 0
+    elif freeze == "all":
+        start = len(layers)
+    elif isinstance(freeze, int):
+        start = max(0, len(layers) - freeze)
+    else:
+        names = [layer.name for layer in layers]
+        if freeze not in names:
+            examples = ", ".join(names[-4:])
+            raise ConfigError("model.freeze", freeze, f"all, none, N, or a layer of {base.name}, e.g. {examples}")
+        start = names.index(freeze)
+    base.trainable = start < len(layers)
+    # A functional model's trainable setter does not reach its layers: set each one.
+    for index, layer in enumerate(layers):
+        keep_bn = pretrained and not bn_trainable and isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = index >= start and not keep_bn
+
+
+def parameter_counts(model: keras.Model) -> tuple[int, int]:
+    """(trainable, frozen) parameter counts; frozen includes BN moving statistics."""
+    import numpy as np
+
+    def count(weights: list) -> int:
+        return int(sum(np.prod(w.shape) for w in weights))
+
+    return count(model.trainable_weights), count(model.non_trainable_weights)
+
+
+def describe_phase(model: keras.Model, phase: Phase, number: int, total: int, pretrained: bool) -> str:
+    """One line: the phase, its epochs, rate and trainable / frozen parameter counts."""
+    trainable, frozen = parameter_counts(model)
+    freeze = phase.freeze if pretrained else "none (from scratch)"
+    return (
+        f"Phase {number}/{total} ({phase.name}): epochs {phase.initial_epoch + 1}-{phase.epochs}, "
+        f"learning rate {phase.learning_rate:g}, model.freeze={freeze}: "
+        f"{trainable:,} trainable, {frozen:,} frozen parameters"
+    )
+
+
+def fit_in_phases(
+    model: keras.Model,
+    cfg: DictConfig,
+    splits: Splits,
+    run_dir: Path,
+    steps_per_epoch: int,
+    callbacks: list[keras.callbacks.Callback],
+    compile_phase: Callable[[Any], None],
+) -> keras.callbacks.History:
+    """Fit every phase of ``cfg`` on ``splits``; ``compile_phase(learning_rate)`` recompiles.
+
+    Returns the last phase's History with the epochs and logs of all phases.
+    """
+    from kfactory.augment import augment_entries, write_augmented_images
+    from kfactory.class_weights import class_weights, record_class_counts
+    from kfactory.schedules import learning_rate_logger, make_learning_rate, schedule_callbacks, schedule_of
+
+    labels = splits.source.labels[splits.indices["train"]]
+    weights = class_weights(cfg.data.get("class_weight"), labels, splits.class_names)
+    record_class_counts(labels, splits.class_names, weights, run_dir)
+    if augment_entries(cfg.data):
+        write_augmented_images(splits.train, run_dir / "tensorboard")
+    schedule = schedule_of(cfg.optimizer)
+    mode = "min" if "loss" in cfg.trainer.monitor else "max"
+    before = [learning_rate_logger(), *_ema_callbacks(cfg)]  # before CSVLogger and the checkpoint
+    after = schedule_callbacks(schedule, cfg.trainer.monitor, mode)
+    phases, base, pretrained = plan_phases(cfg), find_base(model), cfg.model.weights is not None
+    epochs, logs, history = [], {}, None
+    for number, phase in enumerate(phases, start=1):
+        if number < _resumed_phase(callbacks, len(phases)):
+            continue
+        apply_freeze(base, phase.freeze, pretrained, cfg.model.get("bn_trainable", False))
+        epochs_in_phase = phase.epochs - phase.initial_epoch
+        compile_phase(make_learning_rate(schedule, phase.learning_rate, epochs_in_phase, steps_per_epoch))
+        log.info("%s", describe_phase(model, phase, number, len(phases), pretrained))
+        model._initial_epoch = None  # a BackupAndRestore of an earlier phase must not move this phase's start
+        history = model.fit(
+            splits.train,
+            validation_data=splits.val,
+            initial_epoch=phase.initial_epoch,
+            epochs=phase.epochs,
+            steps_per_epoch=cfg.trainer.steps_per_epoch,
+            validation_steps=cfg.trainer.validation_steps,
+            callbacks=[*before, *_for_phase(callbacks, number, len(phases)), *after],
+            class_weight=weights,
+            verbose=cfg.trainer.verbose,
+            shuffle=False,  # the pipeline shuffles
+        )
+        epochs += history.epoch
+        for key, values in history.history.items():
+            logs.setdefault(key, []).extend(values)
+        if any(math.isnan(v) for v in history.history.get("loss", [])):
+            break  # TerminateOnNaN stopped it; a later phase would start from NaN weights
+    history.epoch, history.history = epochs, logs
+    return history
+
+
+def _ema_callbacks(cfg: DictConfig) -> list[keras.callbacks.Callback]:
+    """With ``trainer.ema``, validate and checkpoint the averaged weights."""
+    import keras
+
+    return [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.trainer.get("ema") else []
+
+
+def _for_phase(callbacks: list, number: int, total: int) -> list:
+    """The run's callbacks, with any BackupAndRestore given a directory per phase."""
+    import keras
+
+    if total == 1:
+        return callbacks
+    adapted = []
+    for callback in callbacks:
+        if isinstance(callback, keras.callbacks.BackupAndRestore):
+            callback = keras.callbacks.BackupAndRestore(
+                os.path.join(callback.backup_dir, f"phase{number}"),
+                save_freq=callback.save_freq,
+                delete_checkpoint=callback.delete_checkpoint,
+                double_checkpoint=callback.double_checkpoint,
+            )
+        adapted.append(callback)
+    return adapted
+
+
+def _resumed_phase(callbacks: list, total: int) -> int:
+    """The latest phase with a BackupAndRestore backup: a resumed run starts there."""
+    import keras
+
+    for callback in callbacks:
+        if isinstance(callback, keras.callbacks.BackupAndRestore) and total > 1:
+            for number in range(total, 1, -1):
+                if os.path.isdir(os.path.join(callback.backup_dir, f"phase{number}")):
+                    return number
+    return 1

@@ -1,0 +1,186 @@
+"""Two-phase fine-tuning: which weights each phase changes, and one run across phases."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from kfactory.config import ConfigError, validate
+from kfactory.finetune import check_finetune, plan_phases
+from tests.conftest import TINY, compose_config, write_image_folder
+
+
+def tiny_model(size: int = 16, classes: int = 2):
+    """Like build_model, small: fixed caffe preprocessing, a base with BN called training=False, a head."""
+    import keras
+
+    from kfactory.models import preprocess
+
+    base_in = keras.Input((size, size, 3))
+    y = keras.layers.Conv2D(4, 3, name="conv1")(base_in)
+    y = keras.layers.BatchNormalization(name="bn1")(y)
+    y = keras.layers.Conv2D(4, 3, name="conv2")(y)
+    y = keras.layers.BatchNormalization(name="bn2")(y)
+    y = keras.layers.GlobalAveragePooling2D(name="pool")(y)
+    base = keras.Model(base_in, y, name="base")
+    inputs = keras.Input((size, size, 3), name="image")
+    x = base(preprocess(inputs, "caffe"), training=False)
+    outputs = keras.layers.Dense(classes, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs, name="tiny")
+
+
+def snapshot(model) -> dict[str, np.ndarray]:
+    return {v.path: np.array(v.numpy()) for v in model.weights}
+
+
+def changed(before: dict, after: dict) -> set[str]:
+    return {path for path in before if not np.array_equal(before[path], after[path])}
+
+
+def test_plan_is_one_phase_without_head_epochs_and_two_with():
+    cfg = compose_config(["model.weights=imagenet", "model.freeze=30", "trainer.epochs=5"])
+    [only] = plan_phases(cfg)
+    assert (only.freeze, only.initial_epoch, only.epochs, only.learning_rate) == (30, 0, 5, 0.001)
+    cfg = compose_config(["model.weights=imagenet", "model.freeze=30", "trainer.epochs=5", "finetune.head_epochs=2"])
+    head, tune = plan_phases(cfg)
+    assert (head.freeze, head.initial_epoch, head.epochs, head.learning_rate) == ("all", 0, 2, 0.001)
+    assert (tune.freeze, tune.initial_epoch, tune.epochs) == (30, 2, 5)
+    assert tune.learning_rate == pytest.approx(0.0001)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["model.freeze=-1"], "model.freeze"),
+        (["model.weights=imagenet", "finetune.head_epochs=15"], "finetune.head_epochs"),
+        (["finetune.head_epochs=1"], "finetune.head_epochs"),  # digits: weights=null, nothing pretrained
+        (["model.weights=imagenet", "finetune.learning_rate_factor=0"], "finetune.learning_rate_factor"),
+        (["model.bn_trainable=yes"], "model.bn_trainable"),
+    ],
+)
+def test_bad_finetune_settings_are_refused(overrides, key):
+    with pytest.raises(ConfigError) as error:
+        check_finetune(compose_config(overrides))
+    assert error.value.key == key
+
+
+def test_every_model_option_freezes_its_pretrained_base_and_keeps_bn_in_inference_mode():
+    import yaml
+
+    from kfactory.registry import MODELS
+    from tests.conftest import CONF_DIR
+
+    for name in MODELS:
+        option = yaml.safe_load((CONF_DIR / "model" / f"{name}.yaml").read_text())
+        assert option["freeze"] == "all" and option["bn_trainable"] is False, name
+
+
+def test_freeze_by_count_and_by_name_leaves_preprocessing_and_head_alone():
+    from kfactory.finetune import apply_freeze, find_base
+
+    model = tiny_model()
+    base = find_base(model)
+    apply_freeze(base, 2)  # conv1, bn1, conv2, bn2, pool: BN of a pretrained base stays frozen
+    assert [layer.trainable for layer in base.layers[1:]] == [False, False, False, False, True]
+    apply_freeze(base, "conv2", bn_trainable=True)
+    assert [layer.trainable for layer in base.layers[1:]] == [False, False, True, True, True]
+    apply_freeze(base, "all")
+    assert not base.trainable and not any(layer.trainable for layer in base.layers[1:])
+    assert model.get_layer("predictions").trainable
+    apply_freeze(base, "all", pretrained=False)  # from scratch the base always trains
+    assert base.trainable
+    assert not model.get_layer("preprocess").trainable
+    with pytest.raises(ConfigError, match="conv2"):
+        apply_freeze(base, "no_such_layer")
+
+
+def phase_recorder():
+    """A callback keeping the weights at the start and at the end of every phase (one fit each)."""
+    import keras
+
+    class Recorder(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.states: list[dict] = []
+
+        def on_train_begin(self, logs=None):
+            if not self.states:
+                self.states.append(snapshot(self.model))
+
+        def on_train_end(self, logs=None):
+            self.states.append(snapshot(self.model))
+
+    return Recorder()
+
+
+def test_head_phase_trains_only_the_head_then_the_unfrozen_layers_train(tmp_path):
+    from kfactory.callbacks import BestModelCheckpoint, make_callbacks
+    from kfactory.data import make_splits
+    from kfactory.finetune import fit_in_phases
+    from kfactory.train import compile_model
+
+    folder = write_image_folder(tmp_path / "images", {"a": 10, "b": 10}, size=16)
+    overrides = [*TINY, "data=folder", f"data.path={folder}", "data.val_split=0.2", "data.test_split=0"]
+    overrides += ["model.input_size=[16,16]", "model.weights=imagenet", "model.freeze=conv2"]
+    overrides += ["finetune.head_epochs=1", "trainer.epochs=2", "trainer.monitor=val_loss"]
+    overrides += ["optimizer.learning_rate=0.01"]
+    cfg = compose_config(overrides)
+    splits = make_splits(cfg, tmp_path)
+    model = tiny_model()
+    recorder = phase_recorder()
+    checkpoint = BestModelCheckpoint(tmp_path / "model.keras", "val_loss", {})
+    callbacks = [recorder, *make_callbacks(cfg, tmp_path, checkpoint)]
+    history = fit_in_phases(
+        model, cfg, splits, tmp_path, 2, callbacks, lambda lr: compile_model(model, cfg, 2, False, lr)
+    )
+
+    start, after_head, after_tune = recorder.states
+    head = {"predictions/kernel", "predictions/bias"}
+    assert changed(start, after_head) == head
+    unfrozen = {"conv2/kernel", "conv2/bias"}
+    assert changed(after_head, after_tune) == head | unfrozen  # BN (stats too), conv1, preprocess: never
+    assert history.epoch == [0, 1]
+    with open(tmp_path / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert [float(r["learning_rate"]) for r in rows] == pytest.approx([0.01, 0.001])
+    assert (tmp_path / "class_counts.csv").exists()
+    assert (tmp_path / "model.keras").exists()
+
+
+def test_finetune_recipe_composes_and_validates(tmp_path):
+    weights = tmp_path / "resnet50.weights.h5"
+    weights.write_bytes(b"")  # validate checks only that the file exists
+    cfg = compose_config(["experiment=finetune_imagenet", f"model.weights={weights}"])
+    validate(cfg)
+    assert cfg.model.name == "resnet50" and cfg.model.freeze == 30
+    assert cfg.finetune.head_epochs == 3 and cfg.finetune.learning_rate_factor == 0.1
+    assert cfg.optimizer.schedule.name == "cosine" and cfg.data.augment
+    validate(compose_config(["experiment=from_scratch_small"]))
+
+
+@pytest.mark.slow
+def test_bn_statistics_of_a_frozen_pretrained_application_do_not_change(tmp_path):
+    """The real builder: MobileNetV3Small from a weights file, feature extraction."""
+    import keras
+
+    from kfactory.models import build_model
+
+    app = keras.applications.MobileNetV3Small
+    source = app(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")
+    path = tmp_path / "small.weights.h5"
+    source.save_weights(path)
+    cfg = compose_config(["model=mobilenet_v3_small", f"model.weights={path}", "model.input_size=[32,32]"])
+    model = build_model(cfg, 2)
+    from kfactory.finetune import apply_freeze, find_base
+
+    apply_freeze(find_base(model), "none")  # even fully unfrozen, BN stays in inference mode
+    assert any(w.trainable for w in model.trainable_weights)
+    model.compile("sgd", "categorical_crossentropy")
+    before = snapshot(model)
+    images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    model.fit(images, np.eye(2)[np.arange(8) % 2], batch_size=8, epochs=1, verbose=0)
+    moving = {p for p in before if "moving_" in p}
+    assert moving and not changed(before, snapshot(model)) & moving
