@@ -130,3 +130,18 @@ def test_outputs_become_probabilities():
     assert decode_labels(np.array([[0, 1, 0], [1, 0, 0]])).tolist() == [1, 0]
     assert decode_labels(np.array([[1.0], [0.0]])).tolist() == [1, 0]
     assert decode_labels(np.array([2, 0])).tolist() == [2, 0]
+
+
+@pytest.mark.parametrize(
+    ("override", "accepted"),
+    [
+        ("trainer.tensorboard.pr_thresholds=1", "an integer >= 2"),
+        ("trainer.tensorboard.images=-1", "an integer >= 0"),
+        ("trainer.tensorboard.pr_curves=1", "true or false"),
+    ],
+)
+def test_bad_settings_are_refused_before_training(override: str, accepted: str):
+    from kfactory.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=accepted):
+        validate(compose_config([override]))
