@@ -23,7 +23,7 @@ from kfactory.annotate import annotate_image, annotated_path, contact_sheet, inp
 from kfactory.checkpoint import PIXELS_SIGNATURE, find_model_file, is_saved_model, load_model, read_metadata
 from kfactory.config import ConfigError, expand_path
 from kfactory.data import AUTOTUNE, read_image
-from kfactory.sources import is_image_file, list_folder, read_csv
+from kfactory.sources import is_image_file, list_folder
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class Predictor:
     class_names: list[str]
 
 
-def load_predictor(path: Path) -> Predictor:
+def load_predictor(path: Path, safe_mode: bool = True) -> Predictor:
     """Load a ``.keras`` file or an exported SavedModel directory for prediction."""
     metadata = read_metadata(path)
     if is_saved_model(path):
@@ -51,7 +51,7 @@ def load_predictor(path: Path) -> Predictor:
             sample = signature(pixels=tf.zeros((1, *size, 3), tf.uint8))["class_names"]
             names = [n.decode() for n in sample.numpy()[0]]
         return Predictor(lambda x: signature(pixels=tf.cast(x, tf.uint8))["probabilities"].numpy(), size, names)
-    model = load_model(path)
+    model = load_model(path, safe_mode)
     size = (int(model.input_shape[1]), int(model.input_shape[2]))
     names = metadata.get("class_names") or [str(i) for i in range(max(model.output_shape[-1], 2))]
     return Predictor(lambda x: as_class_probabilities(model.predict_on_batch(tf.cast(x, tf.float32))), size, names)
@@ -61,8 +61,7 @@ def list_inputs(value: str) -> tuple[list[str], list[str] | None]:
     """Image paths named by ``predict.input`` and, for labelled inputs, their labels."""
     path = expand_path(value)
     if path.is_file() and path.suffix.lower() == ".csv":
-        source = read_csv(str(path), "path", "label")
-        return source.paths, [source.class_names[i] for i in source.labels]
+        return read_prediction_csv(path)
     if path.is_file():
         return [str(path)], None
     class_dirs = [p for p in path.iterdir() if p.is_dir()]
@@ -75,9 +74,22 @@ def list_inputs(value: str) -> tuple[list[str], list[str] | None]:
     return files, None
 
 
+def read_prediction_csv(path: Path) -> tuple[list[str], list[str] | None]:
+    """Paths (column ``path``, relative to the CSV's folder) and, if there is a ``label`` column, labels.
+
+    Missing files are not refused here: like undecodable ones, they are skipped and listed.
+    """
+    table = pd.read_csv(path)
+    if "path" not in table.columns:
+        raise ConfigError("predict.input", str(path), f"a CSV with a 'path' column (found: {', '.join(table.columns)})")
+    files = [str(p) if Path(p).is_absolute() else str(path.parent / p) for p in table["path"].astype(str)]
+    labels = table["label"].astype(str).tolist() if "label" in table.columns else None
+    return files, labels
+
+
 def predict(cfg: DictConfig, run_dir: Path) -> float | None:
     """Write ``predictions.csv`` for ``cfg.predict.input``; return accuracy if labelled."""
-    predictor = load_predictor(find_model_file(cfg.ckpt_path))
+    predictor = load_predictor(find_model_file(cfg.ckpt_path), safe_mode=not cfg.get("unsafe_load", False))
     files, true_labels = list_inputs(cfg.predict.input)
     kept, probabilities = predict_files(predictor, files, cfg.data.batch_size)
     record_unreadable(files, kept, run_dir)
