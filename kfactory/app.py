@@ -13,10 +13,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from kfactory.config import ConfigError, validate
+from kfactory.errors import RunStopped
 from kfactory.resolvers import register_resolvers
-
-register_resolvers()  # before Hydra composes: conf/hydra/default.yaml uses ${kf_dirname:...}
-from kfactory.resolvers import register_resolvers
+from kfactory.resume import check_run_dir
 
 register_resolvers()  # before Hydra composes: conf/hydra/default.yaml uses ${kf_dirname:...}
 
@@ -28,7 +27,8 @@ ERROR_FILE = "error.txt"  # written in a run directory whose job failed
 def kfactory(cfg: DictConfig) -> float | None:
     """Run ``cfg.task`` in the Hydra run directory; return the monitored metric.
 
-    A bad config exits with status 2 and one line naming the key. In a multirun
+    A bad config exits with status 2 and one line naming the key; a run that
+    stops on a fault it can name (a NaN loss) exits 1, also with one line. In a multirun
     a failed job is recorded in its directory and returns None, so the other jobs
     carry on; the Optuna sweeper records a None as a failed trial (a NaN would
     crash hydra-optuna-sweeper 1.3: it passes the NaN on with the FAIL state).
@@ -38,11 +38,12 @@ def kfactory(cfg: DictConfig) -> float | None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         validate(cfg)
+        check_run_dir(cfg, run_dir, "hydra.sweep.dir" if multirun else "hydra.run.dir")
         return run_task(cfg, run_dir)
-    except ConfigError as error:
+    except (ConfigError, RunStopped) as error:
         log.error("%s", error)
         if not multirun:
-            raise SystemExit(2) from None
+            raise SystemExit(2 if isinstance(error, ConfigError) else 1) from None
         (run_dir / ERROR_FILE).write_text(f"{error}\n")
     except Exception as error:
         if not multirun:

@@ -10,15 +10,18 @@ from typing import Any
 import keras
 from omegaconf import DictConfig, OmegaConf
 
-from kfactory.callbacks import BestModelCheckpoint, make_callbacks
+from kfactory.callbacks import BestModelCheckpoint, make_callbacks, stop_if_diverged
 from kfactory.checkpoint import MODEL_FILE, load_model, write_json_atomic
 from kfactory.compute import choose_jit_compile, configure_tensorflow
-from kfactory.config import ConfigError, metric_log_name, input_size
+from kfactory.config import ConfigError, input_size, metric_log_name
 from kfactory.data import Splits, make_splits
 from kfactory.distribute import make_strategy
+from kfactory.errors import RunStopped
 from kfactory.finetune import fit_in_phases
+from kfactory.image_check import SKIPPED_FILE
 from kfactory.models import build_model, output_units
 from kfactory.registry import LOSSES, OPTIMIZERS, sparse_labels
+from kfactory.resume import restore_history
 from kfactory.tensorboard_extras import write_final_summaries
 
 log = logging.getLogger(__name__)
@@ -41,17 +44,36 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         with model.distribute_strategy.scope():
             compile_model(model, cfg, len(splits.class_names), jit, learning_rate)
 
-    callbacks = make_callbacks(cfg, run_dir, checkpoint, splits)
+    past = resume_history(cfg, run_dir)
+    checkpoint.replay(past)
+    callbacks = make_callbacks(cfg, run_dir, checkpoint, splits, past)
     history = fit_in_phases(model, cfg, splits, run_dir, steps, callbacks, compile_phase)
+    stop_if_diverged(callbacks, cfg, checkpoint)
     if checkpoint.best is None:
-        raise RuntimeError(f"no epoch produced a finite {cfg.trainer.monitor}; nothing to save (try a lower learning rate)")
+        monitor = cfg.trainer.monitor
+        raise RunStopped(f"no epoch produced a finite {monitor}; nothing to save (try a lower learning rate)")
     metrics = evaluate_best(cfg, run_dir / MODEL_FILE, splits, len(splits.class_names))
-    metrics.update(best_epoch=checkpoint.best_epoch + 1, epochs_run=len(history.epoch), wall_time_s=time.time() - started)
+    epochs_run = len(past) + len(history.epoch)
+    metrics.update(best_epoch=checkpoint.best_epoch + 1, epochs_run=epochs_run, wall_time_s=time.time() - started)
     metrics[f"best_{cfg.trainer.monitor}"] = checkpoint.best
     write_json_atomic(run_dir / "metrics.json", metrics)
     write_final_summaries(cfg, run_dir / "tensorboard", metrics)
     report(cfg, run_dir, metrics)
+    if splits.skipped:
+        log.warning("Skipped %d unreadable images; the list: %s", len(splits.skipped), run_dir / SKIPPED_FILE)
     return checkpoint.best
+
+
+def resume_history(cfg: DictConfig, run_dir: Path) -> list[dict[str, float]]:
+    """With ``resume=true``, the finished epochs' history rows (BackupAndRestore restores the rest)."""
+    if not cfg.get("resume"):
+        return []
+    past = restore_history(run_dir)
+    if past:
+        log.info("Resuming %s after epoch %d of %d", run_dir, len(past), cfg.trainer.epochs)
+    else:
+        log.info("resume=true: no finished epoch in %s; starting at epoch 1", run_dir)
+    return past
 
 
 def compile_model(

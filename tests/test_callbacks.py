@@ -1,0 +1,42 @@
+"""A NaN loss stops the run at once, keeps the last good model and names the epoch and a fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kfactory.errors import RunStopped
+from tests.conftest import TINY, compose_config, run_cli
+
+
+def test_nan_loss_stops_training_keeps_the_best_model_and_names_the_epoch(tmp_path):
+    import keras
+
+    from kfactory.callbacks import BestModelCheckpoint, StopOnNaN, stop_if_diverged
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    x, y = np.ones((32, 4), "float32"), np.ones((32, 2), "float32")
+    cfg = compose_config(["optimizer.learning_rate=0.01"])
+    checkpoint = BestModelCheckpoint(tmp_path / "model.keras", "loss", {})
+    callbacks = [checkpoint, StopOnNaN()]
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=callbacks)  # two good epochs
+    saved = (tmp_path / "model.keras").read_bytes()
+    model.compile(keras.optimizers.SGD(1e30), "mse")
+    model.fit(x, y, initial_epoch=2, epochs=5, batch_size=8, verbose=0, callbacks=callbacks)
+    assert callbacks[1].stopped is not None and callbacks[1].stopped[0] == 2  # stopped in epoch 3
+    assert (tmp_path / "model.keras").read_bytes() == saved  # the NaN epoch was not saved
+    with pytest.raises(RunStopped, match=r"epoch 3 .*epoch 2\).*optimizer.learning_rate=0.001"):
+        stop_if_diverged(callbacks, cfg, checkpoint)
+
+
+@pytest.mark.slow
+def test_cli_exits_non_zero_with_one_line_when_the_loss_becomes_nan(tmp_path):
+    args = ["model=vgg16", *TINY, "optimizer=sgd", "optimizer.learning_rate=1e30", f"hydra.run.dir={tmp_path}"]
+    result = run_cli(args)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert "Traceback" not in output
+    assert "Training loss became NaN or infinite in epoch 1" in output
+    assert "lower optimizer.learning_rate" in output

@@ -1,0 +1,112 @@
+"""Resume: a killed run continues from its last finished epoch; a run directory is never clobbered."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kfactory.config import ConfigError
+from kfactory.resume import BACKUP_METADATA, check_run_dir, restore_history
+from tests.conftest import ROOT, TINY, compose_config, run_cli
+
+HEADER = "epoch,accuracy,loss,val_accuracy,val_loss\n"
+
+
+def write_run(run_dir: Path, rows: int, backed_up: int | None) -> None:
+    """A run directory with ``rows`` history rows and a backup of ``backed_up`` epochs."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lines = "".join(f"{e},0.{e + 1},{2 - e / 10},0.{e + 2},{3 - e / 10}\n" for e in range(rows))
+    (run_dir / "history.csv").write_text(HEADER + lines)
+    if backed_up is not None:
+        (run_dir / "backup").mkdir(exist_ok=True)
+        (run_dir / "backup" / BACKUP_METADATA).write_text(json.dumps({"epoch": backed_up, "batch": 0}))
+
+
+def test_a_run_directory_is_not_clobbered_without_resume(tmp_path):
+    write_run(tmp_path, rows=2, backed_up=2)
+    with pytest.raises(ConfigError, match=r"hydra.run.dir=.*resume=true"):
+        check_run_dir(compose_config([]), tmp_path)
+    check_run_dir(compose_config(["resume=true"]), tmp_path)
+    check_run_dir(compose_config(["task=eval"]), tmp_path)  # eval/predict only read the run
+
+
+def test_resume_without_a_backup_is_refused(tmp_path):
+    write_run(tmp_path, rows=3, backed_up=None)
+    (tmp_path / "metrics.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"resume=true .*finished"):
+        check_run_dir(compose_config(["resume=true"]), tmp_path)
+
+
+def test_restore_history_drops_rows_the_backup_does_not_hold(tmp_path):
+    write_run(tmp_path, rows=3, backed_up=2)  # killed after epoch 3's row, before its backup
+    rows = restore_history(tmp_path)
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert rows[1]["val_accuracy"] == pytest.approx(0.3)
+    lines = (tmp_path / "history.csv").read_text().splitlines()
+    assert lines == [HEADER.strip(), "0,0.1,2.0,0.2,3.0", "1,0.2,1.9,0.3,2.9"]
+
+
+def test_best_checkpoint_and_early_stopping_replay_the_finished_epochs(tmp_path):
+    import keras
+
+    from kfactory.callbacks import BestModelCheckpoint, ResumableEarlyStopping
+
+    past = [{"epoch": 0, "val_accuracy": 0.5}, {"epoch": 1, "val_accuracy": 0.7}, {"epoch": 2, "val_accuracy": 0.6}]
+    checkpoint = BestModelCheckpoint(tmp_path / "model.keras", "val_accuracy", {})
+    checkpoint.replay(past)
+    assert (checkpoint.best, checkpoint.best_epoch) == (0.7, 1)
+    stopping = ResumableEarlyStopping(past, monitor="val_accuracy", mode="max", patience=3)
+    stopping.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
+    stopping.on_train_begin()
+    assert (stopping.best, stopping.wait) == (0.7, 1)
+
+
+def wait_for_backup(run_dir: Path, process: subprocess.Popen, timeout: float = 400) -> None:
+    """Block until the run has backed up at least one finished epoch."""
+    metadata = run_dir / "backup" / BACKUP_METADATA
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if metadata.is_file() and metadata.read_text().strip():
+            return
+        assert process.poll() is None, "the run ended before its first epoch was backed up"
+        time.sleep(0.2)
+    raise TimeoutError("no epoch finished in time")
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_its_first_epoch_resumes_and_finishes_all_epochs(tmp_path):
+    import keras
+
+    run_dir = tmp_path / "run"
+    args = ["model=vgg16", *TINY, "trainer.epochs=4", "trainer.early_stopping=10", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for_backup(run_dir, process)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert not (run_dir / "metrics.json").exists()
+
+    refused = run_cli(args, timeout=120)  # the same directory again, without resume=true
+    assert refused.returncode == 2 and "resume=true" in refused.stdout + refused.stderr
+
+    resumed = run_cli([*args, "resume=true"])
+    output = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, output[-3000:]
+    assert "Resuming" in output
+    epochs = [int(line.split(",")[0]) for line in (run_dir / "history.csv").read_text().splitlines()[1:]]
+    assert epochs == [0, 1, 2, 3]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 4
+    assert not (run_dir / "backup").exists()
+    model = keras.models.load_model(run_dir / "model.keras")
+    assert model.output_shape == (None, 10)
