@@ -199,9 +199,24 @@ def _check_trainer(cfg: DictConfig) -> None:
     _check_choice("trainer.jit_compile", t.jit_compile, ("auto", True, False))
     _check_choice("trainer.precision", t.precision, PRECISIONS)
     _check_monitor(cfg)
+    _check_tensorboard(t)
     from kfactory.distribute import check_strategy  # no TensorFlow at import
 
     check_strategy(t)
+
+
+def _check_tensorboard(trainer: DictConfig) -> None:
+    board = trainer.get("tensorboard")
+    if board is None:
+        return
+    minimums = {"histogram_freq": 0, "summary_freq": 0, "images": 0, "max_samples": 1, "pr_thresholds": 2}
+    for key, low in minimums.items():
+        value = board[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"trainer.tensorboard.{key}", value, f"an integer >= {low}")
+    for key in ("write_graph", "pr_curves", "confusion_matrix", "hparams"):
+        if not isinstance(board[key], bool):
+            raise ConfigError(f"trainer.tensorboard.{key}", board[key], "true or false")
 
 
 def _check_monitor(cfg: DictConfig) -> None:

@@ -180,7 +180,7 @@ def write_image_grid(
     images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, class_names: list[str], count: int, step: int
 ) -> None:
     """A grid of validation images titled true/predicted, misclassified (red) first."""
-    order = np.argsort(labels == predicted, kind="stable")[:count]  # False (wrong) sorts first
+    order = grid_order(labels, predicted, count)
     cols = math.ceil(math.sqrt(len(order)))
     rows = math.ceil(len(order) / cols)
     figure = Figure(figsize=(2 * cols, 2.2 * rows), dpi=80)
@@ -193,6 +193,11 @@ def write_image_grid(
         axes.set_title(title, fontsize=8, color="red" if wrong else "black")
     figure.tight_layout()
     tf.summary.image("validation_images", png_to_batch(figure_png(figure)), step=step)
+
+
+def grid_order(labels: np.ndarray, predicted: np.ndarray, count: int) -> np.ndarray:
+    """Indices of up to ``count`` images: misclassified ones first, each group in data order."""
+    return np.argsort(labels == predicted, kind="stable")[:count]  # False (wrong) sorts first
 
 
 def figure_png(figure: Figure) -> bytes:

@@ -1,0 +1,147 @@
+"""PR curves, confusion matrix, image grid and HParams, read back from the event files."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import TINY, compose_config
+
+tf = pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+
+from tensorboard.backend.event_processing import plugin_event_accumulator as accumulator  # noqa: E402
+from tensorboard.plugins.hparams import metadata as hparams_metadata  # noqa: E402
+from tensorboard.util import tensor_util  # noqa: E402
+
+from kfactory.tensorboard_extras import (  # noqa: E402
+    ValidationSummaries,
+    decode_labels,
+    grid_order,
+    to_probabilities,
+    write_final_summaries,
+)
+
+CLASSES = ["cat", "dog", "owl"]
+VAL_SIZE = 30
+
+
+def read_events(folder: Path) -> accumulator.EventAccumulator:
+    events = accumulator.EventAccumulator(str(folder), size_guidance={accumulator.TENSORS: 0})
+    events.Reload()
+    return events
+
+
+def tensors(events: accumulator.EventAccumulator, tag: str) -> list:
+    return [(e.step, tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)]
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """Two epochs of a tiny dense model with the extras on; returns (log dir, validation labels)."""
+    tmp = tmp_path_factory.mktemp("extras")
+    cfg = compose_config([*TINY, "model.dropout=0.25", "seed=7", "trainer.tensorboard.images=6"], run_dir=tmp)
+    rng = np.random.default_rng(0)
+    labels = np.arange(VAL_SIZE) % len(CLASSES)
+    images = rng.uniform(0, 255, (VAL_SIZE, 8, 8, 3)).astype(np.float32)
+    one_hot = np.eye(len(CLASSES), dtype=np.float32)[labels]
+    val = tf.data.Dataset.from_tensor_slices((images, one_hot)).batch(8)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(3, "softmax")])
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    log_dir = tmp / "tensorboard"
+    extras = ValidationSummaries(log_dir, val, CLASSES, cfg)
+    model.fit(images, one_hot, epochs=2, batch_size=16, verbose=0, callbacks=[extras])
+    write_final_summaries(cfg, log_dir, {"val_accuracy": 0.5, "test_accuracy": 0.25, "epochs_run": 2})
+    return log_dir, labels
+
+
+def test_pr_curves_per_class_and_micro_average(written):
+    log_dir, labels = written
+    events = read_events(log_dir)
+    for index, name in enumerate([*CLASSES, "micro_average"]):
+        curves = tensors(events, f"pr_curve/{name}/pr_curves")
+        assert [step for step, _ in curves] == [0, 1]  # every epoch
+        data = curves[-1][1]  # rows: TP, FP, TN, FN, precision, recall; columns: thresholds 0..1
+        positives = VAL_SIZE if name == "micro_average" else int((labels == index).sum())
+        assert np.all(data[0] + data[3] == positives)  # TP + FN: the positives, at every threshold
+        assert np.all(data[0] + data[1] + data[2] + data[3] == VAL_SIZE * (3 if name == "micro_average" else 1))
+        assert data[5][0] == pytest.approx(1.0)  # threshold 0: everything is positive, recall 1
+        assert data[4][0] == pytest.approx(positives / (VAL_SIZE * (3 if name == "micro_average" else 1)))
+        assert np.all(np.diff(data[5]) <= 1e-6)  # recall falls as the threshold rises
+
+
+def test_confusion_matrix_counts_add_up_to_the_validation_size(written):
+    log_dir, labels = written
+    events = read_events(log_dir)
+    steps = [step for step, _ in tensors(events, "confusion_matrix")]
+    assert steps == [0, 1]
+    table = tensors(events, "confusion_matrix_counts")[-1][1].item().decode()
+    rows = [line.strip("|").split("|") for line in table.splitlines()[2:]]
+    counts = np.array([[int(c) for c in row[1:]] for row in rows])
+    assert [row[0].strip() for row in rows] == CLASSES
+    assert counts.sum() == VAL_SIZE
+    assert counts.sum(axis=1).tolist() == np.bincount(labels).tolist()  # rows are the true classes
+
+
+def test_images_are_pngs(written):
+    from PIL import Image
+
+    events = read_events(written[0])
+    for tag in ("confusion_matrix", "validation_images"):
+        width, height, png = tensors(events, tag)[-1][1][:3]
+        image = Image.open(io.BytesIO(png))
+        assert image.format == "PNG" and image.size == (int(width), int(height))
+        assert min(image.size) > 100
+
+
+def test_hparams_carry_the_config_and_overrides(written):
+    events = read_events(written[0])
+    session = events.SummaryMetadata(hparams_metadata.SESSION_START_INFO_TAG).plugin_data.content
+    hparams = hparams_metadata.parse_session_start_info_plugin_data(session).hparams
+    assert hparams["model"].string_value == "mobilenet_v2"
+    assert hparams["dropout"].number_value == pytest.approx(0.25)
+    assert hparams["learning_rate"].number_value > 0
+    assert hparams["batch_size"].number_value == 16
+    assert hparams["input_size"].string_value == "32x32"
+    assert hparams["seed"].number_value == 7  # an overridden key without its own name
+    assert "model.dropout" not in hparams and "trainer.verbose" not in hparams  # no duplicates, no noise
+    experiment = events.SummaryMetadata(hparams_metadata.EXPERIMENT_TAG).plugin_data.content
+    metrics = hparams_metadata.parse_experiment_plugin_data(experiment).metric_infos
+    names = {(m.name.group, m.name.tag) for m in metrics}
+    assert {("validation", "epoch_accuracy"), ("", "final/test_accuracy")} <= names
+    final = tensors(events, "final/test_accuracy")
+    assert final[-1][1] == pytest.approx(0.25)
+
+
+def test_misclassified_images_come_first():
+    labels = np.array([0, 1, 2, 0, 1])
+    predicted = np.array([0, 2, 2, 1, 1])
+    assert grid_order(labels, predicted, 4).tolist() == [1, 3, 0, 2]
+
+
+def test_outputs_become_probabilities():
+    sigmoid_unit = to_probabilities(np.array([[0.8], [0.1]]), "sigmoid")
+    assert sigmoid_unit == pytest.approx(np.array([[0.2, 0.8], [0.9, 0.1]]))
+    logits = to_probabilities(np.array([[2.0, 0.0, -1.0]]), "linear")
+    assert logits.sum() == pytest.approx(1.0) and logits.argmax() == 0
+    assert decode_labels(np.array([[0, 1, 0], [1, 0, 0]])).tolist() == [1, 0]
+    assert decode_labels(np.array([[1.0], [0.0]])).tolist() == [1, 0]
+    assert decode_labels(np.array([2, 0])).tolist() == [2, 0]
+
+
+@pytest.mark.parametrize(
+    ("override", "accepted"),
+    [
+        ("trainer.tensorboard.pr_thresholds=1", "an integer >= 2"),
+        ("trainer.tensorboard.images=-1", "an integer >= 0"),
+        ("trainer.tensorboard.pr_curves=1", "true or false"),
+    ],
+)
+def test_bad_settings_are_refused_before_training(override: str, accepted: str):
+    from kfactory.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=accepted):
+        validate(compose_config([override]))
