@@ -117,7 +117,6 @@ def _check_choice(key: str, value: Any, accepted: tuple | frozenset | dict) -> N
         raise ConfigError(key, value, "one of " + ", ".join(map(str, accepted)))
 
 
-def _check_number(key: str, value: Any, low: float, high: float | None, closed_high: bool, what: str) -> None:
 def _check_paths(cfg: DictConfig) -> None:
     """Refuse a path whose ``$VARIABLE`` is not set, naming the variable (``~`` always expands)."""
     for key in PATH_KEYS:
@@ -126,6 +125,7 @@ def _check_paths(cfg: DictConfig) -> None:
             raise ConfigError(key, value, f"a path whose environment variables are set (${unset[0]} is not)")
 
 
+def _check_number(key: str, value: Any, low: float, high: float | None, closed_high: bool, what: str) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= low
     if ok and high is not None:
         ok = value <= high if closed_high else value < high
@@ -147,9 +147,9 @@ def _check_model(cfg: DictConfig) -> None:
         path = expand_path(weights)
         if not path.is_file():
             raise ConfigError("model.weights", weights, "imagenet, null, or the path of an existing weights file")
-    if model.include_top and weights == "imagenet" and (height, width) != (spec.default_size,) * 2:
         if not path.name.lower().endswith(WEIGHTS_SUFFIXES):
             raise ConfigError("model.weights", weights, "a Keras weights file: .weights.h5, .h5 or .keras")
+    if model.include_top and weights == "imagenet" and (height, width) != (spec.default_size,) * 2:
         raise ConfigError(
             "model.input_size",
             [height, width],

@@ -15,8 +15,8 @@ from omegaconf import DictConfig
 
 from kfactory.augment import build_augmenter
 from kfactory.config import input_size
-from kfactory.models import output_units
 from kfactory.image_check import drop_unreadable
+from kfactory.models import output_units
 from kfactory.registry import sparse_labels
 from kfactory.sources import ImageSource, describe_source, split_indices
 
@@ -32,8 +32,8 @@ class Splits:
     val: tf.data.Dataset | None
     test: tf.data.Dataset | None
     indices: dict[str, np.ndarray]
-
     skipped: list[str] = field(default_factory=list)  # unreadable files left out of every split
+
     @property
     def class_names(self) -> list[str]:
         return self.source.class_names

@@ -31,7 +31,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> float:
     train_cfg = training_config(model_path, cfg)
     splits = make_splits(train_cfg)
     class_names = read_metadata(model_path).get("class_names", splits.class_names)
-    model = load_model(model_path)
+    model = load_model(model_path, safe_mode=not cfg.get("unsafe_load", False))
     compile_model(model, train_cfg, len(class_names), jit_compile=False)
     test = splits.test if splits.test is not None else splits.val
     values = {f"test_{k}": float(v) for k, v in model.evaluate(test, verbose=0, return_dict=True).items()}
