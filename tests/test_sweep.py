@@ -1,0 +1,194 @@
+"""Sweeps: safe job directory names, the summary.csv leaderboard, and TensorBoard over a real sweep."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from kfactory.resolvers import safe_dirname
+from kfactory.sweep import SweepSummary, summarize_sweep
+from tests.conftest import TINY, run_cli
+
+# Two jobs train (dropout 0 and 0.5); two are refused before TensorFlow (a weights file that does not exist).
+# The job names are long (every override), so they are shortened with a hash.
+SWEEP = [
+    *TINY,
+    "model=vgg16",
+    "trainer.epochs=1",
+    "trainer.steps_per_epoch=1",
+    "data.batch_size=8",
+    "trainer.tensorboard.max_samples=32",
+    "trainer.tensorboard.images=4",
+    "seed=3",
+    "model.dropout=0.0,0.5",
+    "model.weights=null,/nonexistent/w.h5",
+]
+
+
+def test_safe_dirname_replaces_slashes_and_shortens():
+    assert safe_dirname("model=vgg16,optimizer=sgd") == "model=vgg16,optimizer=sgd"
+    assert safe_dirname("data.path=/home/me/my photos") == "data.path=_home_me_my_photos"
+    long_a, long_b = "x" * 200 + "a", "x" * 200 + "b"
+    assert len(safe_dirname(long_a)) == 80
+    assert safe_dirname(long_a) != safe_dirname(long_b)  # the hash keeps them apart
+    assert safe_dirname(long_a) == safe_dirname(long_a)
+
+
+def fake_job(root: Path, name: str, overrides: list[str], metrics: dict | None, error: bool = False) -> None:
+    job = root / name
+    (job / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(overrides), job / ".hydra" / "overrides.yaml")
+    OmegaConf.save(OmegaConf.create({"trainer": {"monitor": "val_loss"}}), job / ".hydra" / "config.yaml")
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    if error:
+        (job / "error.txt").write_text("boom\n")
+
+
+def test_summary_sorts_by_monitor_and_marks_failures(tmp_path: Path, capsys):
+    fake_job(tmp_path, "0_lr=0.1", ["lr=0.1", "model=a"], {"best_val_loss": 0.9, "epochs_run": 3, "wall_time_s": 5.0})
+    fake_job(tmp_path, "1_lr=0.01", ["lr=0.01", "model=a"], {"best_val_loss": 0.4, "epochs_run": 3, "wall_time_s": 6.0})
+    fake_job(tmp_path, "2_lr=1", ["lr=1", "model=a"], None, error=True)
+    fake_job(tmp_path, "3_lr=2", ["lr=2", "model=a"], {"best_val_loss": 0.1}, error=True)  # error.txt wins
+    with pytest.raises(SystemExit) as stopped:
+        SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert stopped.value.code == 1
+    table = pd.read_csv(tmp_path / "summary.csv")
+    assert table["job"].tolist() == [1, 0, 3, 2]  # loss: lowest first; failed jobs last
+    assert table["status"].tolist() == ["ok", "ok", "failed", "failed"]
+    assert table.columns[:4].tolist() == ["job", "lr", "status", "best_val_loss"]
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "| job | lr | status |" in markdown and "model" not in markdown.split("\n")[4]  # shared keys left out
+    assert f"tensorboard --logdir {tmp_path}" in capsys.readouterr().out
+
+
+def test_summary_of_an_all_ok_sweep_does_not_exit(tmp_path: Path):
+    fake_job(tmp_path, "0_a=1", ["a=1"], {"best_val_loss": 0.5})
+    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert len(summarize_sweep(tmp_path)) == 1
+
+
+def test_failed_jobs_get_safe_directories_and_a_nonzero_exit(tmp_path: Path):
+    root = tmp_path / "sweep"
+    result = run_cli(["-m", "model.weights=/no/such/w.h5,/no/such/x.h5", f"hydra.sweep.dir={root}"])
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == [
+        "0_model.weights=_no_such_w.h5",
+        "1_model.weights=_no_such_x.h5",
+    ]
+    table = pd.read_csv(root / "summary.csv")
+    assert table["status"].tolist() == ["failed", "failed"]
+    assert table["model.weights"].tolist() == ["/no/such/w.h5", "/no/such/x.h5"]
+    assert "tensorboard --logdir" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    root = tmp_path_factory.mktemp("sweep") / "root"
+    return root, run_cli(["-m", *SWEEP, f"hydra.sweep.dir={root}"])
+
+
+@pytest.mark.slow
+def test_multirun_summary_keeps_good_jobs_and_exits_nonzero(sweep):
+    root, result = sweep
+    assert result.returncode == 1, result.stderr[-3000:]
+    table = pd.read_csv(root / "summary.csv", keep_default_na=False, na_values=[""])  # "null" stays a string
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(table["dir"])
+    assert all(len(name) <= 83 for name in table["dir"])  # "<job>_" + at most 80 characters
+    assert sorted(table["status"]) == ["failed", "failed", "ok", "ok"]
+    ok = table[table.status == "ok"]
+    assert set(ok["model.weights"]) == {"null"} and set(ok["model.dropout"]) == {0.0, 0.5}
+    assert ok["test_accuracy"].between(0, 1).all() and (ok["epochs_run"] == 1).all()
+    assert (table[table.status == "failed"]["model.weights"] == "/nonexistent/w.h5").all()
+    assert "Sweep summary (4 jobs, 2 failed)" in result.stdout
+    failed_dirs = table[table.status == "failed"]["dir"]
+    assert all("model.weights=_nonexistent_w.h5" in name for name in failed_dirs)  # '/' made safe
+    assert (root / "summary.md").exists()
+
+
+@pytest.mark.slow
+def test_compare_cli_reads_the_sweep(sweep, tmp_path: Path):
+    root, _ = sweep
+    csv, png = tmp_path / "scalars.csv", tmp_path / "acc.png"
+    args = [str(root), "--csv", str(csv), "--plot", "validation/epoch_accuracy", "--png", str(png)]
+    result = subprocess.run([sys.executable, "-m", "kfactory.compare", *args], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    scalars = pd.read_csv(csv)
+    assert scalars["job"].nunique() == 2
+    assert {"validation/epoch_accuracy", "train/epoch_loss", "final/test_accuracy"} <= set(scalars["metric"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fetch(url: str, body: dict | None = None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def tensorboard_url(sweep):
+    root, _ = sweep
+    port = free_port()
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(root), "--host", "127.0.0.1"]
+    server = subprocess.Popen([*command, "--port", str(port), "--load_fast=false"], stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        yield wait_for_runs(url, server, expected=6)  # 2 jobs x (tensorboard, train, validation)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def wait_for_runs(url: str, server: subprocess.Popen, expected: int, timeout: float = 90) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(server.stderr.read().decode()[-2000:])
+        try:
+            if len(fetch(f"{url}/data/runs")) >= expected:
+                return url
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"TensorBoard at {url} did not list {expected} runs")
+
+
+@pytest.mark.slow
+def test_tensorboard_serves_the_sweep(tensorboard_url):
+    url = tensorboard_url
+    runs = fetch(f"{url}/data/runs")
+    jobs = {run.split("/")[0] for run in runs}
+    assert len(jobs) == 2 and all("model.dropout=" in job for job in jobs)
+    validation = [r for r in runs if r.endswith("tensorboard/validation")]
+    scalars = fetch(f"{url}/data/plugin/scalars/tags")
+    assert all("epoch_accuracy" in scalars[r] for r in validation)
+    own = [r for r in runs if r.endswith("/tensorboard")]
+    pr_curves = fetch(f"{url}/data/plugin/pr_curves/tags")
+    assert all({"pr_curve/0/pr_curves", "pr_curve/micro_average/pr_curves"} <= set(pr_curves[r]) for r in own)
+    images = fetch(f"{url}/data/plugin/images/tags")
+    assert all({"confusion_matrix", "validation_images"} <= set(images[r]) for r in own)
+    experiment = fetch(f"{url}/data/plugin/hparams/experiment", {"experimentName": ""})
+    hparams = {h["name"] for h in experiment["hparamInfos"]}
+    assert {"model", "optimizer", "learning_rate", "dropout", "batch_size", "seed"} <= hparams
+    groups = fetch(
+        f"{url}/data/plugin/hparams/session_groups",
+        {"experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN"], "startIndex": 0, "sliceSize": 10},
+    )
+    dropouts = sorted(g["hparams"]["dropout"] for g in groups["sessionGroups"])
+    assert dropouts == [0.0, 0.5]
