@@ -15,7 +15,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-import kfactory.resolvers  # noqa: F401  (workers that unpickle this callback resolve sweep.subdir too)
+from kfactory.resolvers import VARIED_KEYS_FILE  # registers the resolvers (also in launcher workers)
 
 ERROR_FILE = "error.txt"  # kfactory.app writes it in a failed job's directory
 METRICS_FILES = ("metrics.json", "eval_metrics.json")  # task=train, task=eval
@@ -24,7 +24,13 @@ TOP_ROWS = 10
 
 
 class SweepSummary(Callback):
-    """Write the sweep leaderboard at the end of a multirun; exit 1 if a job failed."""
+    """Record the varied keys before the jobs; write the leaderboard after them, exit 1 if a job failed."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Job directories are named after these keys only (kfactory.resolvers.job_dirname)
+        root = Path(str(config.hydra.sweep.dir))
+        root.mkdir(parents=True, exist_ok=True)
+        (root / VARIED_KEYS_FILE).write_text("".join(f"{key}\n" for key in varied_keys(config)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         root = Path(str(config.hydra.sweep.dir))
@@ -37,6 +43,16 @@ class SweepSummary(Callback):
         print(f"\nView: tensorboard --logdir {root}\n")
         if failed:
             raise SystemExit(1)  # so the multirun's exit status says that some jobs failed
+
+
+def varied_keys(config: DictConfig) -> list[str]:
+    """Keys with several values: command-line sweeps (``a=1,2``) and the sweeper's ``params`` (Optuna)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    keys = [o.key_or_group for o in overrides if o.is_sweep_override()]
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    return list(dict.fromkeys([*keys, *params]))
 
 
 def summarize_sweep(root: Path):

@@ -14,12 +14,11 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from kfactory.resolvers import safe_dirname
+from kfactory.resolvers import VARIED_KEYS_FILE, job_dirname, safe_dirname
 from kfactory.sweep import SweepSummary, summarize_sweep
 from tests.conftest import TINY, run_cli
 
 # Two jobs train (dropout 0 and 0.5); two are refused before TensorFlow (a weights file that does not exist).
-# The job names are long (every override), so they are shortened with a hash.
 SWEEP = [
     *TINY,
     "model=vgg16",
@@ -41,6 +40,15 @@ def test_safe_dirname_replaces_slashes_and_shortens():
     assert len(safe_dirname(long_a)) == 80
     assert safe_dirname(long_a) != safe_dirname(long_b)  # the hash keeps them apart
     assert safe_dirname(long_a) == safe_dirname(long_a)
+
+
+def test_job_dirname_keeps_the_varied_keys(tmp_path: Path):
+    overrides = ["trainer=fast", "model.dropout=0.5", "seed=3", "+data.path=/x/y", "optimizer=sgd"]
+    everything = "+data.path=_x_y,model.dropout=0.5,optimizer=sgd,trainer=fast"  # no record of the sweep: all
+    assert job_dirname(overrides, ["seed"], str(tmp_path)) == everything
+    (tmp_path / VARIED_KEYS_FILE).write_text("model.dropout\noptimizer\ndata.path\n")
+    assert job_dirname(overrides, ["seed"], str(tmp_path)) == "+data.path=_x_y,model.dropout=0.5,optimizer=sgd"
+    assert job_dirname(["trainer=fast"], [], str(tmp_path)) == "trainer=fast"  # nothing varied: keep all
 
 
 def fake_job(root: Path, name: str, overrides: list[str], metrics: dict | None, error: bool = False) -> None:
@@ -79,9 +87,11 @@ def test_summary_of_an_all_ok_sweep_does_not_exit(tmp_path: Path):
 
 def test_failed_jobs_get_safe_directories_and_a_nonzero_exit(tmp_path: Path):
     root = tmp_path / "sweep"
-    result = run_cli(["-m", "model.weights=/no/such/w.h5,/no/such/x.h5", f"hydra.sweep.dir={root}"])
+    overrides = ["trainer=fast", "model.weights=/no/such/w.h5,/no/such/x.h5", f"hydra.sweep.dir={root}"]
+    result = run_cli(["-m", *overrides])
     assert result.returncode == 1, result.stderr[-2000:]
-    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == [
+    assert (root / VARIED_KEYS_FILE).read_text() == "model.weights\n"
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == [  # named by what differs, '/' made safe
         "0_model.weights=_no_such_w.h5",
         "1_model.weights=_no_such_x.h5",
     ]
@@ -102,16 +112,22 @@ def test_multirun_summary_keeps_good_jobs_and_exits_nonzero(sweep):
     root, result = sweep
     assert result.returncode == 1, result.stderr[-3000:]
     table = pd.read_csv(root / "summary.csv", keep_default_na=False, na_values=[""])  # "null" stays a string
-    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(table["dir"])
-    assert all(len(name) <= 83 for name in table["dir"])  # "<job>_" + at most 80 characters
+    assert (
+        sorted(p.name for p in root.iterdir() if p.is_dir())
+        == sorted(table["dir"])
+        == [
+            "0_model.dropout=0.0,model.weights=null",
+            "1_model.dropout=0.0,model.weights=_nonexistent_w.h5",
+            "2_model.dropout=0.5,model.weights=null",
+            "3_model.dropout=0.5,model.weights=_nonexistent_w.h5",
+        ]
+    )
     assert sorted(table["status"]) == ["failed", "failed", "ok", "ok"]
     ok = table[table.status == "ok"]
     assert set(ok["model.weights"]) == {"null"} and set(ok["model.dropout"]) == {0.0, 0.5}
     assert ok["test_accuracy"].between(0, 1).all() and (ok["epochs_run"] == 1).all()
     assert (table[table.status == "failed"]["model.weights"] == "/nonexistent/w.h5").all()
     assert "Sweep summary (4 jobs, 2 failed)" in result.stdout
-    failed_dirs = table[table.status == "failed"]["dir"]
-    assert all("model.weights=_nonexistent_w.h5" in name for name in failed_dirs)  # '/' made safe
     assert (root / "summary.md").exists()
 
 
