@@ -17,7 +17,7 @@ from kfactory.errors import RunStopped
 from kfactory.resolvers import register_resolvers
 from kfactory.resume import check_run_dir
 
-register_resolvers()  # before Hydra composes: conf/hydra/default.yaml uses ${kf_dirname:...}
+register_resolvers()  # before Hydra composes: hydra.sweep.subdir uses ${kf_job_dirname:...}
 
 log = logging.getLogger("kfactory")
 
