@@ -95,7 +95,9 @@ def collect_predictions(
     """Up to ``max_samples`` validation (uint8 images, int labels, class probabilities)."""
     images, labels, outputs, seen = [], [], [], 0
     for x, y in dataset:
-        outputs.append(np.asarray(model.predict_on_batch(x), dtype=np.float64))
+        # model(x), not predict_on_batch: under MirroredStrategy Keras 3's predict_on_batch
+        # returns a row per input per replica (16 rows for 8 images on 2 replicas)
+        outputs.append(np.asarray(model(x, training=False), dtype=np.float64))
         labels.append(decode_labels(np.asarray(y)))
         if keep_images:
             images.append(np.clip(np.asarray(x), 0, 255).astype(np.uint8))

@@ -70,6 +70,7 @@ def test_optuna_search_marks_nan_trials_failed_and_returns_the_best_value(tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Deprecated API features detected")  # optuna 2.x on SQLAlchemy 1.4
 def test_optuna_search_continues_from_its_sqlite_storage(tmp_path: Path):
     sqlalchemy = pytest.importorskip("sqlalchemy")
     if int(sqlalchemy.__version__.split(".")[0]) >= 2:
