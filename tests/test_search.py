@@ -44,8 +44,32 @@ def assert_run_layout(job: Path) -> None:
     assert math.isfinite(json.loads((job / "metrics.json").read_text())["val_loss"])
 
 
+@pytest.mark.parametrize(("n_jobs", "expected"), [(2, 4), (3, 2), (-1, 1), (-3, 1), (16, 1)])
+def test_joblib_jobs_share_the_cores(cfg_factory, tmp_path, monkeypatch, n_jobs, expected):
+    from hydra.core.hydra_config import HydraConfig
+
+    from kfactory.compute import launcher_thread_budget
+
+    cfg = cfg_factory(["hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}"], run_dir=tmp_path)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # restored after the test
+    assert launcher_thread_budget() is None  # outside Hydra: TensorFlow's own default
+    HydraConfig.instance().set_config(cfg)
+    assert launcher_thread_budget() == expected
+
+
+def test_the_basic_launcher_leaves_threads_alone(cfg_factory, tmp_path, monkeypatch):
+    from hydra.core.hydra_config import HydraConfig
+
+    from kfactory.compute import launcher_thread_budget
+
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
+    HydraConfig.instance().set_config(cfg_factory([], run_dir=tmp_path))
+    assert launcher_thread_budget() is None
+
+
 @pytest.mark.slow
-def test_optuna_search_marks_nan_trials_failed_and_returns_the_best_value(tmp_path: Path):
+def test_optuna_search_records_failed_trials_and_returns_the_best_value(tmp_path: Path):
     sweep_dir = tmp_path / "search"
     # With seed=0 the seeded TPE sampler draws dropout 0.0, 1.5, 1.5: one trial trains, and
     # two are refused by validation (dropout must be < 1), return None and must not stop the search.
@@ -67,6 +91,7 @@ def test_optuna_search_marks_nan_trials_failed_and_returns_the_best_value(tmp_pa
     assert best.best_value == pytest.approx(max(best_values))
     for job in trained:
         assert_run_layout(job)
+    assert (sweep_dir / "summary.csv").exists()  # the sweep summary ranks the trials too
 
 
 @pytest.mark.slow
