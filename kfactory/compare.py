@@ -101,6 +101,7 @@ def plot_metric(scalars: pd.DataFrame, metric: str, png: Path) -> None:
 
     matplotlib.use("Agg")  # files only, no display
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     chosen = scalars[(scalars.metric == metric) | (scalars.tag == metric)]
     if chosen.empty:
@@ -111,7 +112,8 @@ def plot_metric(scalars: pd.DataFrame, metric: str, png: Path) -> None:
         points = points.sort_values("step")
         label = job if chosen.series.nunique() == 1 else f"{job} {series}"
         axes.plot(points.step, points.value, marker="o", markersize=3, label=label)
-    axes.set_xlabel("epoch" if chosen.tag.str.startswith("epoch_").all() else "step")
+    axes.set_xlabel("epoch (from 0)" if chosen.tag.str.startswith("epoch_").all() else "step")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylabel(metric)
     axes.legend(fontsize=7)
     axes.grid(alpha=0.3)
@@ -138,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     if scalars.empty:
         raise SystemExit(f"no TensorBoard scalars below {', '.join(map(str, args.dirs))}")
     board = leaderboard(scalars, args.sort)
-    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
+    shown = {"display.expand_frame_repr": False, "display.max_columns": None, "display.float_format": "{:.4g}".format}
+    with pd.option_context(*(item for pair in shown.items() for item in pair)):  # one line per job
         print(board)
     if args.csv:
         scalars.to_csv(args.csv, index=False)
