@@ -113,7 +113,7 @@ def export_tflite(model: keras.Model, target: Path, export_cfg: DictConfig) -> d
     model.export(str(target), format="litert", verbose=False, **kwargs)
     tolerance = export_cfg.tolerance
     if tolerance is None:
-        tolerance = 0.05 if export_cfg.quantize else 1e-4
+        tolerance = 0.1 if export_cfg.quantize else 1e-4
     images = check_images(export_cfg.check_input, tuple(model.input_shape[1:3]))
     difference = float(np.max(np.abs(run_tflite(target, images) - model.predict_on_batch(images))))
     log.info(

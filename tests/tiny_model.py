@@ -26,7 +26,7 @@ def write_images(root: Path) -> Path:
 
 
 def train_tiny_model(run_dir: Path, images: Path) -> Path:
-    """Fit the head of MobileNet (32 px, random base) briefly on ``images``; return its model.keras."""
+    """Fit the head of MobileNet (32 px, random base) on ``images``; return its model.keras."""
     import keras
     from PIL import Image
 
@@ -34,18 +34,20 @@ def train_tiny_model(run_dir: Path, images: Path) -> Path:
     from kfactory.models import build_model
     from kfactory.sources import list_folder
 
-    cfg = compose_config(
-        ["data=folder", f"data.path={images}", "model=mobilenet", "model.weights=null", f"model.input_size={SIZE}"]
-    )
+    model_keys = ["model=mobilenet", "model.weights=null", f"model.input_size={SIZE}", "model.bn_momentum=0.0"]
+    cfg = compose_config(["data=folder", f"data.path={images}", *model_keys])
     source = list_folder(str(images))
     x = np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) for p in source.paths])
     keras.utils.set_random_seed(0)
     model = build_model(cfg, len(source.class_names))
-    for layer in model.layers[:-1]:  # head only: a full backward pass costs ten times the time
+    # A random base with fresh BatchNormalization statistics (mean 0, variance 1) shrinks
+    # its features to ~1e-20 and every prediction to 0.5. One forward pass in training mode
+    # with momentum 0 sets the statistics from the data: features, and outputs, that vary.
+    model(x, training=True)
+    for layer in model.layers[:-1]:  # then fit the head only: a full backward pass costs ten times the time
         layer.trainable = False
-    # A small learning rate keeps the probabilities away from 0 and 1, so comparisons mean something.
-    model.compile(keras.optimizers.Adam(1e-4), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    history = model.fit(x, source.labels, batch_size=8, epochs=1, verbose=0)
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(x, source.labels, batch_size=8, epochs=2, verbose=0)
     run_dir.mkdir(parents=True, exist_ok=True)
     metadata = {"class_names": source.class_names, "model": "mobilenet", "input_size": [SIZE, SIZE]}
     metadata.update(loss="sparse_categorical_crossentropy", activation="softmax")
