@@ -80,3 +80,22 @@ def test_a_weights_file_saved_from_the_same_architecture_loads(tmp_path):
     loaded = model.get_layer(source.name).get_weights()
     for expected, got in zip(source.get_weights(), loaded, strict=True):
         np.testing.assert_array_equal(expected, got)
+
+
+@pytest.mark.parametrize(
+    ("mode", "family"), [("caffe", "vgg16"), ("tf", "mobilenet_v2"), ("torch", "densenet"), ("none", "efficientnet")]
+)
+def test_preprocessing_layers_equal_the_family_preprocess_input(mode, family, tmp_path):
+    import keras
+
+    from kfactory.models import preprocess
+
+    inputs = keras.Input((6, 5, 3))
+    model = keras.Model(inputs, preprocess(inputs, mode))
+    model.save(tmp_path / "pre.keras")
+    reloaded = keras.models.load_model(tmp_path / "pre.keras")  # safe mode: built-in layers only
+    pixels = np.random.default_rng(0).uniform(0, 255, (4, 6, 5, 3)).astype("float32")
+    pixels[0, 0, 0] = [255, 0, 0]  # a pure red pixel: caffe's channel order must come out BGR
+    expected = getattr(keras.applications, family).preprocess_input(pixels.copy())
+    for built in (model, reloaded):
+        np.testing.assert_allclose(built.predict(pixels, verbose=0), expected, rtol=1e-5, atol=1e-4)
