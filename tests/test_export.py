@@ -159,3 +159,20 @@ def test_cli_refuses_an_unknown_format_in_one_line(trained, tmp_path):
     assert result.returncode == 2
     assert "export.format=onnx" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_cli_exports_a_saved_model_that_predict_reads(trained, tmp_path):
+    import pandas as pd
+
+    run_dir, images = trained
+    exported = run_cli(["task=export", f"ckpt_path={run_dir}", f"hydra.run.dir={tmp_path / 'e'}"])
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert (tmp_path / "e" / "saved_model" / "1" / "saved_model.pb").is_file()
+    assert (tmp_path / "e" / "model_card.md").is_file()
+    predicted = run_cli(
+        ["task=predict", f"ckpt_path={tmp_path / 'e'}", f"predict.input={images}", f"hydra.run.dir={tmp_path / 'p'}"]
+    )
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "p" / "predictions.csv")
+    assert len(table) == 24 and set(table["true_label"]) == {"cats", "dogs"}
