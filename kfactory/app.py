@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import sys
 import traceback
@@ -59,14 +58,13 @@ def release_memory() -> None:
     """Drop the finished job's models, graphs and datasets.
 
     Hydra's basic launcher runs sweep jobs one after another in this process;
-    without this, Keras' global state keeps every job's layers alive.
+    without this, every job's model, optimizer and graphs stay in memory.
     """
     if "keras" not in sys.modules:  # nothing was built; keep the cold path TF-free
         return
-    import keras
+    from kfactory.compute import release_finished_job
 
-    keras.backend.clear_session(free_memory=False)
-    gc.collect()
+    release_finished_job()
 
 
 def run_task(cfg: DictConfig, run_dir: Path) -> float | None:

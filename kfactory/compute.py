@@ -106,3 +106,29 @@ def xla_rule(model_name: str, side: int, total_steps: int, gpu: bool) -> tuple[b
     if total_steps < XLA_MIN_STEPS:
         return False, f"auto: {total_steps} steps are too few to repay XLA's compile time (< {XLA_MIN_STEPS})"
     return True, f"auto: on CPU XLA is faster for {model_name} at {side} px over {total_steps} steps"
+
+
+def release_finished_job() -> None:
+    """Free what a finished job left in this process, so the next sweep job starts flat.
+
+    Hydra's basic launcher runs sweep jobs one after another in one process.
+    ``clear_session`` drops Keras' global state, but in graph mode TensorFlow
+    registers every ``tf.custom_gradient`` it traces globally (as
+    ``CustomGradient-<n>``) and never removes it; those closures keep each
+    traced train step, and through it the model's weights and optimizer slots,
+    alive (tensorflow/tensorflow#61791). A finished job's graphs need none of them.
+    """
+    import gc
+
+    import keras
+
+    keras.backend.clear_session(free_memory=False)
+    try:
+        from tensorflow.python.framework import ops
+
+        registry = ops._gradient_registry._registry  # private, hence the guard
+    except (ImportError, AttributeError):  # pragma: no cover - a TensorFlow without it
+        registry = {}
+    for name in [name for name in registry if name.startswith("CustomGradient-")]:
+        del registry[name]
+    gc.collect()

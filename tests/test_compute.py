@@ -88,3 +88,27 @@ def test_threads_are_set_once_and_a_later_job_does_not_fail() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["1", "1"]
     assert "trainer.threads=2 ignored" in result.stderr
+
+
+def traced_graphs() -> int:
+    import gc
+
+    return sum(1 for obj in gc.get_objects() if type(obj).__name__ == "FuncGraph")
+
+
+def test_release_finished_job_frees_the_traced_train_step() -> None:
+    """After a fit, the job's graphs (which hold its weights) must not outlive the job."""
+    keras = pytest.importorskip("keras")
+    import numpy as np
+
+    from kfactory.compute import release_finished_job
+
+    release_finished_job()
+    before = traced_graphs()
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    model.fit(np.zeros((8, 4), "float32"), np.eye(3)[np.zeros(8, int)], batch_size=4, verbose=0)
+    del model
+    assert traced_graphs() > before  # the probe sees what a fit leaves behind
+    release_finished_job()
+    assert traced_graphs() <= before
