@@ -268,16 +268,13 @@ def _check_transfer(cfg: DictConfig) -> None:
 def _check_checkpoint(cfg: DictConfig) -> None:
     from kfactory.checkpoint import find_model_file
 
-    find_model_file(cfg.ckpt_path)
+    if find_model_file(cfg.ckpt_path).is_dir() and cfg.task != "predict":
+        accepted = f"for task={cfg.task}, a run directory or .keras file (an exported SavedModel serves task=predict)"
+        raise ConfigError("ckpt_path", cfg.ckpt_path, accepted)
 
 
 def _check_export(cfg: DictConfig) -> None:
-    from kfactory.checkpoint import find_model_file
-
     export = cfg.export
-    if find_model_file(cfg.ckpt_path).is_dir():
-        accepted = "for task=export, a run directory or .keras file (not a SavedModel)"
-        raise ConfigError("ckpt_path", cfg.ckpt_path, accepted)
     _check_choice("export.format", export.format, EXPORT_FORMATS)
     _check_choice("export.quantize", export.quantize, (True, False))
     if export.quantize and export.format != "tflite":

@@ -150,8 +150,10 @@ def test_bad_export_settings_are_refused_before_tensorflow(trained, override, ke
 
 def test_export_refuses_a_saved_model_as_its_source(saved_model):
     cfg = compose_config(["task=export", f"ckpt_path={saved_model}"])
-    with pytest.raises(ConfigError, match="not a SavedModel"):
+    with pytest.raises(ConfigError, match="an exported SavedModel serves task=predict"):
         validate(cfg)
+    with pytest.raises(ConfigError, match="an exported SavedModel serves task=predict"):
+        validate(compose_config(["task=eval", f"ckpt_path={saved_model}"]))
 
 
 def test_cli_refuses_an_unknown_format_in_one_line(trained, tmp_path):
