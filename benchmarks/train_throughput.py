@@ -51,7 +51,7 @@ def epoch_timer():
     return EpochTimer()
 
 
-def kfactory_epochs(model_name: str, side: int, batch: int, images, labels, epochs: int, run_epochs: int):
+def kfactory_epochs(model_name: str, side: int, batch: int, images, labels, epochs: int, run_epochs: int, jit: str):
     """Epoch seconds of kfactory's pipeline, model and compile settings; and the XLA choice."""
     from hydra import compose, initialize_config_dir
 
@@ -62,7 +62,7 @@ def kfactory_epochs(model_name: str, side: int, batch: int, images, labels, epoc
     from kfactory.train import compile_model
 
     overrides = [f"model={model_name}", "model.weights=null", f"model.input_size=[{side},{side}]"]
-    overrides += [f"data.batch_size={batch}", f"trainer.epochs={run_epochs}"]
+    overrides += [f"data.batch_size={batch}", f"trainer.epochs={run_epochs}", f"trainer.jit_compile={jit}"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     configure_tensorflow(cfg.trainer, cfg.seed)
@@ -104,7 +104,7 @@ def compare(model_name: str, side: int, args: argparse.Namespace) -> float:
     images = rng.integers(0, 256, (count, side, side, 3), dtype=np.uint8)
     labels = rng.integers(0, CLASSES, count).astype(np.int64)
     epochs = args.repeats + 1
-    kf, choice = kfactory_epochs(model_name, side, batch, images, labels, epochs, args.run_epochs)
+    kf, choice = kfactory_epochs(model_name, side, batch, images, labels, epochs, args.run_epochs, args.jit)
     keras.backend.clear_session()
     plain = plain_epochs(model_name, side, batch, images, labels, epochs)
     keras.backend.clear_session()
@@ -128,6 +128,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps per epoch")
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs after the first")
     parser.add_argument("--run-epochs", type=int, default=15, help="run length XLA's auto choice assumes")
+    parser.add_argument("--jit", default="auto", choices=["auto", "true", "false"], help="trainer.jit_compile")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     ratios = {(m, s): compare(m, s, args) for m in args.models for s in args.sizes}

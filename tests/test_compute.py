@@ -18,15 +18,13 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize(
     ("model", "side", "steps", "gpu", "expected"),
     [
-        ("resnet50", 32, 1000, False, True),  # measured 2.4x faster with XLA
-        ("densenet121", 64, 1000, False, True),  # measured 1.9x
+        ("resnet50", 32, 1000, False, False),  # re-measured 0.5-0.75x on CPU
         ("resnet50", 224, 1000, False, False),  # measured 0.62x
         ("mobilenet_v2", 96, 1000, False, False),  # measured 8x slower
         ("efficientnet_b0", 64, 1000, False, False),  # measured 8x slower
-        ("mobilenet_v3_small", 32, 1000, False, False),  # same depthwise family
-        ("resnet50", 32, XLA_MIN_STEPS - 1, False, False),  # compile time not repaid
-        ("resnet50", 32, XLA_MIN_STEPS, False, True),
-        ("mobilenet_v2", 224, 10, True, True),  # GPU: always
+        ("mobilenet_v2", 224, 1000, True, True),  # GPU: XLA fuses kernels
+        ("resnet50", 224, XLA_MIN_STEPS - 1, True, False),  # compile time not repaid
+        ("resnet50", 224, XLA_MIN_STEPS, True, True),
     ],
 )
 def test_auto_rule_follows_the_measurements(model: str, side: int, steps: int, gpu: bool, expected: bool) -> None:
@@ -37,8 +35,8 @@ def test_auto_rule_follows_the_measurements(model: str, side: int, steps: int, g
 
 def test_reasons_name_what_decided() -> None:
     assert "mobilenet_v2" in xla_rule("mobilenet_v2", 32, 1000, False)[1]
-    assert "224 px" in xla_rule("resnet50", 224, 1000, False)[1]
-    assert "12 steps" in xla_rule("resnet50", 32, 12, False)[1]
+    assert "on CPU" in xla_rule("resnet50", 224, 1000, False)[1]
+    assert "12 steps" in xla_rule("resnet50", 32, 12, True)[1]
 
 
 @pytest.mark.parametrize("setting", [True, False])
@@ -48,7 +46,8 @@ def test_explicit_setting_wins_without_asking_tensorflow(setting: bool, monkeypa
         setting,
         f"trainer.jit_compile={str(setting).lower()}",
     )
-    assert choose_jit_compile("auto", "resnet50", 32, 100, gpu=False)[0] is True
+    assert choose_jit_compile("auto", "resnet50", 32, 100, gpu=False)[0] is False
+    assert choose_jit_compile("auto", "resnet50", 32, 100, gpu=True)[0] is True
 
 
 def test_configure_tensorflow_sets_precision() -> None:
