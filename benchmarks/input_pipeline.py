@@ -93,6 +93,16 @@ def epochs_per_second(make: Callable, count: int, epochs: int) -> list[float]:
     return rates
 
 
+def record(results: dict[str, list[float]], key: str, rates: list[float]) -> None:
+    results[key + "1"].append(rates[0])
+    results[key + "2"].append(rates[1])
+
+
+def timed_old_way(root: Path, size: int) -> float:
+    started = time.perf_counter()
+    return old_way(root, size) / (time.perf_counter() - started)
+
+
 def line(name: str, rates: list[float]) -> str:
     return f"{name:22s} median {statistics.median(rates):8.1f} img/s  spread {min(rates):.1f}-{max(rates):.1f}"
 
@@ -108,14 +118,14 @@ def main() -> None:
     write_jpegs(root, args.images)
     warm_file_cache(root)
     results: dict[str, list[float]] = {k: [] for k in ("kf1", "kf2", "keras1", "keras2", "old")}
-    for _ in range(args.repeats):  # interleaved, so load changes hit every way alike
-        kf = epochs_per_second(lambda: kfactory_dataset(root, args.size), args.images, 2)
-        ke = epochs_per_second(lambda: keras_dataset(root, args.size), args.images, 2)
-        started = time.perf_counter()
-        results["old"].append(old_way(root, args.size) / (time.perf_counter() - started))
-        for key, rates in (("kf", kf), ("keras", ke)):
-            results[key + "1"].append(rates[0])
-            results[key + "2"].append(rates[1])
+    ways = [
+        lambda: record(results, "kf", epochs_per_second(lambda: kfactory_dataset(root, args.size), args.images, 2)),
+        lambda: record(results, "keras", epochs_per_second(lambda: keras_dataset(root, args.size), args.images, 2)),
+        lambda: results["old"].append(timed_old_way(root, args.size)),
+    ]
+    for repeat in range(args.repeats):  # interleaved and rotated, so load changes and order hit every way alike
+        for way in ways[repeat % 3 :] + ways[: repeat % 3]:
+            way()
     print(f"{args.images} JPEGs 320x240 -> batches of {BATCH} at {args.size}x{args.size}, {args.repeats} repeats")
     for key, name in (
         ("kf1", "kfactory epoch 1"),
