@@ -139,9 +139,7 @@ def _check_model(cfg: DictConfig) -> None:
     spec = MODELS[model.name]
     height, width = input_size(cfg)
     if min(height, width) < spec.min_size:
-        raise ConfigError(
-            "model.input_size", [height, width], f"{model.name} needs at least {spec.min_size} px a side"
-        )
+        raise ConfigError("model.input_size", [height, width], f"{model.name} needs at least {spec.min_size} px a side")
     weights = model.weights
     if weights not in (None, "imagenet"):
         path = expand_path(weights)

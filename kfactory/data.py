@@ -60,7 +60,9 @@ def make_splits(cfg: DictConfig, run_dir: Path | None = None) -> Splits:
     train_idx, val_idx, test_idx = split_indices(source.labels, cfg.data.val_split, cfg.data.test_split, cfg.seed)
     indices = {"train": train_idx, "val": val_idx, "test": test_idx}
     pipelines = {
-        name: make_dataset(source, idx, cfg, training=name == "train", cache_dir=run_dir, split=name) if len(idx) else None
+        name: make_dataset(source, idx, cfg, training=name == "train", cache_dir=run_dir, split=name)
+        if len(idx)
+        else None
         for name, idx in indices.items()
     }
     return Splits(source, pipelines["train"], pipelines["val"], pipelines["test"], indices, skipped)

@@ -52,7 +52,9 @@ def class_report(probabilities: np.ndarray, labels: np.ndarray, class_names: lis
         precision = tp / max(int(np.sum(predicted == index)), 1)
         recall = tp / max(int(np.sum(labels == index)), 1)
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        rows.append({"class": name, "precision": precision, "recall": recall, "f1": f1, "support": int(np.sum(labels == index))})
+        rows.append(
+            {"class": name, "precision": precision, "recall": recall, "f1": f1, "support": int(np.sum(labels == index))}
+        )
     table = pd.DataFrame(rows).set_index("class")
     table.loc["macro avg"] = [*table[["precision", "recall", "f1"]].mean(), table["support"].sum()]
     table["support"] = table["support"].astype(int)

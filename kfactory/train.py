@@ -34,12 +34,15 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     splits = make_splits(cfg, run_dir)
     log.info("Data: %s", ", ".join(f"{k} {len(v)}" for k, v in splits.indices.items()))
     steps = cfg.trainer.steps_per_epoch or -(-len(splits.indices["train"]) // cfg.data.batch_size)
-    jit, why = choose_jit_compile(cfg.trainer.jit_compile, cfg.model.name, max(input_size(cfg)), steps * cfg.trainer.epochs)
+    jit, why = choose_jit_compile(
+        cfg.trainer.jit_compile, cfg.model.name, max(input_size(cfg)), steps * cfg.trainer.epochs
+    )
     log.info("XLA %s (%s)", "on" if jit else "off", why)
     with make_strategy(cfg.trainer).scope():  # variables and optimizer slots live on the strategy's devices
         model = build_model(cfg, len(splits.class_names))
         compile_model(model, cfg, len(splits.class_names), jit)
     checkpoint = BestModelCheckpoint(run_dir / MODEL_FILE, cfg.trainer.monitor, model_metadata(cfg, splits))
+
     def compile_phase(learning_rate: Any) -> None:  # each fine-tuning phase recompiles, in the model's strategy
         with model.distribute_strategy.scope():
             compile_model(model, cfg, len(splits.class_names), jit, learning_rate)
@@ -88,7 +91,9 @@ def compile_model(
     )
 
 
-def make_optimizer(optimizer: DictConfig, learning_rate: Any = None, ema: float | None = None) -> keras.optimizers.Optimizer:
+def make_optimizer(
+    optimizer: DictConfig, learning_rate: Any = None, ema: float | None = None
+) -> keras.optimizers.Optimizer:
     """A keras optimizer from ``optimizer.name`` and its arguments; ``ema``: keep an EMA of the weights."""
     kwargs = {k: v for k, v in OmegaConf.to_container(optimizer).items() if k not in ("name", "schedule")}
     if learning_rate is not None:
@@ -99,7 +104,9 @@ def make_optimizer(optimizer: DictConfig, learning_rate: Any = None, ema: float 
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"optimizer ({optimizer.name})", kwargs, f"arguments of keras.optimizers.{cls.__name__}: {error}") from error
+        raise ConfigError(
+            f"optimizer ({optimizer.name})", kwargs, f"arguments of keras.optimizers.{cls.__name__}: {error}"
+        ) from error
 
 
 def make_loss(loss: DictConfig, activation: str) -> keras.losses.Loss:
@@ -111,7 +118,9 @@ def make_loss(loss: DictConfig, activation: str) -> keras.losses.Loss:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"loss ({loss.name})", kwargs, f"arguments of keras.losses.{cls.__name__}: {error}") from error
+        raise ConfigError(
+            f"loss ({loss.name})", kwargs, f"arguments of keras.losses.{cls.__name__}: {error}"
+        ) from error
 
 
 def make_metrics(trainer: DictConfig, loss: str, num_classes: int) -> list[keras.metrics.Metric]:
@@ -122,15 +131,19 @@ def make_metrics(trainer: DictConfig, loss: str, num_classes: int) -> list[keras
     for name in trainer.metrics:
         log_name = metric_log_name(name)
         if name == "accuracy":
-            cls = keras.metrics.BinaryAccuracy if single_unit else (
-                keras.metrics.SparseCategoricalAccuracy if sparse else keras.metrics.CategoricalAccuracy
+            cls = (
+                keras.metrics.BinaryAccuracy
+                if single_unit
+                else (keras.metrics.SparseCategoricalAccuracy if sparse else keras.metrics.CategoricalAccuracy)
             )
             built.append(cls(name=log_name))
         elif name == "top_k":
             cls = keras.metrics.SparseTopKCategoricalAccuracy if sparse else keras.metrics.TopKCategoricalAccuracy
             built.append(cls(k=min(trainer.top_k, num_classes), name=log_name))
         elif sparse:
-            raise ConfigError("trainer.metrics", name, "accuracy or top_k with sparse labels; use loss=categorical_crossentropy")
+            raise ConfigError(
+                "trainer.metrics", name, "accuracy or top_k with sparse labels; use loss=categorical_crossentropy"
+            )
         elif name == "precision":
             built.append(keras.metrics.Precision(name=log_name))
         elif name == "recall":

@@ -29,9 +29,7 @@ def fresh_session():
     keras.backend.clear_session()
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=() if n in FAST else pytest.mark.slow) for n in sorted(MODELS)]
-)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in FAST else pytest.mark.slow) for n in sorted(MODELS)])
 def test_model_builds_at_its_smallest_input_size(name):
     side = MODELS[name].min_size
     model = build([f"model={name}", "model.weights=null", f"model.input_size=[{side},{side}]"], num_classes=3)
@@ -66,7 +64,11 @@ def test_bn_momentum_is_set_on_every_batch_normalization():
     import keras
 
     model = build(["model=mobilenet_v2", "model.weights=null", "model.input_size=[32,32]", "model.bn_momentum=0.8"])
-    bns = [layer for layer in model.get_layer("mobilenetv2_1.00_32").layers if isinstance(layer, keras.layers.BatchNormalization)]
+    bns = [
+        layer
+        for layer in model.get_layer("mobilenetv2_1.00_32").layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     assert bns and all(layer.momentum == 0.8 for layer in bns)
 
 

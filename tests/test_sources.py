@@ -51,7 +51,9 @@ def test_csv_without_the_named_column_is_refused(tmp_path):
 
 
 def test_csv_with_missing_files_says_how_many(tmp_path):
-    pd.DataFrame({"path": [f"m{i}.png" for i in range(5)], "label": list("ababa")}).to_csv(tmp_path / "l.csv", index=False)
+    pd.DataFrame({"path": [f"m{i}.png" for i in range(5)], "label": list("ababa")}).to_csv(
+        tmp_path / "l.csv", index=False
+    )
     with pytest.raises(ConfigError, match=r"5 missing: .*m0.png, .*m1.png, .*m2.png, \.\.\."):
         read_csv(str(tmp_path / "l.csv"), "path", "label")
 
