@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from kfactory.augment import build_augmenter
 from kfactory.config import input_size
-from kfactory.image_check import drop_unreadable
+from kfactory.image_check import drop_unreadable, read_image
 from kfactory.models import output_units
 from kfactory.registry import sparse_labels
 from kfactory.sources import ImageSource, describe_source, split_indices
@@ -56,7 +56,9 @@ def load_source(data: DictConfig) -> ImageSource:
 
 def make_splits(cfg: DictConfig, run_dir: Path | None = None) -> Splits:
     """Seeded, stratified splits of ``cfg.data`` as batched pipelines."""
-    source, skipped = drop_unreadable(load_source(cfg.data), cfg.data, run_dir)
+    # With a memory cache, the check's single decode pass also fills the cache.
+    decode_size = input_size(cfg) if cfg.data.cache == "memory" else None
+    source, skipped = drop_unreadable(load_source(cfg.data), cfg.data, run_dir, decode_size)
     train_idx, val_idx, test_idx = split_indices(source.labels, cfg.data.val_split, cfg.data.test_split, cfg.seed)
     indices = {"train": train_idx, "val": val_idx, "test": test_idx}
     pipelines = {
@@ -79,7 +81,7 @@ def make_dataset(
     """Batches of (uint8-valued float images at the model's size, encoded labels)."""
     size = input_size(cfg)
     labels = source.labels[indices]
-    if source.paths is not None:
+    if source.images is None:
         paths = np.asarray(source.paths)[indices]
         ds = tf.data.Dataset.from_tensor_slices((paths, labels))
         ds = ds.map(lambda p, y: (read_image(p, size), y), num_parallel_calls=AUTOTUNE, deterministic=True)
@@ -88,7 +90,7 @@ def make_dataset(
         resize_batches = False
     else:
         ds = tf.data.Dataset.from_tensor_slices((source.images[indices], labels))
-        resize_batches = True  # arrays stay at their own size in memory
+        resize_batches = True  # arrays stay at their own size in memory (decoded files are at ``size`` already)
     if training:
         ds = ds.shuffle(min(len(indices), cfg.data.shuffle_buffer), seed=cfg.seed, reshuffle_each_iteration=True)
     ds = ds.batch(cfg.data.batch_size)
@@ -100,13 +102,6 @@ def make_dataset(
     if augment is not None:
         ds = ds.map(augment, num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
-
-
-def read_image(path: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-    """Decode one JPEG/PNG/BMP/GIF file to RGB uint8 at ``size``."""
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    image = tf.image.resize(image, size)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
 def to_rgb_float(images: tf.Tensor, size: tuple[int, int] | None) -> tf.Tensor:

@@ -5,6 +5,8 @@ index through the pass and ``ignore_errors`` drops the ones that fail, so the
 indices that come out are the readable files. No Python runs per image.
 The same files are then left out of every split, so a corrupt image can
 neither crash an epoch nor shift the split between ``train`` and ``eval``.
+With ``data.cache=memory`` that pass also keeps the resized images, so the
+files are decoded once per run, not once to check and again to train.
 """
 
 from __future__ import annotations
@@ -38,19 +40,46 @@ def find_unreadable(paths: list[str]) -> np.ndarray:
     return np.flatnonzero(~readable)
 
 
+def read_image(path: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """Decode one JPEG/PNG/BMP/GIF file to RGB uint8 at ``size``."""
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    image = tf.image.resize(image, size)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def decode_all(paths: list[str], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Every file of ``paths`` as uint8 RGB at ``size`` (zeros where unreadable), and the unreadable indices."""
+    images = np.zeros((len(paths), *size, 3), np.uint8)
+    readable = np.zeros(len(paths), bool)
+    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths), dtype=np.int64), paths))
+    ds = ds.map(lambda i, p: (i, read_image(p, size)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    for indices, batch in ds.ignore_errors().batch(64).prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+        images[indices] = batch
+        readable[indices] = True
+    return images, np.flatnonzero(~readable)
+
+
 def _index_if_decodes(index: tf.Tensor, path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
     # Returning the decoded shape keeps the decode in the graph: an unused one is pruned.
     return index, tf.shape(image)
 
 
-def drop_unreadable(source: ImageSource, data: DictConfig, run_dir: Path | None) -> tuple[ImageSource, list[str]]:
-    """``source`` (from ``data``) without its unreadable files, and their paths, listed in ``run_dir``."""
+def drop_unreadable(
+    source: ImageSource, data: DictConfig, run_dir: Path | None, size: tuple[int, int] | None = None
+) -> tuple[ImageSource, list[str]]:
+    """``source`` (from ``data``) without its unreadable files, and their paths, listed in ``run_dir``.
+
+    With ``size``, the returned source also holds its images decoded at that size.
+    """
     if source.paths is None:
         return source, []
-    bad = find_unreadable(source.paths)
+    if size is None:
+        images, bad = None, find_unreadable(source.paths)
+    else:
+        images, bad = decode_all(source.paths, size)
     if len(bad) == 0:
-        return source, []
+        return ImageSource(source.class_names, source.labels, paths=source.paths, images=images), []
     skipped = [source.paths[i] for i in bad]
     if len(bad) == len(source):
         key = "data.csv" if data.source == "csv" else "data.path"
@@ -58,7 +87,8 @@ def drop_unreadable(source: ImageSource, data: DictConfig, run_dir: Path | None)
             key, data[key.split(".")[1]], f"readable images: none of its {len(source)} files decodes, e.g. {skipped[0]}"
         )
     keep = np.setdiff1d(np.arange(len(source)), bad)
-    kept = ImageSource(source.class_names, source.labels[keep], paths=[source.paths[i] for i in keep])
+    kept_images = None if images is None else images[keep]
+    kept = ImageSource(source.class_names, source.labels[keep], [source.paths[i] for i in keep], kept_images)
     where = ""
     if run_dir is not None:
         (run_dir / SKIPPED_FILE).write_text("".join(f"{p}\n" for p in skipped))
