@@ -44,6 +44,11 @@ def kfactory(cfg: DictConfig) -> float | None:
         if not multirun:
             raise SystemExit(2 if isinstance(error, ConfigError) else 1) from None
         (run_dir / ERROR_FILE).write_text(f"{error}\n")
+    except KeyboardInterrupt:
+        if multirun:
+            raise
+        log.error("Interrupted. Finished epochs are kept; continue with: hydra.run.dir=%s resume=true", run_dir)
+        raise SystemExit(130) from None
     except Exception as error:
         if not multirun:
             raise
