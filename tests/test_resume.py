@@ -110,3 +110,22 @@ def test_a_run_killed_after_its_first_epoch_resumes_and_finishes_all_epochs(tmp_
     assert not (run_dir / "backup").exists()
     model = keras.models.load_model(run_dir / "model.keras")
     assert model.output_shape == (None, 10)
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_the_run_with_one_line_naming_the_resume_command(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["model=vgg16", *TINY, "trainer.epochs=50", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        wait_for_backup(run_dir, process)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, output[-3000:]
+    assert "Traceback" not in output
+    assert f"hydra.run.dir={run_dir} resume=true" in output
+    assert (run_dir / "backup").is_dir() and not (run_dir / "metrics.json").exists()
