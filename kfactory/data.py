@@ -61,8 +61,9 @@ def make_splits(cfg: DictConfig, run_dir: Path | None = None) -> Splits:
     source, skipped = drop_unreadable(load_source(cfg.data), cfg.data, run_dir, decode_size)
     train_idx, val_idx, test_idx = split_indices(source.labels, cfg.data.val_split, cfg.data.test_split, cfg.seed)
     indices = {"train": train_idx, "val": val_idx, "test": test_idx}
+    images = None if source.images is None else tf.convert_to_tensor(source.images)  # one copy for all splits
     pipelines = {
-        name: make_dataset(source, idx, cfg, training=name == "train", cache_dir=run_dir, split=name)
+        name: make_dataset(source, idx, cfg, training=name == "train", cache_dir=run_dir, split=name, images=images)
         if len(idx)
         else None
         for name, idx in indices.items()
@@ -77,8 +78,14 @@ def make_dataset(
     training: bool,
     cache_dir: Path | None = None,
     split: str = "data",
+    images: tf.Tensor | None = None,
 ) -> tf.data.Dataset:
-    """Batches of (uint8-valued float images at the model's size, encoded labels)."""
+    """Batches of (uint8-valued float images at the model's size, encoded labels).
+
+    In-memory images (``source.images``, or ``images``, the same as a tensor) are
+    gathered per batch from shuffled indices, so neither shuffling nor an epoch
+    copies whole images.
+    """
     size = input_size(cfg)
     labels = source.labels[indices]
     if source.images is None:
@@ -89,11 +96,14 @@ def make_dataset(
         ds = _cache(ds, cfg.data.cache, cache_dir, split)
         resize_batches = False
     else:
-        ds = tf.data.Dataset.from_tensor_slices((source.images[indices], labels))
+        ds = tf.data.Dataset.from_tensor_slices((indices, labels))
         resize_batches = True  # arrays stay at their own size in memory (decoded files are at ``size`` already)
     if training:
         ds = ds.shuffle(min(len(indices), cfg.data.shuffle_buffer), seed=cfg.seed, reshuffle_each_iteration=True)
     ds = ds.batch(cfg.data.batch_size)
+    if source.images is not None:
+        pixels = tf.convert_to_tensor(source.images) if images is None else images
+        ds = ds.map(lambda i, y: (tf.gather(pixels, i), y), num_parallel_calls=AUTOTUNE)
     encode = label_encoder(cfg.loss.name, len(source.class_names))
     ds = ds.map(
         lambda x, y: (to_rgb_float(x, size if resize_batches else None), encode(y)), num_parallel_calls=AUTOTUNE

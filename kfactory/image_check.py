@@ -48,15 +48,17 @@ def read_image(path: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
 
 
 def decode_all(paths: list[str], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Every file of ``paths`` as uint8 RGB at ``size`` (zeros where unreadable), and the unreadable indices."""
-    images = np.zeros((len(paths), *size, 3), np.uint8)
-    readable = np.zeros(len(paths), bool)
+    """The readable files of ``paths``, in order, as uint8 RGB at ``size``; and the unreadable indices."""
     ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths), dtype=np.int64), paths))
-    ds = ds.map(lambda i, p: (i, read_image(p, size)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-    for indices, batch in ds.ignore_errors().batch(64).prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
-        images[indices] = batch
-        readable[indices] = True
-    return images, np.flatnonzero(~readable)
+    ds = ds.map(lambda i, p: (i, read_image(p, size)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    kept, batches = [], []
+    for indices, batch in ds.ignore_errors().batch(256).prefetch(tf.data.AUTOTUNE):
+        kept.append(indices.numpy())
+        batches.append(batch)
+    if not batches:
+        return np.zeros((0, *size, 3), np.uint8), np.arange(len(paths))
+    images = tf.concat(batches, axis=0).numpy()
+    return images, np.setdiff1d(np.arange(len(paths)), np.concatenate(kept))
 
 
 def _index_if_decodes(index: tf.Tensor, path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -87,7 +89,7 @@ def drop_unreadable(
             key, data[key.split(".")[1]], f"readable images: none of its {len(source)} files decodes, e.g. {skipped[0]}"
         )
     keep = np.setdiff1d(np.arange(len(source)), bad)
-    kept_images = None if images is None else images[keep]
+    kept_images = images  # decode_all returns the readable files' images only
     kept = ImageSource(source.class_names, source.labels[keep], [source.paths[i] for i in keep], kept_images)
     where = ""
     if run_dir is not None:
