@@ -76,3 +76,14 @@ def write_image_folder(root: Path, classes: dict[str, int], size: int = 24, fmt:
 def image_folder(tmp_path: Path) -> Path:
     """Two classes of 12 PNG images each."""
     return write_image_folder(tmp_path / "images", {"cats": 12, "dogs": 12})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(run directory of a tiny trained model, the class-folder tree it was trained on), once per module."""
+    from tests.tiny_model import train_tiny_model, write_images
+
+    root = tmp_path_factory.mktemp("trained")
+    images = write_images(root / "images")
+    train_tiny_model(root / "run", images)
+    return root / "run", images

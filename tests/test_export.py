@@ -11,16 +11,6 @@ from PIL import Image
 
 from kfactory.config import ConfigError, validate
 from tests.conftest import compose_config, run_cli
-from tests.tiny_model import train_tiny_model, write_images
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    """(run directory of a tiny trained model, the class-folder tree it was trained on)."""
-    root = tmp_path_factory.mktemp("export")
-    images = write_images(root / "images")
-    train_tiny_model(root / "run", images)
-    return root / "run", images
 
 
 def run_export(trained_run: Path, out: Path, *overrides: str) -> Path:

@@ -11,16 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import compose_config
-from tests.tiny_model import SIZE, train_tiny_model, write_images
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, Path]:
-    """(run directory of a tiny trained model, the class-folder tree it was trained on)."""
-    root = tmp_path_factory.mktemp("predict")
-    images = write_images(root / "images")
-    train_tiny_model(root / "run", images)
-    return root / "run", images
+from tests.tiny_model import SIZE
 
 
 def run_predict(run_dir: Path, ckpt: Path, source: Path, *extra: str) -> pd.DataFrame:
