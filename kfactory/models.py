@@ -37,7 +37,10 @@ def build_model(cfg: DictConfig, num_classes: int) -> keras.Model:
     base = build_backbone(cfg, num_classes)
     x = preprocess(inputs, spec.preprocess)
     # A pretrained base keeps BatchNormalization in inference mode, also when
-    # unfrozen; from scratch its statistics must learn.
+    # unfrozen; from scratch its statistics must learn. Keras 3's fit ignores this
+    # nested training=False, so kfactory.finetune also keeps those layers
+    # non-trainable (which Keras runs in inference mode); the flag still holds
+    # for calls outside fit.
     pretrained = cfg.model.weights is not None
     bn_trainable = cfg.model.get("bn_trainable", False) or not pretrained
     x = base(x, training=None if bn_trainable else False)
