@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kfactory.checkpoint import find_model_file, load_model, read_metadata, write_json_atomic
 from kfactory.data import make_splits
+from kfactory.models import to_probabilities
 from kfactory.train import compile_model
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,15 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> float:
     model_path = find_model_file(cfg.ckpt_path)
     train_cfg = training_config(model_path, cfg)
     splits = make_splits(train_cfg)
-    class_names = read_metadata(model_path).get("class_names", splits.class_names)
+    metadata = read_metadata(model_path)
+    class_names = metadata.get("class_names", splits.class_names)
     model = load_model(model_path, safe_mode=not cfg.get("unsafe_load", False))
     compile_model(model, train_cfg, len(class_names), jit_compile=False)
-    test = splits.test if splits.test is not None else splits.val
-    values = {f"test_{k}": float(v) for k, v in model.evaluate(test, verbose=0, return_dict=True).items()}
-    report = class_report(model.predict(test, verbose=0), splits.source.labels[splits.indices["test"]], class_names)
+    split = "test" if splits.test is not None else "val"  # a run trained with data.test_split=0
+    data, labels = getattr(splits, split), splits.source.labels[splits.indices[split]]
+    values = {f"test_{k}": float(v) for k, v in model.evaluate(data, verbose=0, return_dict=True).items()}
+    probabilities = to_probabilities(model.predict(data, verbose=0), metadata.get("activation", "softmax"))
+    report = class_report(probabilities, labels, class_names)
     write_json_atomic(run_dir / "eval_metrics.json", values)
     report.to_csv(run_dir / "class_report.csv")
     log.info("Test metrics of %s: %s", model_path, ", ".join(f"{k}={v:.4f}" for k, v in values.items()))
@@ -44,8 +48,8 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> float:
 
 
 def class_report(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> pd.DataFrame:
-    """Precision, recall, F1 and support per class, plus the macro average."""
-    predicted = predicted_classes(probabilities)
+    """Precision, recall, F1 and support per class (from per-class probabilities), plus the macro average."""
+    predicted = probabilities.argmax(axis=-1)
     rows = []
     for index, name in enumerate(class_names):
         tp = int(np.sum((predicted == index) & (labels == index)))
@@ -59,10 +63,3 @@ def class_report(probabilities: np.ndarray, labels: np.ndarray, class_names: lis
     table.loc["macro avg"] = [*table[["precision", "recall", "f1"]].mean(), table["support"].sum()]
     table["support"] = table["support"].astype(int)
     return table
-
-
-def predicted_classes(probabilities: np.ndarray) -> np.ndarray:
-    """Class indices from model outputs (one sigmoid unit means two classes)."""
-    if probabilities.shape[-1] == 1:
-        return (probabilities[:, 0] > 0.5).astype(np.int64)
-    return probabilities.argmax(axis=-1)

@@ -30,9 +30,10 @@ from kfactory.checkpoint import (
     write_json_atomic,
 )
 from kfactory.config import expand_path
-from kfactory.data import read_image
+from kfactory.image_check import decode_image, read_image
 from kfactory.model_card import write_model_card
 from kfactory.predict import list_inputs
+from kfactory.registry import PROBABILITY_ACTIVATIONS
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,12 @@ def export_saved_model(model: keras.Model, metadata: dict[str, Any], target: Pat
     """A SavedModel with a bytes and a pixels signature, and kfactory's metadata beside it."""
     height, width = (int(s) for s in model.input_shape[1:3])
     class_names = list(metadata["class_names"])
+    activation = metadata.get("activation", "softmax")
 
     def from_pixels(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         outputs = model(tf.cast(pixels, tf.float32), training=False)
+        if activation not in PROBABILITY_ACTIVATIONS:  # logits or scores, as kfactory.models.to_probabilities
+            outputs = tf.sigmoid(outputs) if outputs.shape[-1] == 1 else tf.nn.softmax(outputs)
         probabilities = tf.concat([1 - outputs, outputs], -1) if outputs.shape[-1] == 1 else outputs
         names = tf.constant(class_names)
         return {
@@ -98,13 +102,6 @@ def export_saved_model(model: keras.Model, metadata: dict[str, Any], target: Pat
     archive.write_out(str(target), verbose=False)
     (target / SAVED_MODEL_METADATA).parent.mkdir(exist_ok=True)
     write_json_atomic(target / SAVED_MODEL_METADATA, metadata)
-
-
-def decode_image(data: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-    """Encoded image bytes to uint8 RGB at ``size``: the steps of ``kfactory.data.read_image``."""
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    image = tf.image.resize(image, size)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
 def export_tflite(model: keras.Model, target: Path, export_cfg: DictConfig) -> dict[str, Any]:

@@ -42,7 +42,12 @@ def find_unreadable(paths: list[str]) -> np.ndarray:
 
 def read_image(path: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
     """Decode one JPEG/PNG/BMP/GIF file to RGB uint8 at ``size``."""
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return decode_image(tf.io.read_file(path), size)
+
+
+def decode_image(data: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """Encoded JPEG/PNG/BMP/GIF bytes to RGB uint8 at ``size`` (training, predict and serving share it)."""
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
     image = tf.image.resize(image, size)
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
@@ -89,8 +94,7 @@ def drop_unreadable(
             key, data[key.split(".")[1]], f"readable images: none of its {len(source)} files decodes, e.g. {skipped[0]}"
         )
     keep = np.setdiff1d(np.arange(len(source)), bad)
-    kept_images = images  # decode_all returns the readable files' images only
-    kept = ImageSource(source.class_names, source.labels[keep], [source.paths[i] for i in keep], kept_images)
+    kept = ImageSource(source.class_names, source.labels[keep], [source.paths[i] for i in keep], images)
     where = ""
     if run_dir is not None:
         (run_dir / SKIPPED_FILE).write_text("".join(f"{p}\n" for p in skipped))

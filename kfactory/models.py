@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 from omegaconf import DictConfig
 
 from kfactory.config import ConfigError, expand_path, input_size
-from kfactory.registry import MODELS
+from kfactory.registry import MODELS, PROBABILITY_ACTIVATIONS
 
 if TYPE_CHECKING:
     import keras
@@ -25,6 +26,23 @@ TORCH_STD = (0.229, 0.224, 0.225)
 def output_units(loss: str, num_classes: int) -> int:
     """One sigmoid unit for binary crossentropy on two classes, else one per class."""
     return 1 if loss.startswith("binary") and num_classes == 2 else num_classes
+
+
+def to_probabilities(outputs: np.ndarray, activation: str) -> np.ndarray:
+    """Model outputs as one probability per class (two columns for one sigmoid unit).
+
+    ``activation`` is the output activation the model was built with (stored in its
+    metadata): logits or other scores from a non-probability activation get a softmax
+    (a sigmoid for one unit).
+    """
+    if outputs.shape[1] == 1:
+        positive = outputs[:, 0] if activation in PROBABILITY_ACTIVATIONS else 1 / (1 + np.exp(-outputs[:, 0]))
+        positive = np.clip(positive, 0.0, 1.0)
+        return np.stack([1 - positive, positive], axis=1)
+    if activation in PROBABILITY_ACTIVATIONS:
+        return np.clip(outputs, 0.0, 1.0)
+    shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))  # logits or scores: softmax
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def build_model(cfg: DictConfig, num_classes: int) -> keras.Model:
@@ -135,7 +153,6 @@ def set_bn_momentum(model: keras.Model, momentum: float | None) -> None:
 def preprocess(x, mode: str):
     """Apply a family's ``preprocess_input`` mode with serialisable built-in layers."""
     import keras
-    import numpy as np
 
     if mode == "tf":
         return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(x)

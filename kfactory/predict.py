@@ -22,7 +22,9 @@ from omegaconf import DictConfig
 from kfactory.annotate import annotate_image, annotated_path, contact_sheet, input_root
 from kfactory.checkpoint import PIXELS_SIGNATURE, find_model_file, is_saved_model, load_model, read_metadata
 from kfactory.config import ConfigError, expand_path
-from kfactory.data import AUTOTUNE, read_image
+from kfactory.data import AUTOTUNE
+from kfactory.image_check import read_image
+from kfactory.models import to_probabilities
 from kfactory.sources import is_image_file, list_folder
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,10 @@ def load_predictor(path: Path, safe_mode: bool = True) -> Predictor:
     model = load_model(path, safe_mode)
     size = (int(model.input_shape[1]), int(model.input_shape[2]))
     names = metadata.get("class_names") or [str(i) for i in range(max(model.output_shape[-1], 2))]
-    return Predictor(lambda x: as_class_probabilities(model.predict_on_batch(tf.cast(x, tf.float32))), size, names)
+    activation = metadata.get("activation", "softmax")
+    return Predictor(
+        lambda x: to_probabilities(model.predict_on_batch(tf.cast(x, tf.float32)), activation), size, names
+    )
 
 
 def list_inputs(value: str) -> tuple[list[str], list[str] | None]:
@@ -156,13 +161,6 @@ def write_annotations(table: pd.DataFrame, run_dir: Path, sheet_count: int) -> l
         sheet = contact_sheet(written[:sheet_count], run_dir / "contact_sheet.png")
         log.info("Contact sheet: %s", sheet)
     return written
-
-
-def as_class_probabilities(outputs: np.ndarray) -> np.ndarray:
-    """Model outputs as one probability per class (a sigmoid unit becomes two)."""
-    if outputs.shape[-1] == 1:
-        return np.concatenate([1 - outputs, outputs], axis=-1)
-    return outputs
 
 
 def top_k_table(files: list[str], probabilities: np.ndarray, class_names: list[str], k: int) -> pd.DataFrame:

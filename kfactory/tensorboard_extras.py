@@ -23,7 +23,7 @@ from tensorboard.plugins.hparams import api as hp
 from tensorboard.plugins.pr_curve import summary as pr_summary
 
 from kfactory.config import input_size, metric_log_name
-from kfactory.registry import PROBABILITY_ACTIVATIONS
+from kfactory.models import to_probabilities
 
 # Overridden keys that are already logged under a shorter name.
 _HPARAM_ALIASES = {
@@ -114,18 +114,6 @@ def decode_labels(y: np.ndarray) -> np.ndarray:
     if y.ndim == 2 and y.shape[1] > 1:
         return y.argmax(axis=1)
     return np.rint(y.reshape(-1)).astype(np.int64)
-
-
-def to_probabilities(outputs: np.ndarray, activation: str) -> np.ndarray:
-    """Model outputs as one probability per class (two columns for one sigmoid unit)."""
-    if outputs.shape[1] == 1:
-        positive = outputs[:, 0] if activation in PROBABILITY_ACTIVATIONS else 1 / (1 + np.exp(-outputs[:, 0]))
-        positive = np.clip(positive, 0.0, 1.0)
-        return np.stack([1 - positive, positive], axis=1)
-    if activation in PROBABILITY_ACTIVATIONS:
-        return np.clip(outputs, 0.0, 1.0)
-    shifted = np.exp(outputs - outputs.max(axis=1, keepdims=True))  # logits or scores: softmax
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def write_pr_curves(labels: np.ndarray, probs: np.ndarray, class_names: list[str], thresholds: int, step: int) -> None:
