@@ -47,7 +47,7 @@ def augment_entries(data: DictConfig) -> list[dict[str, Any]]:
     entries = data.get("augment")
     if not entries:
         return []
-    return [OmegaConf.to_container(e) if not isinstance(e, dict) else dict(e) for e in entries]
+    return [OmegaConf.to_container(e) if OmegaConf.is_config(e) else e for e in entries]
 
 
 def check_augment(cfg: DictConfig) -> None:

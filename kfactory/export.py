@@ -117,6 +117,7 @@ def export_tflite(model: keras.Model, target: Path, export_cfg: DictConfig) -> d
         "TFLite vs Keras on %d images: max abs difference %.3g (tolerance %.3g)", len(images), difference, tolerance
     )
     if not difference <= tolerance:
+        target.unlink()  # a file that fails its check is not kept
         raise RuntimeError(
             f"TFLite outputs differ from Keras by {difference:.3g} > export.tolerance={tolerance}; {target} is suspect"
         )

@@ -123,7 +123,7 @@ def apply_freeze(base: keras.Model, freeze: Any, pretrained: bool = True, bn_tra
             raise ConfigError("model.freeze", freeze, f"all, none, N, or a layer of {base.name}, e.g. {examples}")
         start = names.index(freeze)
     base.trainable = start < len(layers)
-    # A functional model's trainable setter does not reach its layers: set each one.
+    # base.trainable set every layer; now set each one for a partial freeze and frozen BatchNormalization.
     for index, layer in enumerate(layers):
         keep_bn = pretrained and not bn_trainable and isinstance(layer, keras.layers.BatchNormalization)
         layer.trainable = index >= start and not keep_bn
@@ -201,8 +201,8 @@ def fit_in_phases(
         epochs += history.epoch
         for key, values in history.history.items():
             logs.setdefault(key, []).extend(values)
-        if any(math.isnan(v) for v in history.history.get("loss", [])):
-            break  # TerminateOnNaN stopped it; a later phase would start from NaN weights
+        if not all(math.isfinite(v) for v in history.history.get("loss", [])):
+            break  # StopOnNaN stopped it; a later phase would start from diverged weights
     history.epoch, history.history = epochs, logs
     return history
 

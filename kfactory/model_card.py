@@ -63,9 +63,7 @@ def write_model_card(
         "",
         "## Use",
         "",
-        USAGE[fmt].format(
-            file=artefact.relative_to(out_dir), base=artefact.parent.resolve(), height=height, width=width
-        ),
+        _usage(fmt, artefact, out_dir, height, width),
         *_check_lines(checks),
         *_metrics_lines(source.parent / "metrics.json", metadata),
         *_config_lines(source.parent / ".hydra" / "config.yaml"),

@@ -62,10 +62,11 @@ def summarize_sweep(root: Path):
     jobs = sorted(p.parent.parent for p in root.glob("*/.hydra/overrides.yaml"))
     if not jobs:
         return pd.DataFrame()
-    rows = [read_job(job) for job in jobs]
+    overrides = {job: read_overrides(job) for job in jobs}
+    rows = [read_job(job, overrides[job]) for job in jobs]
     monitor = next((m for m in (read_monitor(job) for job in jobs) if m), "val_accuracy")
     table = pd.DataFrame(rows)
-    override_keys = list(dict.fromkeys(key for job in jobs for key, _ in read_overrides(job)))
+    override_keys = list(dict.fromkeys(key for job in jobs for key, _ in overrides[job]))
     lead = leading_columns(table, override_keys, monitor)
     table = sort_by_monitor(table[lead + [c for c in table.columns if c not in lead]], monitor)
     table.to_csv(root / SUMMARY_CSV, index=False)
@@ -76,17 +77,18 @@ def summarize_sweep(root: Path):
     return table
 
 
-def read_job(job: Path) -> dict[str, Any]:
-    """One row: job number, overrides (one column per key), status, metrics, epochs, time."""
-    overrides = read_overrides(job)
+def read_job(job: Path, overrides: list[tuple[str, str]]) -> dict[str, Any]:
+    """One row: job number, ``overrides`` (one column per key), status, metrics, epochs, time."""
     number = job.name.split("_", 1)[0]
     row: dict[str, Any] = {"job": int(number) if number.isdigit() else job.name}
     row.update(overrides)
     metrics = read_metrics(job)
     failed = (job / ERROR_FILE).exists() or metrics is None
     row.update(status="failed" if failed else "ok", **(metrics or {}))
-    row.setdefault("epochs_run", count_epochs(job))
-    row.setdefault("wall_time_s", elapsed(job))
+    if "epochs_run" not in row:  # metrics.json has both for a finished job
+        row["epochs_run"] = count_epochs(job)
+    if "wall_time_s" not in row:
+        row["wall_time_s"] = elapsed(job)
     row.update(overrides=" ".join(f"{k}={v}" for k, v in overrides), dir=job.name)
     return row
 
