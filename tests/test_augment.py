@@ -24,6 +24,7 @@ def test_presets_compose_under_data_augment():
         (["loss=sparse_categorical_crossentropy", "data.augment=[{name: MixUp}]"], "loss.name"),
         (["loss=sparse_categorical_crossentropy", "data.augment=[{name: CutMix}]"], "loss.name"),
         (["data.augment=[{name: RandomBlur}]"], "data.augment[0].name"),
+        (["data.augment=[RandomFlip]"], "data.augment[0].name"),  # a bare name, not {name: ...}
     ],
 )
 def test_label_mixing_with_sparse_labels_and_unknown_layers_are_refused(overrides, key):

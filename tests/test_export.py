@@ -108,6 +108,7 @@ def test_quantised_tflite_is_smaller_and_fails_loudly_over_the_tolerance(trained
     strict = ["export.format=tflite", "export.quantize=true", "export.tolerance=0", f"export.check_input={images}"]
     with pytest.raises(RuntimeError, match="differ from Keras"):
         run_export(run_dir, tmp_path / "strict", *strict)
+    assert not list((tmp_path / "strict").rglob("*.tflite"))  # a file that failed its check is not left behind
 
 
 def test_keras_export_copies_the_model_with_its_class_names(trained, tmp_path):

@@ -178,6 +178,7 @@ def test_bn_statistics_of_a_frozen_pretrained_application_do_not_change(tmp_path
 
     apply_freeze(find_base(model), "none")  # even fully unfrozen, BN stays in inference mode
     assert any(w.trainable for w in model.trainable_weights)
+    assert find_base(model).trainable_weights  # the base itself trains, not only the head
     model.compile("sgd", "categorical_crossentropy")
     before = snapshot(model)
     images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
