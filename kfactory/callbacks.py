@@ -10,6 +10,7 @@ import keras
 from omegaconf import DictConfig
 
 from kfactory.checkpoint import save_model
+from kfactory.config import monitor_mode
 from kfactory.errors import RunStopped
 from kfactory.resume import backup_dir
 
@@ -23,7 +24,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     def __init__(self, path: Path, monitor: str, metadata: dict[str, Any]) -> None:
         super().__init__()
         self.path, self.monitor, self.metadata = path, monitor, metadata
-        self.mode = "min" if "loss" in monitor else "max"
+        self.mode = monitor_mode(monitor)
         self.best: float | None = None
         self.best_epoch: int | None = None
 

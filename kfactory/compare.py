@@ -19,6 +19,8 @@ import pandas as pd
 from tensorboard.backend.event_processing import plugin_event_accumulator as accumulator
 from tensorboard.util import tensor_util
 
+from kfactory.config import monitor_mode
+
 EVENT_GLOB = "events.out.tfevents.*"
 TB_DIR = "tensorboard"  # a kfactory run's TensorBoard directory
 DEFAULT_SORT = ("validation/epoch_accuracy", "final/val_accuracy", "validation/epoch_loss")
@@ -91,7 +93,7 @@ def leaderboard(scalars: pd.DataFrame, sort: str | None = None) -> pd.DataFrame:
     if sort is not None:
         if sort not in last.columns:
             raise SystemExit(f"--sort {sort}: no such metric; choose from {', '.join(last.columns)}")
-        last = last.sort_values(sort, ascending="loss" in sort, na_position="last")
+        last = last.sort_values(sort, ascending=monitor_mode(sort) == "min", na_position="last")
     return last
 
 

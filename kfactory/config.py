@@ -223,6 +223,11 @@ def _check_monitor(cfg: DictConfig) -> None:
     _check_choice("trainer.monitor", cfg.trainer.monitor, tuple(accepted))
 
 
+def monitor_mode(monitor: str) -> str:
+    """``min`` for a loss, ``max`` for any other monitored metric."""
+    return "min" if "loss" in monitor else "max"
+
+
 def metric_log_name(metric: str) -> str:
     """The name Keras logs a trainer.metrics entry under."""
     return {"top_k": "top_k_accuracy", "f1": "f1_score"}.get(metric, metric)

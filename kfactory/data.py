@@ -1,7 +1,10 @@
 """Image sources to batched ``tf.data`` pipelines: decode, resize, cache, prefetch.
 
-Files are read and decoded in parallel; images are resized in the pipeline and
-cached once (as uint8) so later epochs skip decoding. No Python runs per image.
+Files are read and decoded in parallel, no Python per image. With
+``data.cache=memory`` every file is decoded and resized once, by the check for
+unreadable files (``kfactory.image_check``), and batches are gathered from that
+array; with ``disk`` or ``none`` the pipeline decodes files (and caches them to a
+file for ``disk``). In-memory arrays of other sizes are resized per batch.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from kfactory.config import ConfigError
+from kfactory.config import ConfigError, monitor_mode
 
 if TYPE_CHECKING:
     import keras
@@ -173,7 +173,7 @@ def fit_in_phases(
     if augment_entries(cfg.data):
         write_augmented_images(splits.train, run_dir / "tensorboard")
     schedule = schedule_of(cfg.optimizer)
-    mode = "min" if "loss" in cfg.trainer.monitor else "max"
+    mode = monitor_mode(cfg.trainer.monitor)
     before = [learning_rate_logger(), *_ema_callbacks(cfg)]  # before CSVLogger and the checkpoint
     after = schedule_callbacks(schedule, cfg.trainer.monitor, mode)
     phases, base, pretrained = plan_phases(cfg), find_base(model), cfg.model.weights is not None

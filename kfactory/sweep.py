@@ -15,6 +15,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from kfactory.config import monitor_mode
 from kfactory.resolvers import VARIED_KEYS_FILE  # registers the resolvers (also in launcher workers)
 
 ERROR_FILE = "error.txt"  # kfactory.app writes it in a failed job's directory
@@ -157,6 +158,6 @@ def sort_by_monitor(table, monitor: str):
     column = next((c for c in (f"best_{monitor}", monitor) if c in table.columns), None)
     if column is None:
         return table.sort_values("job").reset_index(drop=True)
-    ascending = "loss" in monitor
+    ascending = monitor_mode(monitor) == "min"
     table = table.sort_values(column, ascending=ascending, na_position="last", kind="stable")
     return table.sort_values("status", key=lambda s: s != "ok", kind="stable").reset_index(drop=True)
