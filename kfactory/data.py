@@ -9,7 +9,7 @@ file for ``disk``). In-memory arrays of other sizes are resized per batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,9 +64,10 @@ def make_splits(cfg: DictConfig, run_dir: Path | None = None) -> Splits:
     source, skipped = drop_unreadable(load_source(cfg.data), cfg.data, run_dir, decode_size)
     train_idx, val_idx, test_idx = split_indices(source.labels, cfg.data.val_split, cfg.data.test_split, cfg.seed)
     indices = {"train": train_idx, "val": val_idx, "test": test_idx}
-    images = None if source.images is None else tf.convert_to_tensor(source.images)  # one copy for all splits
+    if source.images is not None:  # one tensor for all splits, and no second copy kept as an array
+        source = replace(source, images=tf.convert_to_tensor(source.images))
     pipelines = {
-        name: make_dataset(source, idx, cfg, training=name == "train", cache_dir=run_dir, split=name, images=images)
+        name: make_dataset(source, idx, cfg, training=name == "train", cache_dir=run_dir, split=name)
         if len(idx)
         else None
         for name, idx in indices.items()
@@ -81,13 +82,12 @@ def make_dataset(
     training: bool,
     cache_dir: Path | None = None,
     split: str = "data",
-    images: tf.Tensor | None = None,
 ) -> tf.data.Dataset:
     """Batches of (uint8-valued float images at the model's size, encoded labels).
 
-    In-memory images (``source.images``, or ``images``, the same as a tensor) are
-    gathered per batch from shuffled indices, so neither shuffling nor an epoch
-    copies whole images.
+    In-memory images (``source.images``, an array or a tensor) are gathered per
+    batch from shuffled indices, so neither shuffling nor an epoch copies whole
+    images.
     """
     size = input_size(cfg)
     labels = source.labels[indices]
@@ -105,7 +105,7 @@ def make_dataset(
         ds = ds.shuffle(min(len(indices), cfg.data.shuffle_buffer), seed=cfg.seed, reshuffle_each_iteration=True)
     ds = ds.batch(cfg.data.batch_size)
     if source.images is not None:
-        pixels = tf.convert_to_tensor(source.images) if images is None else images
+        pixels = tf.convert_to_tensor(source.images)  # a no-op for a tensor
         ds = ds.map(lambda i, y: (tf.gather(pixels, i), y), num_parallel_calls=AUTOTUNE)
     encode = label_encoder(cfg.loss.name, len(source.class_names))
     ds = ds.map(

@@ -25,7 +25,7 @@ class ImageSource:
     class_names: list[str]
     labels: np.ndarray  # int64, one per image
     paths: list[str] | None = None
-    images: np.ndarray | None = None  # uint8, (N, H, W, C)
+    images: np.ndarray | None = None  # uint8, (N, H, W, C); a tf.Tensor once kfactory.data has decoded files
 
     def __len__(self) -> int:
         return len(self.labels)

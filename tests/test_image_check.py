@@ -72,3 +72,49 @@ def test_training_on_a_folder_with_broken_images_completes_and_lists_them(broken
     assert sorted((run_dir / "skipped_images.txt").read_text().split()) == sorted(map(str, broken))
     assert "Skipping 3 of 23 images" in output and "Skipped 3 unreadable images" in output
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 1
+
+
+def _jpeg_bytes(height: int, width: int) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:height, 0:width] / width
+    pixels = np.stack([np.sin(6 * x + 4 * y + p) for p in (0.0, 1.0, 2.0)], -1) * 100 + 128
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype("uint8")).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _full_decode(data: bytes, size: tuple[int, int]):
+    import tensorflow as tf
+
+    image = tf.image.resize(tf.io.decode_jpeg(data, channels=3), size)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8).numpy()
+
+
+@pytest.mark.parametrize("side", [32, 100, 150])
+def test_a_large_jpeg_is_decoded_shrunk_to_near_the_input_size(side):
+    import numpy as np
+    import tensorflow as tf
+
+    from kfactory.image_check import _decode_jpeg_near, decode_image
+
+    data = _jpeg_bytes(480, 640)  # covers 32 px 15 times (1/8 scale), 100 px 4 times (1/4), 150 px 3 times (1/2)
+    shrunk = _decode_jpeg_near(tf.constant(data), (side, side)).shape
+    assert shrunk == {32: (60, 80, 3), 100: (120, 160, 3), 150: (240, 320, 3)}[side]
+    image = decode_image(tf.constant(data), (side, side)).numpy()
+    assert image.shape == (side, side, 3) and image.dtype == np.uint8
+    full = _full_decode(data, (side, side))
+    assert np.abs(image.astype(int) - full).mean() < 6  # the same picture, filtered differently
+
+
+def test_a_jpeg_under_twice_the_input_size_decodes_at_full_size():
+    import numpy as np
+    import tensorflow as tf
+
+    from kfactory.image_check import decode_image
+
+    data = _jpeg_bytes(120, 160)
+    assert np.array_equal(decode_image(tf.constant(data), (64, 96)).numpy(), _full_decode(data, (64, 96)))
