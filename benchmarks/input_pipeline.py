@@ -1,7 +1,7 @@
 """Input pipeline: images/s reading a folder of JPEG files into batches at the model's input size.
 
-Writes N JPEG files (two classes, photo-like smooth content, 320x240) to a temp
-folder, warms the OS file cache, then times, several times each, one pass over
+Writes N JPEG files (two classes, photo-like smooth content, 320x240 or --photo)
+to a temp folder, warms the OS file cache, then times, several times each, one pass over
 all files into batches of 32 at SIZE x SIZE:
   kfactory   kfactory.data.make_splits on the folder source, as a run builds
              it: one parallel decode-and-resize pass that also finds
@@ -13,6 +13,7 @@ all files into batches of 32 at SIZE x SIZE:
 Targets: kfactory epoch 1 >= 3x the old way and >= 1x keras; epoch 2 >= 5x keras.
 
     python benchmarks/input_pipeline.py --images 2000 --size 224 --repeats 3
+    python benchmarks/input_pipeline.py --images 500 --size 224 --repeats 3 --photo 1600x1200
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 BATCH = 32
 
 
-def write_jpegs(root: Path, count: int, seed: int = 0) -> None:
-    """``count`` 320x240 JPEGs in two class folders: smooth gradients plus mild noise."""
+def write_jpegs(root: Path, count: int, seed: int = 0, width: int = 320, height: int = 240) -> None:
+    """``count`` JPEGs of ``width`` x ``height`` in two class folders: smooth gradients plus mild noise."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:240, 0:320] / 320.0
+    y, x = np.mgrid[0:height, 0:width] / float(width)
     for i in range(count):
         folder = root / ("a" if i % 2 else "b")
         folder.mkdir(parents=True, exist_ok=True)
@@ -114,10 +115,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--size", type=int, default=224, help="model input side in px")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--photo", default="320x240", help="the written JPEGs' size, WIDTHxHEIGHT")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    width, height = (int(side) for side in args.photo.split("x"))
     root = Path(tempfile.mkdtemp(prefix="kfactory-jpegs-"))
-    write_jpegs(root, args.images)
+    write_jpegs(root, args.images, width=width, height=height)
     warm_file_cache(root)
     results: dict[str, list[float]] = {k: [] for k in ("kf1", "kf2", "keras1", "keras2", "old")}
     ways = [
@@ -128,7 +131,7 @@ def main() -> None:
     for repeat in range(args.repeats):  # interleaved and rotated, so load changes and order hit every way alike
         for way in ways[repeat % 3 :] + ways[: repeat % 3]:
             way()
-    print(f"{args.images} JPEGs 320x240 -> batches of {BATCH} at {args.size}x{args.size}, {args.repeats} repeats")
+    print(f"{args.images} JPEGs {args.photo} -> batches of {BATCH} at {args.size}x{args.size}, {args.repeats} repeats")
     for key, name in (
         ("kf1", "kfactory epoch 1"),
         ("kf2", "kfactory epoch 2"),

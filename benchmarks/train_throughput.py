@@ -11,7 +11,8 @@ labels, batch size and loss (categorical crossentropy, Adam):
             model.fit(numpy arrays, batch_size=...)
 Epoch 1 (tracing, XLA compiling) is reported on its own; the median and spread
 are over the following epochs. XLA's ``auto`` choice is made for a run of
---run-epochs epochs of this size, as trainer.epochs would give.
+--run-epochs epochs of this size, as trainer.epochs would give; where it times
+both ways (on CPU, runs of 500 steps or more), that happens in epoch 1.
 Targets (CPU): >= 1.5x for resnet50 at 32 px; never below 0.95x.
 
     python benchmarks/train_throughput.py --models resnet50 mobilenet_v2 --sizes 32 --steps 4 --repeats 3
@@ -60,6 +61,7 @@ def kfactory_epochs(model_name: str, side: int, batch: int, images, labels, epoc
     from kfactory.models import build_model
     from kfactory.sources import ImageSource
     from kfactory.train import compile_model
+    from kfactory.xla_probe import XlaProbe
 
     overrides = [f"model={model_name}", "model.weights=null", f"model.input_size=[{side},{side}]"]
     overrides += [f"data.batch_size={batch}", f"trainer.epochs={run_epochs}", f"trainer.jit_compile={jit}"]
@@ -69,12 +71,17 @@ def kfactory_epochs(model_name: str, side: int, batch: int, images, labels, epoc
     source = ImageSource([str(i) for i in range(CLASSES)], labels, images=images)
     dataset = make_dataset(source, np.arange(len(labels)), cfg, training=True)
     steps = len(labels) // batch
-    jit, why = choose_jit_compile(cfg.trainer.jit_compile, model_name, side, steps * cfg.trainer.epochs)
+    choice = choose_jit_compile(cfg.trainer.jit_compile, model_name, side, steps * cfg.trainer.epochs)
     model = build_model(cfg, CLASSES)
-    compile_model(model, cfg, CLASSES, jit)
-    timer = epoch_timer()
-    model.fit(dataset, epochs=epochs, callbacks=[timer], verbose=0, shuffle=False)
-    return timer.seconds, f"XLA {'on' if jit else 'off'} ({why})"
+    compile_model(model, cfg, CLASSES, choice.jit)
+    timer, probe = epoch_timer(), XlaProbe() if choice.measure else None
+    model.fit(dataset, epochs=epochs, callbacks=[timer, *([probe] if probe else [])], verbose=0, shuffle=False)
+    if probe is None:
+        return timer.seconds, f"XLA {'on' if choice.jit else 'off'} ({choice.why})"
+    timed = (
+        f"{statistics.median(probe.times[False]):.3f} s a step without, {statistics.median(probe.times[True]):.3f} with"
+    )
+    return timer.seconds, f"XLA {'on' if probe.decided else 'off'} (auto, timed in epoch 1: {timed})"
 
 
 def plain_epochs(model_name: str, side: int, batch: int, images, labels, epochs: int) -> list[float]:
@@ -127,7 +134,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="default: 64 up to 96 px, 16 above")
     parser.add_argument("--steps", type=int, default=10, help="steps per epoch")
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs after the first")
-    parser.add_argument("--run-epochs", type=int, default=15, help="run length XLA's auto choice assumes")
+    parser.add_argument(
+        "--run-epochs", type=int, default=50, help="run length (epochs of --steps) XLA's auto choice assumes"
+    )
     parser.add_argument("--jit", default="auto", choices=["auto", "true", "false"], help="trainer.jit_compile")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

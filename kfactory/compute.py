@@ -1,9 +1,10 @@
-"""TensorFlow runtime settings: seeds, threads, determinism, precision and XLA."""
+"""TensorFlow runtime settings: seeds, threads, determinism, precision, and the rule that sets XLA."""
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
@@ -11,14 +12,27 @@ from kfactory.distribute import split_cpu
 
 log = logging.getLogger(__name__)
 
-# XLA on CPU (2 cores, TensorFlow 2.21 / Keras 3.15; training images/s with
-# jit_compile=True over False). The issue that asked for this rule reported
-# ResNet50 2.4x at 32 px and 0.62x at 224 px, DenseNet121 1.9x at 64 px, and
-# MobileNetV2 (96 px) and EfficientNetB0 (64 px) 8x slower. Re-measured for
-# benchmarks/RESULTS.md, ResNet50 at 32 px was 0.5-0.75x instead, so on CPU
-# `auto` keeps Keras' default (off): no gain was reproduced, and the losses are large.
+# XLA on CPU (TensorFlow 2.21 / Keras 3.15; training images/s with
+# jit_compile=True over False). The issue that asked for this rule reported, on
+# a 2-core CPU, ResNet50 2.4x at 32 px and 0.62x at 224 px, DenseNet121 1.9x at
+# 64 px, and MobileNetV2 (96 px) and EfficientNetB0 (64 px) 8x slower. On the
+# 2-core AVX-512 machine of benchmarks/RESULTS.md ResNet50 at 32 px was 0.43-0.55x
+# instead. The same model and size gain or lose by machine, so on CPU `auto`
+# measures both ways during a long run's first steps (kfactory.callbacks.XlaProbe),
+# except where every measurement agrees that XLA loses.
 XLA_CPU_SLOW_FAMILIES = ("mobilenet", "efficientnet", "nasnet", "xception", "convnext")  # depthwise convs
-XLA_MIN_STEPS = 40  # compiling cost about 16 ordinary steps; repay it well
+XLA_CPU_MAX_SIDE = 128  # at 224 px XLA made ResNet50 0.62x as fast
+XLA_MIN_STEPS = 40  # GPU: compiling cost about 16 ordinary steps; repay it well
+XLA_MEASURE_MIN_STEPS = 500  # CPU: measuring costs one XLA compile, tens of seconds for ResNet50
+
+
+@dataclass(frozen=True)
+class XlaChoice:
+    """Whether to compile with XLA, why, and whether to time both ways at the start of training instead."""
+
+    jit: bool
+    why: str
+    measure: bool = False
 
 
 def configure_tensorflow(trainer: DictConfig, seed: int) -> None:
@@ -84,27 +98,45 @@ def has_gpu() -> bool:
 
 
 def choose_jit_compile(
-    setting: bool | str, model_name: str, side: int, total_steps: int, gpu: bool | None = None
-) -> tuple[bool, str]:
-    """Whether to compile with XLA, and why (``setting`` may be ``auto``).
+    setting: bool | str,
+    model_name: str,
+    side: int,
+    total_steps: int,
+    gpu: bool | None = None,
+    deterministic: bool = False,
+    distributed: bool = False,
+) -> XlaChoice:
+    """How to set XLA for this run (``setting`` may be ``auto``).
 
     ``gpu`` defaults to asking TensorFlow, which is needed only for ``auto``.
     """
     if setting != "auto":
-        return bool(setting), f"trainer.jit_compile={str(setting).lower()}"
-    return xla_rule(model_name, side, total_steps, has_gpu() if gpu is None else gpu)
+        return XlaChoice(bool(setting), f"trainer.jit_compile={str(setting).lower()}")
+    return xla_rule(model_name, side, total_steps, has_gpu() if gpu is None else gpu, deterministic, distributed)
 
 
-def xla_rule(model_name: str, side: int, total_steps: int, gpu: bool) -> tuple[bool, str]:
+def xla_rule(
+    model_name: str, side: int, total_steps: int, gpu: bool, deterministic: bool = False, distributed: bool = False
+) -> XlaChoice:
     """The ``auto`` rule, from the measurements above."""
-    if not gpu:
-        if model_name.startswith(XLA_CPU_SLOW_FAMILIES):
-            return False, f"auto: XLA's CPU depthwise convolutions are several times slower for {model_name}"
-        why = "on CPU XLA trained slower in our measurements (ResNet50 at 32 px 0.5-0.75x)"
-        return False, f"auto: {why}, so off for {model_name} at {side} px"
-    if total_steps < XLA_MIN_STEPS:
-        return False, f"auto: {total_steps} steps are too few to repay XLA's compile time (< {XLA_MIN_STEPS})"
-    return True, f"auto: a GPU is present and XLA fuses its kernels ({total_steps} steps)"
+    if gpu:
+        if total_steps < XLA_MIN_STEPS:
+            return XlaChoice(
+                False, f"auto: {total_steps} steps are too few to repay XLA's compile time (< {XLA_MIN_STEPS})"
+            )
+        return XlaChoice(True, f"auto: a GPU is present and XLA fuses its kernels ({total_steps} steps)")
+    if model_name.startswith(XLA_CPU_SLOW_FAMILIES):
+        return XlaChoice(False, f"auto: XLA's CPU depthwise convolutions are several times slower for {model_name}")
+    if side > XLA_CPU_MAX_SIDE:
+        return XlaChoice(False, f"auto: on CPU XLA trained slower at {side} px (ResNet50 at 224 px 0.62x)")
+    if deterministic:
+        return XlaChoice(False, "auto: trainer.deterministic=true, and a timed choice would not be reproducible")
+    if distributed:
+        return XlaChoice(False, "auto: off on CPU under a distribution strategy")
+    if total_steps < XLA_MEASURE_MIN_STEPS:
+        why = f"{total_steps} steps are too few to repay timing XLA on CPU (< {XLA_MEASURE_MIN_STEPS})"
+        return XlaChoice(False, f"auto: {why}, so off for {model_name} at {side} px")
+    return XlaChoice(False, f"auto: on CPU XLA gains or loses by machine; timing both ways for {model_name}", True)
 
 
 def release_finished_job() -> None:

@@ -23,6 +23,7 @@ from kfactory.models import build_model, output_units
 from kfactory.registry import LOSSES, OPTIMIZERS, sparse_labels
 from kfactory.resume import restore_history
 from kfactory.tensorboard_extras import write_final_summaries
+from kfactory.xla_probe import XlaProbe
 
 log = logging.getLogger(__name__)
 
@@ -34,22 +35,29 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     splits = make_splits(cfg, run_dir)
     log.info("Data: %s", ", ".join(f"{k} {len(v)}" for k, v in splits.indices.items()))
     steps = cfg.trainer.steps_per_epoch or -(-len(splits.indices["train"]) // cfg.data.batch_size)
-    jit, why = choose_jit_compile(
-        cfg.trainer.jit_compile, cfg.model.name, max(input_size(cfg)), steps * cfg.trainer.epochs
+    strategy = make_strategy(cfg.trainer)
+    xla = choose_jit_compile(
+        cfg.trainer.jit_compile,
+        cfg.model.name,
+        max(input_size(cfg)),
+        steps * cfg.trainer.epochs,
+        deterministic=bool(cfg.trainer.get("deterministic")),
+        distributed=strategy.num_replicas_in_sync > 1,
     )
-    log.info("XLA %s (%s)", "on" if jit else "off", why)
-    with make_strategy(cfg.trainer).scope():  # variables and optimizer slots live on the strategy's devices
+    log.info("XLA %s (%s)", "timed both ways" if xla.measure else "on" if xla.jit else "off", xla.why)
+    probe = XlaProbe() if xla.measure else None
+    with strategy.scope():  # variables and optimizer slots live on the strategy's devices
         model = build_model(cfg, len(splits.class_names))
-        compile_model(model, cfg, len(splits.class_names), jit)
     checkpoint = BestModelCheckpoint(run_dir / MODEL_FILE, cfg.trainer.monitor, model_metadata(cfg, splits))
 
     def compile_phase(learning_rate: Any) -> None:  # each fine-tuning phase recompiles, in the model's strategy
+        jit = xla.jit if probe is None or probe.decided is None else probe.decided
         with model.distribute_strategy.scope():
             compile_model(model, cfg, len(splits.class_names), jit, learning_rate)
 
     past = resume_history(cfg, run_dir)
     checkpoint.replay(past)
-    callbacks = make_callbacks(cfg, run_dir, checkpoint, splits, past)
+    callbacks = [*([probe] if probe else []), *make_callbacks(cfg, run_dir, checkpoint, splits, past)]
     history = fit_in_phases(model, cfg, splits, run_dir, steps, callbacks, compile_phase)
     stop_if_diverged(callbacks, cfg, checkpoint)
     if checkpoint.best is None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from kfactory.compute import XLA_MIN_STEPS, choose_jit_compile, xla_rule
+from kfactory.compute import XLA_MEASURE_MIN_STEPS, XLA_MIN_STEPS, XlaChoice, choose_jit_compile, xla_rule
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,36 +18,46 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize(
     ("model", "side", "steps", "gpu", "expected"),
     [
-        ("resnet50", 32, 1000, False, False),  # re-measured 0.5-0.75x on CPU
-        ("resnet50", 224, 1000, False, False),  # measured 0.62x
-        ("mobilenet_v2", 96, 1000, False, False),  # measured 8x slower
-        ("efficientnet_b0", 64, 1000, False, False),  # measured 8x slower
-        ("mobilenet_v2", 224, 1000, True, True),  # GPU: XLA fuses kernels
-        ("resnet50", 224, XLA_MIN_STEPS - 1, True, False),  # compile time not repaid
-        ("resnet50", 224, XLA_MIN_STEPS, True, True),
+        ("resnet50", 32, 1000, False, "measure"),  # 2.4x on one 2-core CPU, 0.5x on another
+        ("densenet121", 64, XLA_MEASURE_MIN_STEPS, False, "measure"),
+        ("resnet50", 32, XLA_MEASURE_MIN_STEPS - 1, False, "off"),  # too short to repay timing
+        ("resnet50", 224, 1000, False, "off"),  # measured 0.62x
+        ("mobilenet_v2", 96, 1000, False, "off"),  # measured 8x slower
+        ("efficientnet_b0", 64, 1000, False, "off"),  # measured 8x slower
+        ("mobilenet_v2", 224, 1000, True, "on"),  # GPU: XLA fuses kernels
+        ("resnet50", 224, XLA_MIN_STEPS - 1, True, "off"),  # compile time not repaid
+        ("resnet50", 224, XLA_MIN_STEPS, True, "on"),
     ],
 )
-def test_auto_rule_follows_the_measurements(model: str, side: int, steps: int, gpu: bool, expected: bool) -> None:
-    chosen, why = xla_rule(model, side, steps, gpu)
-    assert chosen is expected
-    assert why.startswith("auto: ")
+def test_auto_rule_follows_the_measurements(model: str, side: int, steps: int, gpu: bool, expected: str) -> None:
+    choice = xla_rule(model, side, steps, gpu)
+    assert ("measure" if choice.measure else "on" if choice.jit else "off") == expected
+    assert not (choice.measure and choice.jit)  # a timed run starts without XLA
+    assert choice.why.startswith("auto: ")
+
+
+def test_a_deterministic_or_distributed_run_is_not_timed() -> None:
+    assert xla_rule("resnet50", 32, 1000, False, deterministic=True) == XlaChoice(
+        False, "auto: trainer.deterministic=true, and a timed choice would not be reproducible"
+    )
+    assert not xla_rule("resnet50", 32, 1000, False, distributed=True).measure
 
 
 def test_reasons_name_what_decided() -> None:
-    assert "mobilenet_v2" in xla_rule("mobilenet_v2", 32, 1000, False)[1]
-    assert "on CPU" in xla_rule("resnet50", 224, 1000, False)[1]
-    assert "12 steps" in xla_rule("resnet50", 32, 12, True)[1]
+    assert "mobilenet_v2" in xla_rule("mobilenet_v2", 32, 1000, False).why
+    assert "224 px" in xla_rule("resnet50", 224, 1000, False).why
+    assert "12 steps" in xla_rule("resnet50", 32, 12, True).why
+    assert f"< {XLA_MEASURE_MIN_STEPS}" in xla_rule("resnet50", 32, 12, False).why
 
 
 @pytest.mark.parametrize("setting", [True, False])
 def test_explicit_setting_wins_without_asking_tensorflow(setting: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # importing it would fail
-    assert choose_jit_compile(setting, "mobilenet_v2", 224, 5) == (
-        setting,
-        f"trainer.jit_compile={str(setting).lower()}",
+    assert choose_jit_compile(setting, "mobilenet_v2", 224, 5) == XlaChoice(
+        setting, f"trainer.jit_compile={str(setting).lower()}"
     )
-    assert choose_jit_compile("auto", "resnet50", 32, 100, gpu=False)[0] is False
-    assert choose_jit_compile("auto", "resnet50", 32, 100, gpu=True)[0] is True
+    assert choose_jit_compile("auto", "resnet50", 32, 100, gpu=False).jit is False
+    assert choose_jit_compile("auto", "resnet50", 32, 100, gpu=True).jit is True
 
 
 def test_configure_tensorflow_sets_precision() -> None:

@@ -1,0 +1,88 @@
+"""Choose XLA by timing: the first training steps run without it, the next with it, and the faster stays.
+
+Used by ``trainer.jit_compile=auto`` on CPU for long runs (``kfactory.compute.xla_rule``),
+where XLA made the same model and input size faster on one machine and slower on
+another. The timed steps are ordinary training steps, so nothing is trained twice;
+what the probe costs is one XLA compile, and a few slow steps when XLA loses.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable
+
+import keras
+
+log = logging.getLogger(__name__)
+
+PROBE_STEPS = 4  # timed steps each way, after the step that traces (and compiles)
+MIN_GAIN = 1.1  # XLA stays only if its median step is at least this much faster
+
+
+class XlaProbe(keras.callbacks.Callback):
+    """Times ``steps`` training steps each way, then keeps XLA only if it is ``MIN_GAIN`` times faster.
+
+    ``decided`` is None until then, and afterwards whether XLA stays on; a later
+    fine-tuning phase compiles with it. A phase that ends before the probe
+    does starts it again, since compiling resets the train function.
+    """
+
+    def __init__(self, steps: int = PROBE_STEPS, clock: Callable[[], float] = time.perf_counter) -> None:
+        super().__init__()
+        self.steps, self.clock = steps, clock
+        self.decided: bool | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.times: dict[bool, list[float]] = {False: [], True: []}
+        self.first: dict[bool, float] = {}
+        self.plain_function = None
+
+    def on_train_begin(self, logs=None) -> None:
+        if self.decided is None:
+            self._reset()
+
+    def on_train_batch_begin(self, batch: int, logs=None) -> None:
+        self.started = self.clock()
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        if self.decided is not None:
+            return
+        elapsed, jit = self.clock() - self.started, bool(self.model.jit_compile)
+        if jit not in self.first:
+            self.first[jit] = elapsed  # tracing, and with XLA compiling
+            return
+        self.times[jit].append(elapsed)
+        if len(self.times[jit]) < self.steps:
+            return
+        if not jit:
+            self._switch_to_xla()
+        else:
+            self._decide()
+
+    def _switch_to_xla(self) -> None:
+        self.plain_function = self.model.train_function  # kept, so going back costs no new trace
+        self.model.jit_compile = True
+        if not self.model.jit_compile:  # Keras found a layer XLA cannot compile, and warned
+            self.decided = False
+            log.info("XLA off (auto: this model cannot be compiled with XLA)")
+            return
+        self.model.make_train_function(force=True)
+
+    def _decide(self) -> None:
+        plain, xla = statistics.median(self.times[False]), statistics.median(self.times[True])
+        self.decided = xla * MIN_GAIN <= plain
+        if not self.decided:
+            self.model.jit_compile = False
+            self.model.train_function = self.plain_function
+        log.info(
+            "XLA %s (auto, timed %d steps each way: %.3f s a step with XLA, %.3f s without, %.2fx; compiling: %.1f s)",
+            "on" if self.decided else "off",
+            self.steps,
+            xla,
+            plain,
+            plain / xla,
+            self.first[True],
+        )

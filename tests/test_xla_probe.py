@@ -1,0 +1,62 @@
+"""XlaProbe times training steps without and with XLA and keeps the faster (a fake clock decides)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from kfactory.xla_probe import XlaProbe  # noqa: E402
+
+STEPS = 10  # 1 + 2 plain steps, 1 + 2 with XLA, then 4 with the choice
+
+
+class StepClock:
+    """A clock for which one training step takes ``seconds[model.jit_compile]``."""
+
+    def __init__(self, plain: float, xla: float) -> None:
+        self.seconds = {False: plain, True: xla}
+        self.now = 0.0
+        self.probe: XlaProbe | None = None
+
+    def __call__(self) -> float:
+        self.now += self.seconds[bool(self.probe.model.jit_compile)] / 2  # called at a step's start and end
+        return self.now
+
+
+def probed_fit(plain: float, xla: float) -> tuple[keras.Model, XlaProbe, keras.callbacks.History]:
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), keras.layers.Flatten()])
+    model.add(keras.layers.Dense(2, activation="softmax"))
+    model.compile("adam", "sparse_categorical_crossentropy", jit_compile=False)
+    clock = StepClock(plain, xla)
+    probe = XlaProbe(steps=2, clock=clock)
+    clock.probe = probe
+    x = np.random.default_rng(0).random((4 * STEPS, 8, 8, 3)).astype("float32")
+    y = np.arange(4 * STEPS) % 2
+    history = model.fit(x, y, batch_size=4, epochs=1, callbacks=[probe], verbose=0)
+    return model, probe, history
+
+
+def test_xla_stays_on_when_its_steps_are_faster() -> None:
+    model, probe, history = probed_fit(plain=1.0, xla=0.5)
+    assert probe.decided is True and model.jit_compile is True
+    assert model.train_function is not probe.plain_function  # the remaining steps ran the XLA function
+    assert probe.times == {False: [0.5, 0.5], True: [0.25, 0.25]}  # the tracing steps are not counted
+    assert len(history.history["loss"]) == 1 and np.isfinite(history.history["loss"][0])
+
+
+def test_the_plain_function_comes_back_when_xla_is_not_faster_enough() -> None:
+    model, probe, _ = probed_fit(plain=1.0, xla=0.95)  # faster, but by less than MIN_GAIN
+    assert probe.decided is False and model.jit_compile is False
+    assert model.train_function is probe.plain_function  # restored, not traced again
+
+
+def test_a_decided_probe_leaves_a_later_phase_alone() -> None:
+    model, probe, _ = probed_fit(plain=1.0, xla=0.5)
+    model.compile("adam", "sparse_categorical_crossentropy", jit_compile=probe.decided)  # as compile_phase does
+    x = np.zeros((8, 8, 8, 3), "float32")
+    model.fit(x, np.arange(8) % 2, batch_size=4, epochs=1, callbacks=[probe], verbose=0)
+    assert probe.decided is True and model.jit_compile is True
+    assert probe.times[True] == [0.25, 0.25]  # nothing more was timed
