@@ -233,6 +233,12 @@ def metric_log_name(metric: str) -> str:
     return {"top_k": "top_k_accuracy", "f1": "f1_score"}.get(metric, metric)
 
 
+def split_override(override: str) -> tuple[str, str]:
+    """A command-line override as (key, value): ``+model.dropout=0.5`` -> ("model.dropout", "0.5")."""
+    key, _, value = override.partition("=")
+    return key.strip().lstrip("+~"), value.strip()
+
+
 def _check_data(cfg: DictConfig) -> None:
     data = cfg.data
     _check_choice("data.source", data.source, DATA_SOURCES)

@@ -12,6 +12,8 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
+from kfactory.config import split_override
+
 # (config group, option) -> (plugin module, pip extra)
 PLUGINS: dict[tuple[str, str], tuple[str, str]] = {
     ("hydra/sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "sweep"),
@@ -27,10 +29,10 @@ PLUGINS: dict[tuple[str, str], tuple[str, str]] = {
 def missing_plugin(overrides: Sequence[str]) -> str | None:
     """The message for the first override whose plugin is absent, else None."""
     for override in overrides:
-        key, sep, value = override.lstrip("+~").partition("=")
-        if not sep:
+        if "=" not in override:
             continue
-        entry = PLUGINS.get((key.strip(), value.strip()))
+        key, value = split_override(override)
+        entry = PLUGINS.get((key, value))
         if entry is None:
             continue
         module, extra = entry

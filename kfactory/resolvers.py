@@ -14,6 +14,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from kfactory.config import split_override
+
 MAX_DIRNAME = 80  # characters; longer names keep a prefix plus a short hash
 VARIED_KEYS_FILE = "varied_keys.txt"  # written at the sweep root by kfactory.sweep before the jobs run
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+@-]+")  # '/' and anything a shell or Windows would trip on
@@ -33,11 +35,6 @@ def safe_dirname(name: str, max_length: int = MAX_DIRNAME) -> str:
     return f"{safe[: max_length - len(digest) - 1]}-{digest}"
 
 
-def override_key(override: str) -> str:
-    """``+model.dropout=0.5`` -> ``model.dropout``."""
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def read_varied_keys(sweep_dir: str | Path) -> set[str]:
     """The keys the sweep varies, as kfactory.sweep recorded them; empty if unknown."""
     path = Path(str(sweep_dir)) / VARIED_KEYS_FILE
@@ -48,10 +45,10 @@ def job_dirname(overrides: Iterable[str], exclude_keys: Iterable[str], sweep_dir
     """A job's ``key=value`` overrides, sorted and comma-joined like Hydra's override_dirname,
     keeping only the keys the sweep varies (all of them if none is known to vary)."""
     excluded = set(exclude_keys or ())
-    kept = [str(o) for o in overrides if override_key(str(o)) not in excluded]
+    kept = [str(o) for o in overrides if split_override(str(o))[0] not in excluded]
     varied = read_varied_keys(sweep_dir)
-    if any(override_key(o) in varied for o in kept):
-        kept = [o for o in kept if override_key(o) in varied]
+    if any(split_override(o)[0] in varied for o in kept):
+        kept = [o for o in kept if split_override(o)[0] in varied]
     return safe_dirname(",".join(sorted(kept)))
 
 

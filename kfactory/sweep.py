@@ -15,7 +15,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from kfactory.config import monitor_mode
+from kfactory.config import monitor_mode, split_override
 from kfactory.resolvers import VARIED_KEYS_FILE  # registers the resolvers (also in launcher workers)
 
 ERROR_FILE = "error.txt"  # kfactory.app writes it in a failed job's directory
@@ -97,12 +97,6 @@ def read_job(job: Path, overrides: list[tuple[str, str]]) -> dict[str, Any]:
 def read_overrides(job: Path) -> list[tuple[str, str]]:
     """The job's command-line overrides as (key, value) pairs."""
     return [split_override(str(o)) for o in OmegaConf.load(job / ".hydra" / "overrides.yaml")]
-
-
-def split_override(override: str) -> tuple[str, str]:
-    """``+model.dropout=0.5`` -> ("model.dropout", "0.5")."""
-    key, _, value = override.partition("=")
-    return key.lstrip("+~"), value
 
 
 def read_metrics(job: Path) -> dict[str, Any] | None:

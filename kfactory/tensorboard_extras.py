@@ -22,7 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from tensorboard.plugins.hparams import api as hp
 from tensorboard.plugins.pr_curve import summary as pr_summary
 
-from kfactory.config import input_size, metric_log_name
+from kfactory.config import input_size, metric_log_name, split_override
 from kfactory.models import to_probabilities
 
 # Overridden keys that are already logged under a shorter name.
@@ -215,7 +215,7 @@ def run_hparams(cfg: DictConfig) -> dict[str, bool | int | float | str]:
         "dropout": float(cfg.model.dropout),
     }
     for override in task_overrides(cfg):
-        key, _, given = override.lstrip("+~").partition("=")
+        key, given = split_override(override)
         if key.startswith(_NOT_HPARAMS) or _HPARAM_ALIASES.get(key) in values:
             continue
         value = OmegaConf.select(cfg, key, default=given)
