@@ -25,7 +25,7 @@ from kfactory.config import ConfigError, expand_path
 from kfactory.data import AUTOTUNE
 from kfactory.image_check import read_image
 from kfactory.models import to_probabilities
-from kfactory.sources import is_image_file, list_folder
+from kfactory.sources import class_folders, csv_paths, is_image_file, list_folder
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,7 @@ def list_inputs(value: str) -> tuple[list[str], list[str] | None]:
         return read_prediction_csv(path)
     if path.is_file():
         return [str(path)], None
-    class_dirs = [p for p in path.iterdir() if p.is_dir()]
-    if class_dirs:
+    if class_folders(path):
         source = list_folder(str(path))
         return source.paths, [source.class_names[i] for i in source.labels]
     files = sorted(str(p) for p in path.iterdir() if is_image_file(p.name))
@@ -87,7 +86,7 @@ def read_prediction_csv(path: Path) -> tuple[list[str], list[str] | None]:
     table = pd.read_csv(path)
     if "path" not in table.columns:
         raise ConfigError("predict.input", str(path), f"a CSV with a 'path' column (found: {', '.join(table.columns)})")
-    files = [str(p) if Path(p).is_absolute() else str(path.parent / p) for p in table["path"].astype(str)]
+    files = csv_paths(path, table["path"])
     labels = table["label"].astype(str).tolist() if "label" in table.columns else None
     return files, labels
 

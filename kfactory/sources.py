@@ -7,6 +7,7 @@ bad folder or CSV is refused before any heavy import.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def list_folder(path: str) -> ImageSource:
     if not root.is_dir():
         raise ConfigError("data.path", path, "a folder (not a file) with one sub-folder of images per class")
     class_names, paths, labels = [], [], []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for class_dir in class_folders(root):
         files = sorted(_images_below(class_dir))
         if files:
             labels += [len(class_names)] * len(files)
@@ -94,7 +95,7 @@ def read_csv(csv: str, path_column: str, label_column: str) -> ImageSource:
     for key, column in (("data.path_column", path_column), ("data.label_column", label_column)):
         if column not in table.columns:
             raise ConfigError(key, column, f"a column of {csv_path.name}: {', '.join(map(str, table.columns))}")
-    paths = [str(p) if Path(p).is_absolute() else str(csv_path.parent / p) for p in table[path_column].astype(str)]
+    paths = csv_paths(csv_path, table[path_column])
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
@@ -106,6 +107,16 @@ def read_csv(csv: str, path_column: str, label_column: str) -> ImageSource:
     index = {name: i for i, name in enumerate(class_names)}
     labels = np.asarray([index[n] for n in names], dtype=np.int64)
     return ImageSource(class_names, labels, paths=paths)
+
+
+def csv_paths(csv_path: Path, column: Iterable) -> list[str]:
+    """A CSV's image paths, relative ones taken from the CSV's folder."""
+    return [p if Path(p).is_absolute() else str(csv_path.parent / p) for p in map(str, column)]
+
+
+def class_folders(root: Path) -> list[Path]:
+    """The sub-folders of ``root`` that name classes (hidden ones are not), sorted."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def split_indices(

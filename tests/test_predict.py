@@ -116,3 +116,21 @@ def test_a_single_image_and_a_labelled_csv(trained, tmp_path):
     labelled = run_predict(tmp_path / "csv", run_dir, csv)
     assert labelled["true_label"].tolist() == ["dogs"]
     assert labelled["prob_1"][0] == pytest.approx(single["prob_1"][0], abs=1e-6)
+
+
+def test_hidden_folders_are_not_class_folders(tmp_path):
+    from kfactory.predict import list_inputs
+
+    for name in ("a.png", "b.png", ".thumbnails/c.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    files, labels = list_inputs(str(tmp_path))
+    assert sorted(Path(f).name for f in files) == ["a.png", "b.png"] and labels is None
+
+
+def test_csv_paths_are_taken_from_the_csv_folder(tmp_path):
+    from kfactory.predict import list_inputs
+
+    (tmp_path / "list.csv").write_text(f"path,label\nimg/a.png,cat\n{tmp_path / 'b.png'},dog\n")
+    files, labels = list_inputs(str(tmp_path / "list.csv"))
+    assert files == [str(tmp_path / "img" / "a.png"), str(tmp_path / "b.png")] and labels == ["cat", "dog"]
