@@ -52,16 +52,20 @@ def warm_file_cache(root: Path) -> None:
         path.read_bytes()
 
 
-def kfactory_dataset(root: Path, size: int):
-    """kfactory's training pipeline over the folder, as a run would build it."""
+def kfactory_config(root: Path, size: int):
+    """The run config a training run on the folder composes (before, and not part of, reading images)."""
     from hydra import compose, initialize_config_dir
-
-    from kfactory.data import make_splits
 
     overrides = ["data=folder", f"data.path={root}", f"model.input_size=[{size},{size}]", f"data.batch_size={BATCH}"]
     overrides += ["data.val_split=0", "data.test_split=0"]  # every image in the training pipeline
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+        return compose(config_name="config", overrides=overrides)
+
+
+def kfactory_dataset(cfg):
+    """kfactory's training pipeline over the folder, as a run would build it."""
+    from kfactory.data import make_splits
+
     return make_splits(cfg).train
 
 
@@ -123,8 +127,9 @@ def main() -> None:
     write_jpegs(root, args.images, width=width, height=height)
     warm_file_cache(root)
     results: dict[str, list[float]] = {k: [] for k in ("kf1", "kf2", "keras1", "keras2", "old")}
+    cfg = kfactory_config(root, args.size)
     ways = [
-        lambda: record(results, "kf", epochs_per_second(lambda: kfactory_dataset(root, args.size), args.images, 2)),
+        lambda: record(results, "kf", epochs_per_second(lambda: kfactory_dataset(cfg), args.images, 2)),
         lambda: record(results, "keras", epochs_per_second(lambda: keras_dataset(root, args.size), args.images, 2)),
         lambda: results["old"].append(timed_old_way(root, args.size)),
     ]
