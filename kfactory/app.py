@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from kfactory.config import ConfigError, validate
-from kfactory.errors import RunStopped
+from kfactory.errors import RunStopped, Terminated
 from kfactory.resolvers import register_resolvers
 from kfactory.resume import check_run_dir
 
@@ -27,7 +29,8 @@ def kfactory(cfg: DictConfig) -> float | None:
     """Run ``cfg.task`` in the Hydra run directory; return the monitored metric.
 
     A bad config exits with status 2 and one line naming the key; a run that
-    stops on a fault it can name (a NaN loss) exits 1, also with one line. In a multirun
+    stops on a fault it can name (a NaN loss) exits 1, also with one line; Ctrl-C
+    and SIGTERM exit 130 and 143 with the command that resumes the run. In a multirun
     a failed job is recorded in its directory and returns None, so the other jobs
     carry on; the Optuna sweeper records a None as a failed trial (a NaN would
     crash hydra-optuna-sweeper 1.3: it passes the NaN on with the FAIL state).
@@ -35,6 +38,7 @@ def kfactory(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    stop_on_sigterm()
     try:
         validate(cfg)
         check_run_dir(cfg, run_dir, "hydra.sweep.dir" if multirun else "hydra.run.dir")
@@ -44,11 +48,12 @@ def kfactory(cfg: DictConfig) -> float | None:
         if not multirun:
             raise SystemExit(2 if isinstance(error, ConfigError) else 1) from None
         (run_dir / ERROR_FILE).write_text(f"{error}\n")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         if multirun:
             raise
-        log.error("Interrupted. Finished epochs are kept; continue with: hydra.run.dir=%s resume=true", run_dir)
-        raise SystemExit(130) from None
+        how = ("Terminated", 143) if isinstance(interrupt, Terminated) else ("Interrupted", 130)
+        log.error("%s. Finished epochs are kept; continue with: hydra.run.dir=%s resume=true", how[0], run_dir)
+        raise SystemExit(how[1]) from None
     except Exception as error:
         if not multirun:
             raise
@@ -57,6 +62,16 @@ def kfactory(cfg: DictConfig) -> float | None:
     finally:
         release_memory()
     return None
+
+
+def stop_on_sigterm() -> None:
+    """Let SIGTERM end the run the way Ctrl-C does, unless a launcher already handles it."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def release_memory() -> None:

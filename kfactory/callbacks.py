@@ -76,16 +76,22 @@ class StopOnNaN(keras.callbacks.Callback):
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping that, in a resumed run, replays the finished epochs to restore its patience count."""
+    """EarlyStopping that, in a resumed run, replays the finished epochs to restore its patience count.
+
+    Patience counts within one fine-tuning phase: ``phase_start`` is the first
+    epoch of the phase being fit, and only finished epochs from there are replayed.
+    """
 
     def __init__(self, past_epochs: list[dict[str, float]], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.past_epochs = past_epochs
+        self.phase_start = 0
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         super().on_train_begin(logs)
         for row in self.past_epochs:
-            super().on_epoch_end(int(row["epoch"]), row)
+            if int(row["epoch"]) >= self.phase_start:
+                super().on_epoch_end(int(row["epoch"]), row)
 
 
 def stop_if_diverged(

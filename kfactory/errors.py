@@ -5,3 +5,7 @@ from __future__ import annotations
 
 class RunStopped(RuntimeError):
     """Training stopped for a reason the user can act on (e.g. the loss became NaN); exit status 1."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's stop, ``kill``), raised where the run is, so it ends as Ctrl-C does."""

@@ -21,7 +21,6 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
@@ -154,32 +153,26 @@ def fit_in_phases(
     model: keras.Model,
     cfg: DictConfig,
     splits: Splits,
-    run_dir: Path,
     steps_per_epoch: int,
     callbacks: list[keras.callbacks.Callback],
     compile_phase: Callable[[Any], None],
+    class_weight: dict[int, float] | None = None,
 ) -> keras.callbacks.History:
     """Fit every phase of ``cfg`` on ``splits``; ``compile_phase(learning_rate)`` recompiles.
 
     Returns the last phase's History with the epochs and logs of all phases.
     """
-    from kfactory.augment import augment_entries, write_augmented_images
-    from kfactory.class_weights import class_weights, record_class_counts
     from kfactory.schedules import learning_rate_logger, make_learning_rate, schedule_callbacks, schedule_of
 
-    labels = splits.source.labels[splits.indices["train"]]
-    weights = class_weights(cfg.data.get("class_weight"), labels, splits.class_names)
-    record_class_counts(labels, splits.class_names, weights, run_dir)
-    if augment_entries(cfg.data):
-        write_augmented_images(splits.train, run_dir / "tensorboard")
     schedule = schedule_of(cfg.optimizer)
     mode = monitor_mode(cfg.trainer.monitor)
     before = [learning_rate_logger(), *_ema_callbacks(cfg)]  # before CSVLogger and the checkpoint
     after = schedule_callbacks(schedule, cfg.trainer.monitor, mode)
     phases, base, pretrained = plan_phases(cfg), find_base(model), cfg.model.weights is not None
     epochs, logs, history = [], {}, None
+    first = _resumed_phase(callbacks, len(phases))
     for number, phase in enumerate(phases, start=1):
-        if number < _resumed_phase(callbacks, len(phases)):
+        if number < first:
             continue
         apply_freeze(base, phase.freeze, pretrained, cfg.model.get("bn_trainable", False))
         epochs_in_phase = phase.epochs - phase.initial_epoch
@@ -193,8 +186,8 @@ def fit_in_phases(
             epochs=phase.epochs,
             steps_per_epoch=cfg.trainer.steps_per_epoch,
             validation_steps=cfg.trainer.validation_steps,
-            callbacks=[*before, *_for_phase(callbacks, number, len(phases)), *after],
-            class_weight=weights,
+            callbacks=[*before, *_for_phase(callbacks, number, len(phases), phase.initial_epoch), *after],
+            class_weight=class_weight,
             verbose=cfg.trainer.verbose,
             shuffle=False,  # the pipeline shuffles
         )
@@ -214,14 +207,18 @@ def _ema_callbacks(cfg: DictConfig) -> list[keras.callbacks.Callback]:
     return [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.trainer.get("ema") else []
 
 
-def _for_phase(callbacks: list, number: int, total: int) -> list:
-    """The run's callbacks, with any BackupAndRestore given a directory per phase."""
+def _for_phase(callbacks: list, number: int, total: int, first_epoch: int) -> list:
+    """The run's callbacks, with any BackupAndRestore given a directory per phase, early stopping the phase start."""
     import keras
+
+    from kfactory.callbacks import ResumableEarlyStopping
 
     if total == 1:
         return callbacks
     adapted = []
     for callback in callbacks:
+        if isinstance(callback, ResumableEarlyStopping):
+            callback.phase_start = first_epoch
         if isinstance(callback, keras.callbacks.BackupAndRestore):
             callback = keras.callbacks.BackupAndRestore(
                 os.path.join(callback.backup_dir, f"phase{number}"),

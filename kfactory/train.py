@@ -10,11 +10,13 @@ from typing import Any
 import keras
 from omegaconf import DictConfig, OmegaConf
 
+from kfactory.augment import augment_entries, write_augmented_images
 from kfactory.callbacks import BestModelCheckpoint, make_callbacks, stop_if_diverged
 from kfactory.checkpoint import MODEL_FILE, load_model, write_json_atomic
+from kfactory.class_weights import class_weights, record_class_counts
 from kfactory.compute import choose_jit_compile, configure_tensorflow
 from kfactory.config import ConfigError, input_size, metric_log_name
-from kfactory.data import Splits, make_splits
+from kfactory.data import Splits, make_dataset, make_splits
 from kfactory.distribute import make_strategy
 from kfactory.errors import RunStopped
 from kfactory.finetune import fit_in_phases
@@ -58,7 +60,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     past = resume_history(cfg, run_dir)
     checkpoint.replay(past)
     callbacks = [*([probe] if probe else []), *make_callbacks(cfg, run_dir, checkpoint, splits, past)]
-    history = fit_in_phases(model, cfg, splits, run_dir, steps, callbacks, compile_phase)
+    weights = describe_training(cfg, splits, run_dir)
+    history = fit_in_phases(model, cfg, splits, steps, callbacks, compile_phase, weights)
     stop_if_diverged(callbacks, cfg, checkpoint)
     if checkpoint.best is None:
         monitor = cfg.trainer.monitor
@@ -73,6 +76,17 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     if splits.skipped:
         log.warning("Skipped %d unreadable images; the list: %s", len(splits.skipped), run_dir / SKIPPED_FILE)
     return checkpoint.best
+
+
+def describe_training(cfg: DictConfig, splits: Splits, run_dir: Path) -> dict[int, float] | None:
+    """The class weights to train with; class_counts.csv, and with augmentation a preview in TensorBoard."""
+    labels = splits.source.labels[splits.indices["train"]]
+    weights = class_weights(cfg.data.get("class_weight"), labels, splits.class_names)
+    record_class_counts(labels, splits.class_names, weights, run_dir)
+    if augment_entries(cfg.data):  # 8 training images, augmented: decoding only those
+        preview = make_dataset(splits.source, splits.indices["train"][:8], cfg, training=True)
+        write_augmented_images(preview, run_dir / "tensorboard")
+    return weights
 
 
 def resume_history(cfg: DictConfig, run_dir: Path) -> list[dict[str, float]]:

@@ -85,3 +85,33 @@ def test_augmented_images_are_written_for_tensorboard(tmp_path):
     ds = tf.data.Dataset.from_tensors((tf.fill((4, 8, 8, 3), 128.0), tf.zeros((4, 2))))
     write_augmented_images(ds, tmp_path)
     assert list((tmp_path / "train").glob("events.out.tfevents.*"))
+
+
+def test_the_augmented_preview_shows_the_first_training_images_without_shuffling_them_all_in(tmp_path):
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    from kfactory.data import make_splits
+    from kfactory.train import describe_training
+
+    folder = write_image_folder(tmp_path / "images", {"a": 12, "b": 12}, size=16)
+    overrides = ["data=folder", f"data.path={folder}", "model.input_size=[16,16]", "data.cache=disk"]
+    overrides += ["data.augment=[{name: RandomFlip}]", "data.class_weight=balanced", "data.batch_size=8"]
+    cfg = compose_config([*overrides, "data.val_split=0", "data.test_split=0"])
+    splits = make_splits(cfg, tmp_path)
+    shown = set(splits.indices["train"][:8])
+    for i, path in enumerate(splits.source.paths):  # the 8 to show are black, every other image white
+        Image.new("RGB", (16, 16), (0, 0, 0) if i in shown else (255, 255, 255)).save(path)
+    weights = describe_training(cfg, splits, tmp_path)
+    assert set(weights) == {0, 1} and (tmp_path / "class_counts.csv").exists()
+    [events] = (tmp_path / "tensorboard" / "train").glob("events.out.tfevents.*")
+    [encoded] = [
+        value.tensor.string_val[2:]  # after width and height
+        for event in tf.compat.v1.train.summary_iterator(str(events))
+        for value in event.summary.value
+        if value.tag == "augmented_training_images"
+    ]
+    assert len(encoded) == 8
+    assert all(np.asarray(Image.open(io.BytesIO(png))).max() < 50 for png in encoded)  # no white image read

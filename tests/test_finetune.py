@@ -18,6 +18,7 @@ def tiny_model(size: int = 16, classes: int = 2):
 
     from kfactory.models import preprocess
 
+    keras.utils.set_random_seed(0)
     base_in = keras.Input((size, size, 3))
     y = keras.layers.Conv2D(4, 3, name="conv1")(base_in)
     y = keras.layers.BatchNormalization(name="bn1")(y)
@@ -27,7 +28,10 @@ def tiny_model(size: int = 16, classes: int = 2):
     base = keras.Model(base_in, y, name="base")
     inputs = keras.Input((size, size, 3), name="image")
     x = base(preprocess(inputs, "caffe"), training=False)
-    outputs = keras.layers.Dense(classes, activation="softmax", name="predictions")(x)
+    # A small head: a softmax saturated by default-sized weights on 0-255 pixels can make
+    # every gradient exactly zero, so that a check for "these weights changed" fails by chance.
+    small = keras.initializers.RandomNormal(stddev=1e-3, seed=0)
+    outputs = keras.layers.Dense(classes, activation="softmax", kernel_initializer=small, name="predictions")(x)
     return keras.Model(inputs, outputs, name="tiny")
 
 
@@ -132,9 +136,7 @@ def test_head_phase_trains_only_the_head_then_the_unfrozen_layers_train(tmp_path
     recorder = phase_recorder()
     checkpoint = BestModelCheckpoint(tmp_path / "model.keras", "val_loss", {})
     callbacks = [recorder, *make_callbacks(cfg, tmp_path, checkpoint)]
-    history = fit_in_phases(
-        model, cfg, splits, tmp_path, 2, callbacks, lambda lr: compile_model(model, cfg, 2, False, lr)
-    )
+    history = fit_in_phases(model, cfg, splits, 2, callbacks, lambda lr: compile_model(model, cfg, 2, False, lr))
 
     start, after_head, after_tune = recorder.states
     head = {"predictions/kernel", "predictions/bias"}
@@ -146,7 +148,6 @@ def test_head_phase_trains_only_the_head_then_the_unfrozen_layers_train(tmp_path
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert [float(r["learning_rate"]) for r in rows] == pytest.approx([0.01, 0.001])
-    assert (tmp_path / "class_counts.csv").exists()
     assert (tmp_path / "model.keras").exists()
 
 

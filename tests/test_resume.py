@@ -66,6 +66,9 @@ def test_best_checkpoint_and_early_stopping_replay_the_finished_epochs(tmp_path)
     stopping.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
     stopping.on_train_begin()
     assert (stopping.best, stopping.wait) == (0.7, 1)
+    stopping.phase_start = 2  # resumed in a fine-tuning phase that began at epoch 2: patience counts from there
+    stopping.on_train_begin()
+    assert (stopping.best, stopping.wait) == (0.6, 0)
 
 
 def wait_for_backup(run_dir: Path, process: subprocess.Popen, timeout: float = 400) -> None:
@@ -113,7 +116,8 @@ def test_a_run_killed_after_its_first_epoch_resumes_and_finishes_all_epochs(tmp_
 
 
 @pytest.mark.slow
-def test_ctrl_c_ends_the_run_with_one_line_naming_the_resume_command(tmp_path):
+@pytest.mark.parametrize(("stop", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_ends_the_run_with_one_line_naming_the_resume_command(tmp_path, stop, status):
     run_dir = tmp_path / "run"
     args = ["model=vgg16", *TINY, "trainer.epochs=50", f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -121,11 +125,11 @@ def test_ctrl_c_ends_the_run_with_one_line_naming_the_resume_command(tmp_path):
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     try:
         wait_for_backup(run_dir, process)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         output, _ = process.communicate(timeout=120)
     finally:
         process.kill()
-    assert process.returncode == 130, output[-3000:]
+    assert process.returncode == status, output[-3000:]
     assert "Traceback" not in output
     assert f"hydra.run.dir={run_dir} resume=true" in output
     assert (run_dir / "backup").is_dir() and not (run_dir / "metrics.json").exists()
