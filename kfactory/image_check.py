@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 SKIPPED_FILE = "skipped_images.txt"  # in the run directory: one unreadable path a line
 SHOWN = 3  # unreadable files named in the log line; the file lists all
+PROGRESS_MIN_FILES = 2000  # passes over fewer files finish in seconds: no progress bar
 JPEG_SCALES = (1, 2, 4, 8)  # libjpeg decodes at 1/ratio of full size for these ratios
 
 
@@ -34,11 +36,20 @@ def find_unreadable(paths: list[str]) -> np.ndarray:
         return np.zeros(0, np.int64)
     ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths), dtype=np.int64), paths))
     ds = ds.map(_index_if_decodes, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-    ds = ds.ignore_errors().batch(8192)
-    readable = np.zeros(len(paths), bool)
+    ds = ds.ignore_errors().batch(256)
+    readable, progress = np.zeros(len(paths), bool), progress_bar(len(paths))
     for indices, _ in ds.as_numpy_iterator():
         readable[indices] = True
+        if progress:
+            progress.update(int(readable.sum()))
+    if progress:
+        progress.update(len(paths), finalize=True)  # the unreadable files are done too
     return np.flatnonzero(~readable)
+
+
+def progress_bar(count: int) -> keras.utils.Progbar | None:
+    """A progress bar for a pass over ``count`` files, if it is long enough to watch."""
+    return keras.utils.Progbar(count, unit_name="image") if count >= PROGRESS_MIN_FILES else None
 
 
 def read_image(path: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
@@ -76,10 +87,14 @@ def decode_all(paths: list[str], size: tuple[int, int]) -> tuple[tf.Tensor, np.n
     """The readable files of ``paths``, in order, as one uint8 RGB tensor at ``size``; and the unreadable indices."""
     ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths), dtype=np.int64), paths))
     ds = ds.map(lambda i, p: (i, read_image(p, size)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    kept, batches = [], []
+    kept, batches, progress = [], [], progress_bar(len(paths))
     for indices, batch in ds.ignore_errors().batch(256).prefetch(tf.data.AUTOTUNE):
         kept.append(indices.numpy())
         batches.append(batch)
+        if progress:
+            progress.update(int(kept[-1][-1]) + 1)  # in order: unreadable files before it count as done
+    if progress:
+        progress.update(len(paths), finalize=True)
     if not batches:
         return tf.zeros((0, *size, 3), tf.uint8), np.arange(len(paths))
     return tf.concat(batches, axis=0), np.setdiff1d(np.arange(len(paths)), np.concatenate(kept))
@@ -100,6 +115,8 @@ def drop_unreadable(
     """
     if source.paths is None:
         return source, []
+    kept_as = f", keeping them in memory at {size[0]}x{size[1]}" if size else ""
+    log.info("Decoding %d images once to find unreadable files%s", len(source), kept_as)
     if size is None:
         images, bad = None, find_unreadable(source.paths)
     else:

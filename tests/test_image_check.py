@@ -118,3 +118,23 @@ def test_a_jpeg_under_twice_the_input_size_decodes_at_full_size():
 
     data = _jpeg_bytes(120, 160)
     assert np.array_equal(decode_image(tf.constant(data), (64, 96)).numpy(), _full_decode(data, (64, 96)))
+
+
+def test_the_check_pass_says_what_it_does_and_shows_progress_on_long_passes(
+    broken_folder, tmp_path, caplog, capsys, monkeypatch
+):
+    import logging
+
+    from kfactory import image_check
+    from kfactory.sources import list_folder
+
+    root, _ = broken_folder
+    cfg = compose_config(["data=folder", f"data.path={root}"])
+    monkeypatch.setattr(image_check, "PROGRESS_MIN_FILES", 10_000)
+    with caplog.at_level(logging.INFO, logger="kfactory.image_check"):
+        image_check.drop_unreadable(list_folder(str(root)), cfg.data, tmp_path, (16, 16))
+    assert "Decoding 23 images once to find unreadable files, keeping them in memory at 16x16" in caplog.text
+    assert "23/23" not in capsys.readouterr().out  # a short pass: no progress bar
+    monkeypatch.setattr(image_check, "PROGRESS_MIN_FILES", 10)
+    image_check.drop_unreadable(list_folder(str(root)), cfg.data, tmp_path)
+    assert "23/23" in capsys.readouterr().out

@@ -71,9 +71,9 @@ def test_best_checkpoint_and_early_stopping_replay_the_finished_epochs(tmp_path)
     assert (stopping.best, stopping.wait) == (0.6, 0)
 
 
-def wait_for_backup(run_dir: Path, process: subprocess.Popen, timeout: float = 400) -> None:
-    """Block until the run has backed up at least one finished epoch."""
-    metadata = run_dir / "backup" / BACKUP_METADATA
+def wait_for_backup(run_dir: Path, process: subprocess.Popen, timeout: float = 400, phase: int | None = None) -> None:
+    """Block until the run (with ``phase``: that fine-tuning phase) has backed up at least one finished epoch."""
+    metadata = run_dir / "backup" / (f"phase{phase}" if phase else "") / BACKUP_METADATA
     deadline = time.time() + timeout
     while time.time() < deadline:
         if metadata.is_file() and metadata.read_text().strip():
@@ -133,3 +133,33 @@ def test_ctrl_c_or_sigterm_ends_the_run_with_one_line_naming_the_resume_command(
     assert "Traceback" not in output
     assert f"hydra.run.dir={run_dir} resume=true" in output
     assert (run_dir / "backup").is_dir() and not (run_dir / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_a_two_phase_run_killed_while_fine_tuning_resumes_in_that_phase(tmp_path):
+    import keras
+
+    base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    weights = tmp_path / "base.weights.h5"
+    base.save_weights(weights)
+    run_dir = tmp_path / "run"
+    args = ["model=vgg16", f"model.weights={weights}", "model.input_size=[32,32]", *TINY, "trainer.epochs=4"]
+    args += ["finetune.head_epochs=1", "trainer.early_stopping=10", f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for_backup(run_dir, process, phase=2)  # the head phase, and one fine-tuning epoch, done
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert not (run_dir / "metrics.json").exists()
+
+    resumed = run_cli([*args, "resume=true"])
+    output = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, output[-3000:]
+    assert "Phase 2/2" in output and "Phase 1/2" not in output  # the head phase is not trained again
+    epochs = [int(line.split(",")[0]) for line in (run_dir / "history.csv").read_text().splitlines()[1:]]
+    assert epochs == [0, 1, 2, 3]
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 4
+    assert not (run_dir / "backup").exists()
