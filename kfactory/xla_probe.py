@@ -38,7 +38,7 @@ class XlaProbe(keras.callbacks.Callback):
     def _reset(self) -> None:
         self.times: dict[bool, list[float]] = {False: [], True: []}
         self.first: dict[bool, float] = {}
-        self.plain_function = None
+        self.plain_function = self.plain_test_function = None
 
     def on_train_begin(self, logs=None) -> None:
         if self.decided is None:
@@ -64,6 +64,7 @@ class XlaProbe(keras.callbacks.Callback):
 
     def _switch_to_xla(self) -> None:
         self.plain_function = self.model.train_function  # kept, so going back costs no new trace
+        self.plain_test_function = self.model.test_function  # None until the first validation
         self.model.jit_compile = True
         if not self.model.jit_compile:  # Keras found a layer XLA cannot compile, and warned
             self.decided = False
@@ -74,9 +75,10 @@ class XlaProbe(keras.callbacks.Callback):
     def _decide(self) -> None:
         plain, xla = statistics.median(self.times[False]), statistics.median(self.times[True])
         self.decided = xla * MIN_GAIN <= plain
-        if not self.decided:
+        if not self.decided:  # and a validation run while XLA was on must not keep its XLA function
             self.model.jit_compile = False
             self.model.train_function = self.plain_function
+            self.model.test_function = self.plain_test_function
         log.info(
             "XLA %s (auto, timed %d steps each way: %.3f s a step with XLA, %.3f s without, %.2fx; compiling: %.1f s)",
             "on" if self.decided else "off",

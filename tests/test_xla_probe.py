@@ -25,7 +25,9 @@ class StepClock:
         return self.now
 
 
-def probed_fit(plain: float, xla: float) -> tuple[keras.Model, XlaProbe, keras.callbacks.History]:
+def probed_fit(
+    plain: float, xla: float, epoch_steps: int | None = None, extra: list | None = None
+) -> tuple[keras.Model, XlaProbe, keras.callbacks.History]:
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), keras.layers.Flatten()])
     model.add(keras.layers.Dense(2, activation="softmax"))
@@ -35,8 +37,21 @@ def probed_fit(plain: float, xla: float) -> tuple[keras.Model, XlaProbe, keras.c
     clock.probe = probe
     x = np.random.default_rng(0).random((4 * STEPS, 8, 8, 3)).astype("float32")
     y = np.arange(4 * STEPS) % 2
-    history = model.fit(x, y, batch_size=4, epochs=1, callbacks=[probe], verbose=0)
+    if epoch_steps is None:
+        history = model.fit(x, y, batch_size=4, epochs=1, callbacks=[probe], verbose=0)
+    else:  # the same steps in short epochs, each followed by a validation
+        data = tf_batches(x, y).repeat()
+        history = model.fit(
+            data, epochs=STEPS // epoch_steps + 1, steps_per_epoch=epoch_steps, validation_data=tf_batches(x, y),
+            callbacks=[probe, *(extra or [])], verbose=0,
+        )  # fmt: skip
     return model, probe, history
+
+
+def tf_batches(x: np.ndarray, y: np.ndarray):
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
 
 
 def test_xla_stays_on_when_its_steps_are_faster() -> None:
@@ -51,6 +66,15 @@ def test_the_plain_function_comes_back_when_xla_is_not_faster_enough() -> None:
     model, probe, _ = probed_fit(plain=1.0, xla=0.95)  # faster, but by less than MIN_GAIN
     assert probe.decided is False and model.jit_compile is False
     assert model.train_function is probe.plain_function  # restored, not traced again
+
+
+def test_a_validation_during_the_xla_steps_does_not_keep_xla_once_it_lost() -> None:
+    seen = []  # the test function each validation ran: epoch 1's was built while XLA was on (step 4)
+    spy = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(spy.model.test_function))
+    model, probe, history = probed_fit(plain=1.0, xla=2.0, epoch_steps=4, extra=[spy])
+    assert probe.decided is False and model.jit_compile is False
+    assert seen[0] is not seen[-1]  # rebuilt, without XLA, after the probe went back
+    assert len(history.history["val_loss"]) == 3
 
 
 def test_a_decided_probe_leaves_a_later_phase_alone() -> None:
