@@ -33,6 +33,13 @@ def backup_dir(run_dir: Path) -> Path:
     return run_dir / BACKUP_DIR
 
 
+def drop_empty_backup(run_dir: Path) -> None:
+    """Remove ``backup/`` once every phase's BackupAndRestore has deleted its own folder in it."""
+    folder = backup_dir(run_dir)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
 def finished_epochs(run_dir: Path) -> int:
     """How many epochs the run's backup holds (the latest phase's count), 0 if none."""
     counts = [json.loads(p.read_text())["epoch"] for p in backup_dir(run_dir).rglob(BACKUP_METADATA)]

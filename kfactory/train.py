@@ -23,7 +23,7 @@ from kfactory.finetune import fit_in_phases
 from kfactory.image_check import SKIPPED_FILE
 from kfactory.models import build_model, output_units
 from kfactory.registry import LOSSES, OPTIMIZERS, sparse_labels
-from kfactory.resume import restore_history
+from kfactory.resume import drop_empty_backup, restore_history
 from kfactory.tensorboard_extras import write_final_summaries
 from kfactory.xla_probe import XlaProbe
 
@@ -62,6 +62,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     callbacks = [*([probe] if probe else []), *make_callbacks(cfg, run_dir, checkpoint, splits, past)]
     weights = describe_training(cfg, splits, run_dir)
     history = fit_in_phases(model, cfg, splits, steps, callbacks, compile_phase, weights)
+    drop_empty_backup(run_dir)  # a two-phase run leaves backup/ empty: the run is complete
     stop_if_diverged(callbacks, cfg, checkpoint)
     if checkpoint.best is None:
         monitor = cfg.trainer.monitor
