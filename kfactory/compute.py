@@ -13,13 +13,13 @@ from kfactory.distribute import split_cpu
 log = logging.getLogger(__name__)
 
 # XLA on CPU (TensorFlow 2.21 / Keras 3.15; training images/s with
-# jit_compile=True over False). The issue that asked for this rule reported, on
-# a 2-core CPU, ResNet50 2.4x at 32 px and 0.62x at 224 px, DenseNet121 1.9x at
-# 64 px, and MobileNetV2 (96 px) and EfficientNetB0 (64 px) 8x slower. On the
-# 2-core AVX-512 machine of benchmarks/RESULTS.md ResNet50 at 32 px was 0.43-0.55x
-# instead. The same model and size gain or lose by machine, so on CPU `auto`
-# measures both ways during a long run's first steps (kfactory.callbacks.XlaProbe),
-# except where every measurement agrees that XLA loses.
+# jit_compile=True over False). Measured on one 2-core CPU: ResNet50 2.4x at 32 px
+# and 0.62x at 224 px, DenseNet121 1.9x at 64 px, and MobileNetV2 (96 px) and
+# EfficientNetB0 (64 px) 8x slower. On the 2-core AVX-512 machine of
+# benchmarks/RESULTS.md, ResNet50 at 32 px was 0.43-0.52x and ResNet50 and
+# DenseNet121 at 96 px 0.62x and 0.70x. The same model and size gain or lose by
+# machine, so on CPU `auto` times both ways during a long run's first steps
+# (kfactory.xla_probe.XlaProbe), except where every measurement agrees that XLA loses.
 XLA_CPU_SLOW_FAMILIES = ("mobilenet", "efficientnet", "nasnet", "xception", "convnext")  # depthwise convs
 XLA_CPU_MAX_SIDE = 128  # at 224 px XLA made ResNet50 0.62x as fast
 XLA_MIN_STEPS = 40  # GPU: compiling cost about 16 ordinary steps; repay it well
