@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -84,3 +86,25 @@ def test_a_decided_probe_leaves_a_later_phase_alone() -> None:
     model.fit(x, np.arange(8) % 2, batch_size=4, epochs=1, callbacks=[probe], verbose=0)
     assert probe.decided is True and model.jit_compile is True
     assert probe.times[True] == [0.25, 0.25]  # nothing more was timed
+
+
+@pytest.mark.slow
+def test_a_long_cpu_run_times_xla_then_trains_on_with_the_faster_way(tmp_path, monkeypatch, caplog):
+    import json
+    import logging
+    import re
+
+    from kfactory import compute
+    from kfactory.train import train
+    from tests.conftest import TINY, compose_config
+
+    monkeypatch.setattr(compute, "XLA_MEASURE_MIN_STEPS", 10)  # 5 epochs of 2 steps count as a long run
+    overrides = ["model=vgg16", "model.weights=null", "model.input_size=[32,32]", *TINY, "trainer.epochs=6"]
+    cfg = compose_config(overrides, run_dir=tmp_path)
+    with caplog.at_level(logging.INFO):
+        train(cfg, tmp_path)
+    assert "XLA timed both ways (auto: on CPU XLA gains or loses by machine" in caplog.text
+    decided = re.search(r"XLA (on|off) \(auto, timed 4 steps each way: [\d.]+ s a step with XLA", caplog.text)
+    assert decided, caplog.text[-2000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 6 and all(map(math.isfinite, metrics.values()))
