@@ -51,9 +51,9 @@ def kfactory(cfg: DictConfig) -> float | None:
     except KeyboardInterrupt as interrupt:
         if multirun:
             raise
-        how = ("Terminated", 143) if isinstance(interrupt, Terminated) else ("Interrupted", 130)
-        log.error("%s. Finished epochs are kept; continue with: hydra.run.dir=%s resume=true", how[0], run_dir)
-        raise SystemExit(how[1]) from None
+        what, status = ("Terminated", 143) if isinstance(interrupt, Terminated) else ("Interrupted", 130)
+        log.error("%s. Finished epochs are kept; continue with: hydra.run.dir=%s resume=true", what, run_dir)
+        raise SystemExit(status) from None
     except Exception as error:
         if not multirun:
             raise

@@ -1,8 +1,9 @@
 """Find image files that do not decode, before training, so they are skipped by name.
 
-One parallel ``tf.data`` pass decodes every file once; each file carries its
-index through the pass and ``ignore_errors`` drops the ones that fail, so the
-indices that come out are the readable files. No Python runs per image.
+One parallel ``tf.data`` pass decodes every file once, with the decoder training
+uses; each file carries its index through the pass and ``ignore_errors`` drops
+the ones that fail, so the indices that come out are the readable files. No
+Python runs per image.
 The same files are then left out of every split, so a corrupt image can
 neither crash an epoch nor shift the split between ``train`` and ``eval``.
 With ``data.cache=memory`` that pass also keeps the resized images, so the
@@ -12,6 +13,7 @@ files are decoded once per run, not once to check and again to train.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -26,25 +28,14 @@ log = logging.getLogger(__name__)
 
 SKIPPED_FILE = "skipped_images.txt"  # in the run directory: one unreadable path a line
 SHOWN = 3  # unreadable files named in the log line; the file lists all
+CHECK_SIZE = (8, 8)  # a check that keeps nothing decodes JPEGs at 1/8 scale: the whole file is still read
 PROGRESS_MIN_FILES = 2000  # passes over fewer files finish in seconds: no progress bar
 JPEG_SCALES = (1, 2, 4, 8)  # libjpeg decodes at 1/ratio of full size for these ratios
 
 
 def find_unreadable(paths: list[str]) -> np.ndarray:
     """Indices into ``paths`` of the files that cannot be read or decoded as an image."""
-    if not paths:
-        return np.zeros(0, np.int64)
-    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths), dtype=np.int64), paths))
-    ds = ds.map(_index_if_decodes, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-    ds = ds.ignore_errors().batch(256)
-    readable, progress = np.zeros(len(paths), bool), progress_bar(len(paths))
-    for indices, _ in ds.as_numpy_iterator():
-        readable[indices] = True
-        if progress:
-            progress.update(int(readable.sum()))
-    if progress:
-        progress.update(len(paths), finalize=True)  # the unreadable files are done too
-    return np.flatnonzero(~readable)
+    return decode_all(paths, CHECK_SIZE, keep=False)[1]
 
 
 def progress_bar(count: int) -> keras.utils.Progbar | None:
@@ -83,27 +74,29 @@ def _decode_jpeg_near(data: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
     )
 
 
-def decode_all(paths: list[str], size: tuple[int, int]) -> tuple[tf.Tensor, np.ndarray]:
-    """The readable files of ``paths``, in order, as one uint8 RGB tensor at ``size``; and the unreadable indices."""
+def decode_all(paths: list[str], size: tuple[int, int], keep: bool = True) -> tuple[tf.Tensor | None, np.ndarray]:
+    """One parallel pass decoding every file of ``paths`` at ``size`` with the training decoder.
+
+    Returns the readable files, in order, as one uint8 RGB tensor (None unless
+    ``keep``), and the indices of the unreadable ones.
+    """
+    if not paths:
+        return (tf.zeros((0, *size, 3), tf.uint8) if keep else None), np.zeros(0, np.int64)
     ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths), dtype=np.int64), paths))
-    ds = ds.map(lambda i, p: (i, read_image(p, size)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(lambda i, p: (i, read_image(p, size)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=keep)
     kept, batches, progress = [], [], progress_bar(len(paths))
     for indices, batch in ds.ignore_errors().batch(256).prefetch(tf.data.AUTOTUNE):
         kept.append(indices.numpy())
-        batches.append(batch)
+        if keep:
+            batches.append(batch)
         if progress:
-            progress.update(int(kept[-1][-1]) + 1)  # in order: unreadable files before it count as done
+            progress.update(sum(map(len, kept)))
     if progress:
-        progress.update(len(paths), finalize=True)
-    if not batches:
-        return tf.zeros((0, *size, 3), tf.uint8), np.arange(len(paths))
-    return tf.concat(batches, axis=0), np.setdiff1d(np.arange(len(paths)), np.concatenate(kept))
-
-
-def _index_if_decodes(index: tf.Tensor, path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    # Returning the decoded shape keeps the decode in the graph: an unused one is pruned.
-    return index, tf.shape(image)
+        progress.update(len(paths), finalize=True)  # the unreadable files are done too
+    bad = np.setdiff1d(np.arange(len(paths)), np.concatenate(kept)) if kept else np.arange(len(paths))
+    if not keep:
+        return None, bad
+    return (tf.concat(batches, axis=0) if batches else tf.zeros((0, *size, 3), tf.uint8)), bad
 
 
 def drop_unreadable(
@@ -122,7 +115,7 @@ def drop_unreadable(
     else:
         images, bad = decode_all(source.paths, size)
     if len(bad) == 0:
-        return ImageSource(source.class_names, source.labels, paths=source.paths, images=images), []
+        return replace(source, images=images), []
     skipped = [source.paths[i] for i in bad]
     if len(bad) == len(source):
         key = "data.csv" if data.source == "csv" else "data.path"
