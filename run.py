@@ -6,7 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from kfactory.app import kfactory
-from kfactory.plugins import require_plugins
+from kfactory.config.plugins import require_plugins
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -3,7 +3,7 @@
 Writes N JPEG files (two classes, photo-like smooth content, 320x240 or --photo)
 to a temp folder, warms the OS file cache, then times, several times each, one pass over
 all files into batches of 32 at SIZE x SIZE:
-  kfactory   kfactory.data.make_splits on the folder source, as a run builds
+  kfactory   kfactory.data.pipeline.make_splits on the folder source, as a run builds
              it: one parallel decode-and-resize pass that also finds
              unreadable files and fills the memory cache, then shuffle,
              batch, prefetch; epoch 1 (including that pass) and epoch 2
@@ -64,7 +64,7 @@ def kfactory_config(root: Path, size: int):
 
 def kfactory_dataset(cfg):
     """kfactory's training pipeline over the folder, as a run would build it."""
-    from kfactory.data import make_splits
+    from kfactory.data.pipeline import make_splits
 
     return make_splits(cfg).train
 

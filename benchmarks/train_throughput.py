@@ -56,12 +56,12 @@ def kfactory_epochs(model_name: str, side: int, batch: int, images, labels, epoc
     """Epoch seconds of kfactory's pipeline, model and compile settings; and the XLA choice."""
     from hydra import compose, initialize_config_dir
 
-    from kfactory.compute import choose_jit_compile, configure_tensorflow
-    from kfactory.data import make_dataset
-    from kfactory.models import build_model
-    from kfactory.sources import ImageSource
-    from kfactory.train import compile_model
-    from kfactory.xla_probe import XlaProbe
+    from kfactory.data.pipeline import make_dataset
+    from kfactory.data.sources import ImageSource
+    from kfactory.model.build import build_model
+    from kfactory.train.compute import choose_jit_compile, configure_tensorflow
+    from kfactory.train.loop import compile_model
+    from kfactory.train.xla_probe import XlaProbe
 
     overrides = [f"model={model_name}", "model.weights=null", f"model.input_size=[{side},{side}]"]
     overrides += [f"data.batch_size={batch}", f"trainer.epochs={run_epochs}", f"trainer.jit_compile={jit}"]

@@ -13,10 +13,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from kfactory.config import ConfigError, validate
-from kfactory.errors import RunStopped, Terminated
-from kfactory.resolvers import register_resolvers
-from kfactory.resume import check_run_dir
+from kfactory.config.resolvers import register_resolvers
+from kfactory.config.validate import validate
+from kfactory.errors import ConfigError, RunStopped, Terminated
+from kfactory.train.resume import check_run_dir
 
 register_resolvers()  # before Hydra composes: hydra.sweep.subdir uses ${kf_job_dirname:...}
 
@@ -82,7 +82,7 @@ def release_memory() -> None:
     """
     if "keras" not in sys.modules:  # nothing was built; keep the cold path TF-free
         return
-    from kfactory.compute import release_finished_job
+    from kfactory.train.compute import release_finished_job
 
     release_finished_job()
 
@@ -90,17 +90,17 @@ def release_memory() -> None:
 def run_task(cfg: DictConfig, run_dir: Path) -> float | None:
     """Import the task's module (and TensorFlow) only now, and run it."""
     if cfg.task == "train":
-        from kfactory.train import train
+        from kfactory.train.loop import train
 
         return train(cfg, run_dir)
     if cfg.task == "eval":
-        from kfactory.evaluate import evaluate
+        from kfactory.use.evaluate import evaluate
 
         return evaluate(cfg, run_dir)
     if cfg.task == "export":
-        from kfactory.export import export
+        from kfactory.use.export import export
 
         return export(cfg, run_dir)
-    from kfactory.predict import predict
+    from kfactory.use.predict import predict
 
     return predict(cfg, run_dir)

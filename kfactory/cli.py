@@ -7,7 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 from kfactory.app import kfactory
-from kfactory.plugins import require_plugins
+from kfactory.config.plugins import require_plugins
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 

@@ -2,6 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value kfactory cannot run with: one line naming the key, the value and what is accepted."""
+
+    def __init__(self, key: str, value: Any, accepted: str) -> None:
+        self.key, self.value, self.accepted = key, value, accepted
+        # One line, even when ``accepted`` quotes a multi-line library error.
+        super().__init__(" ".join(f"{key}={show_value(value)} is not accepted: {accepted}".split()))
+
+
+def show_value(value: Any) -> str:
+    """A config value as the command line writes it: ``null``, ``true``, ``[32, 32]``."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value)
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
 
 class RunStopped(RuntimeError):
     """Training stopped for a reason the user can act on (e.g. the loss became NaN); exit status 1."""

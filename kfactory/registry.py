@@ -6,7 +6,11 @@ this table before any heavy import.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from kfactory.errors import ConfigError
 
 # How each family expects its input pixels (given RGB in [0, 255]):
 #   caffe: RGB -> BGR, minus the ImageNet channel means;
@@ -136,3 +140,30 @@ METRICS = ("accuracy", "top_k", "precision", "recall", "auc", "f1")
 def sparse_labels(loss: str) -> bool:
     """Whether a loss takes integer class labels rather than one-hot vectors."""
     return loss == "sparse_categorical_crossentropy"
+
+
+def monitor_mode(monitor: str) -> str:
+    """``min`` for a loss, ``max`` for any other monitored metric."""
+    return "min" if "loss" in monitor else "max"
+
+
+def metric_log_name(metric: str) -> str:
+    """The name Keras logs a trainer.metrics entry under."""
+    return {"top_k": "top_k_accuracy", "f1": "f1_score"}.get(metric, metric)
+
+
+def input_size(model: Any) -> tuple[int, int]:
+    """The ``model`` group's ``input_size`` as (height, width); one int means a square, null the model's own size."""
+    size = model.input_size
+    if size is None and model.name in MODELS:
+        side = MODELS[model.name].default_size
+        return side, side
+    if _is_int(size):
+        return size, size
+    if isinstance(size, Sequence) and len(size) == 2 and all(_is_int(s) for s in size):
+        return int(size[0]), int(size[1])
+    raise ConfigError("model.input_size", size, "[height, width] in pixels, or one int")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

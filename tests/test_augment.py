@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kfactory.augment import AUGMENTATIONS, check_augment
-from kfactory.config import ConfigError
+from kfactory.data.augment import AUGMENTATIONS, check_augment
+from kfactory.errors import ConfigError
 from tests.conftest import compose_config, run_cli, write_image_folder
 
 
@@ -47,7 +47,7 @@ def batches_as_array(ds) -> np.ndarray:
 
 
 def test_augmentation_changes_training_batches_only(tmp_path):
-    from kfactory.data import make_splits
+    from kfactory.data.pipeline import make_splits
 
     folder = write_image_folder(tmp_path / "images", {"a": 10, "b": 10}, size=16)
     base = ["data=folder", f"data.path={folder}", "model.input_size=[16,16]", "data.val_split=0.3", "data.test_split=0"]
@@ -63,7 +63,7 @@ def test_augmentation_changes_training_batches_only(tmp_path):
 def test_mixup_mixes_one_hot_labels_and_random_crop_keeps_the_input_size():
     import tensorflow as tf
 
-    from kfactory.augment import build_augmenter
+    from kfactory.data.augment import build_augmenter
 
     cfg = compose_config(
         ["model.input_size=[16,16]", "data.augment=[{name: RandomCrop, height: 8, width: 8}, {name: MixUp}]"]
@@ -80,7 +80,7 @@ def test_mixup_mixes_one_hot_labels_and_random_crop_keeps_the_input_size():
 def test_augmented_images_are_written_for_tensorboard(tmp_path):
     import tensorflow as tf
 
-    from kfactory.augment import write_augmented_images
+    from kfactory.data.augment import write_augmented_images
 
     ds = tf.data.Dataset.from_tensors((tf.fill((4, 8, 8, 3), 128.0), tf.zeros((4, 2))))
     write_augmented_images(ds, tmp_path)
@@ -93,8 +93,8 @@ def test_the_augmented_preview_shows_the_first_training_images_without_shuffling
     import tensorflow as tf
     from PIL import Image
 
-    from kfactory.data import make_splits
-    from kfactory.train import describe_training
+    from kfactory.data.pipeline import make_splits
+    from kfactory.train.loop import describe_training
 
     folder = write_image_folder(tmp_path / "images", {"a": 12, "b": 12}, size=16)
     overrides = ["data=folder", f"data.path={folder}", "model.input_size=[16,16]", "data.cache=disk"]

@@ -12,7 +12,7 @@ from tests.conftest import TINY, compose_config, run_cli
 def test_nan_loss_stops_training_keeps_the_best_model_and_names_the_epoch(tmp_path):
     import keras
 
-    from kfactory.callbacks import BestModelCheckpoint, StopOnNaN, stop_if_diverged
+    from kfactory.train.callbacks import BestModelCheckpoint, StopOnNaN, stop_if_diverged
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from kfactory.config import ConfigError
+from kfactory.errors import ConfigError
 
 
 def test_a_model_holding_python_code_needs_unsafe_load(tmp_path):
     import keras
 
-    from kfactory.checkpoint import load_model
+    from kfactory.model.checkpoint import load_model
 
     inputs = keras.Input((3,))
     model = keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2.0)(inputs))
@@ -25,7 +25,7 @@ def test_a_model_holding_python_code_needs_unsafe_load(tmp_path):
 def test_find_model_file_prefers_model_keras_then_a_saved_model(tmp_path):
     import zipfile
 
-    from kfactory.checkpoint import find_model_file
+    from kfactory.model.checkpoint import find_model_file
 
     run = tmp_path / "run"
     for version in ("1", "2", "10"):
@@ -45,7 +45,7 @@ def test_find_model_file_prefers_model_keras_then_a_saved_model(tmp_path):
 def test_saved_model_metadata_is_read_from_its_sidecar(tmp_path):
     import json
 
-    from kfactory.checkpoint import SAVED_MODEL_METADATA, read_metadata
+    from kfactory.model.checkpoint import SAVED_MODEL_METADATA, read_metadata
 
     (tmp_path / SAVED_MODEL_METADATA).parent.mkdir()
     (tmp_path / SAVED_MODEL_METADATA).write_text(json.dumps({"class_names": ["a", "b"]}))

@@ -7,9 +7,9 @@ import csv
 import numpy as np
 import pytest
 
-from kfactory.class_weights import check_class_weight, class_weights, record_class_counts
-from kfactory.config import ConfigError
-from kfactory.sources import describe_source, split_indices
+from kfactory.data.class_weights import check_class_weight, class_weights, record_class_counts
+from kfactory.data.sources import describe_source, split_indices
+from kfactory.errors import ConfigError
 from tests.conftest import compose_config, write_image_folder
 
 

@@ -27,7 +27,7 @@ def imported_heavy(stderr: str) -> list[str]:
         (["--cfg", "job"], 0),
         (["--info"], 0),
         (["model=nonexistent"], 1),  # Hydra refuses the unknown option
-        (["model.dropout=2"], 2),  # kfactory.config refuses the value
+        (["model.dropout=2"], 2),  # kfactory.config.validate refuses the value
     ],
     ids=["help", "cfg-job", "info", "unknown-model", "bad-dropout"],
 )

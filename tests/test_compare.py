@@ -1,4 +1,4 @@
-"""kfactory.compare: event files of several runs -> one DataFrame, leaderboard, CSV and PNG."""
+"""kfactory.report.compare: event files of several runs -> one DataFrame, leaderboard, CSV and PNG."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from kfactory.compare import leaderboard, load_scalars, main, split_run  # noqa: E402
+from kfactory.report.compare import leaderboard, load_scalars, main, split_run  # noqa: E402
 
 
 def write_run(job: Path, accuracy: list[float], loss: list[float]) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from kfactory.compute import XLA_MEASURE_MIN_STEPS, XLA_MIN_STEPS, XlaChoice, choose_jit_compile, xla_rule
+from kfactory.train.compute import XLA_MEASURE_MIN_STEPS, XLA_MIN_STEPS, XlaChoice, choose_jit_compile, xla_rule
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,7 +62,7 @@ def test_explicit_setting_wins_without_asking_tensorflow(setting: bool, monkeypa
 
 def test_configure_tensorflow_sets_precision() -> None:
     keras = pytest.importorskip("keras")
-    from kfactory.compute import configure_tensorflow
+    from kfactory.train.compute import configure_tensorflow
 
     trainer = OmegaConf.create({"threads": None, "deterministic": False, "precision": "mixed_bfloat16"})
     try:
@@ -75,7 +75,7 @@ def test_configure_tensorflow_sets_precision() -> None:
 THREADS_SCRIPT = """
 import tensorflow as tf
 from omegaconf import OmegaConf
-from kfactory.compute import configure_tensorflow
+from kfactory.train.compute import configure_tensorflow
 trainer = OmegaConf.create({"threads": 1, "deterministic": False, "precision": "float32"})
 configure_tensorflow(trainer, seed=0)
 tf.constant(1.0) + 1.0  # the runtime starts: threads are fixed from here on
@@ -110,7 +110,7 @@ def test_release_finished_job_frees_the_traced_train_step() -> None:
     keras = pytest.importorskip("keras")
     import numpy as np
 
-    from kfactory.compute import release_finished_job
+    from kfactory.train.compute import release_finished_job
 
     release_finished_job()
     before = traced_graphs()

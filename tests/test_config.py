@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kfactory.config import ConfigError, validate
+from kfactory.config.validate import validate
+from kfactory.errors import ConfigError
 from tests.conftest import run_cli, write_image_folder
 
 

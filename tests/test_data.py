@@ -9,7 +9,7 @@ from tests.conftest import compose_config, write_image_folder
 
 
 def first_batch(overrides: list[str]):
-    from kfactory.data import make_splits
+    from kfactory.data.pipeline import make_splits
 
     splits = make_splits(compose_config(overrides))
     images, labels = next(iter(splits.train))

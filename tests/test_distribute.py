@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kfactory.config import ConfigError, validate
+from kfactory.config.validate import validate
+from kfactory.errors import ConfigError
 from tests.conftest import run_cli
 
 
@@ -31,7 +32,7 @@ def test_bad_strategy_is_refused_before_tensorflow(cfg_factory, overrides, key, 
 
 
 def test_multi_worker_refusal_explains_why():
-    from kfactory.distribute import MULTI_WORKER_REFUSAL
+    from kfactory.train.distribute import MULTI_WORKER_REFUSAL
 
     assert "MultiWorkerMirroredStrategy" in MULTI_WORKER_REFUSAL
     assert "pip install -e '.[slurm]'" in MULTI_WORKER_REFUSAL
@@ -62,7 +63,7 @@ def test_mirrored_on_two_logical_cpus_trains_and_saves_a_model_for_one_device(tm
 
     import tensorflow as tf
 
-    from kfactory.checkpoint import load_model
+    from kfactory.model.checkpoint import load_model
 
     assert len(tf.config.list_logical_devices("CPU")) == 1  # this process was never split
     model = load_model(run_dir / "model.keras")

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kfactory.config import ConfigError, validate
+from kfactory.config.validate import validate
+from kfactory.errors import ConfigError
 from tests.conftest import compose_config, run_cli
 
 
 def run_export(trained_run: Path, out: Path, *overrides: str) -> Path:
-    from kfactory.export import export
+    from kfactory.use.export import export
 
     cfg = compose_config(["task=export", f"ckpt_path={trained_run}", *overrides])
     validate(cfg)
@@ -63,7 +64,7 @@ def test_saved_model_takes_jpeg_bytes_and_matches_keras(trained, saved_model):
 def test_predict_reads_the_exported_saved_model(trained, saved_model, tmp_path):
     import pandas as pd
 
-    from kfactory.predict import predict
+    from kfactory.use.predict import predict
 
     run_dir, images = trained
     tables = []
@@ -85,7 +86,7 @@ def test_model_card_lists_classes_metrics_and_training_config(saved_model):
 
 
 def test_tflite_matches_keras_and_is_checked(trained, tmp_path):
-    from kfactory.export import run_tflite
+    from kfactory.use.export import run_tflite
 
     run_dir, images = trained
     out = run_export(run_dir, tmp_path / "lite", "export.format=tflite", f"export.check_input={images}")
@@ -112,7 +113,7 @@ def test_quantised_tflite_is_smaller_and_fails_loudly_over_the_tolerance(trained
 
 
 def test_keras_export_copies_the_model_with_its_class_names(trained, tmp_path):
-    from kfactory.checkpoint import read_metadata
+    from kfactory.model.checkpoint import read_metadata
 
     run_dir, _ = trained
     out = run_export(run_dir, tmp_path / "k", "export.format=keras", f"export.dir={tmp_path / 'elsewhere'}")

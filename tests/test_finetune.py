@@ -7,8 +7,9 @@ import csv
 import numpy as np
 import pytest
 
-from kfactory.config import ConfigError, validate
-from kfactory.finetune import check_finetune, plan_phases
+from kfactory.config.validate import validate
+from kfactory.errors import ConfigError
+from kfactory.train.finetune import check_finetune, plan_phases
 from tests.conftest import TINY, compose_config, write_image_folder
 
 
@@ -16,7 +17,7 @@ def tiny_model(size: int = 16, classes: int = 2):
     """Like build_model, small: fixed caffe preprocessing, a base with BN called training=False, a head."""
     import keras
 
-    from kfactory.models import preprocess
+    from kfactory.model.build import preprocess
 
     keras.utils.set_random_seed(0)
     base_in = keras.Input((size, size, 3))
@@ -82,7 +83,7 @@ def test_every_model_option_freezes_its_pretrained_base_and_keeps_bn_in_inferenc
 
 
 def test_freeze_by_count_and_by_name_leaves_preprocessing_and_head_alone():
-    from kfactory.finetune import apply_freeze, find_base
+    from kfactory.train.finetune import apply_freeze, find_base
 
     model = tiny_model()
     base = find_base(model)
@@ -120,10 +121,10 @@ def phase_recorder():
 
 
 def test_head_phase_trains_only_the_head_then_the_unfrozen_layers_train(tmp_path):
-    from kfactory.callbacks import BestModelCheckpoint, make_callbacks
-    from kfactory.data import make_splits
-    from kfactory.finetune import fit_in_phases
-    from kfactory.train import compile_model
+    from kfactory.data.pipeline import make_splits
+    from kfactory.train.callbacks import BestModelCheckpoint, make_callbacks
+    from kfactory.train.finetune import fit_in_phases
+    from kfactory.train.loop import compile_model
 
     folder = write_image_folder(tmp_path / "images", {"a": 10, "b": 10}, size=16)
     overrides = [*TINY, "data=folder", f"data.path={folder}", "data.val_split=0.2", "data.test_split=0"]
@@ -167,7 +168,7 @@ def test_bn_statistics_of_a_frozen_pretrained_application_do_not_change(tmp_path
     """The real builder: MobileNetV3Small from a weights file, feature extraction."""
     import keras
 
-    from kfactory.models import build_model
+    from kfactory.model.build import build_model
 
     app = keras.applications.MobileNetV3Small
     source = app(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")
@@ -175,7 +176,7 @@ def test_bn_statistics_of_a_frozen_pretrained_application_do_not_change(tmp_path
     source.save_weights(path)
     cfg = compose_config(["model=mobilenet_v3_small", f"model.weights={path}", "model.input_size=[32,32]"])
     model = build_model(cfg, 2)
-    from kfactory.finetune import apply_freeze, find_base
+    from kfactory.train.finetune import apply_freeze, find_base
 
     apply_freeze(find_base(model), "none")  # even fully unfrozen, BN stays in inference mode
     assert any(w.trainable for w in model.trainable_weights)

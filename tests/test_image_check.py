@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kfactory.config import ConfigError
+from kfactory.errors import ConfigError
 from tests.conftest import TINY, compose_config, run_cli, write_image_folder
 
 
@@ -28,8 +28,8 @@ def broken_folder(tmp_path: Path) -> tuple[Path, list[Path]]:
 
 
 def test_find_unreadable_names_exactly_the_broken_files(broken_folder):
-    from kfactory.image_check import find_unreadable
-    from kfactory.sources import list_folder
+    from kfactory.data.image_check import find_unreadable
+    from kfactory.data.sources import list_folder
 
     root, broken = broken_folder
     source = list_folder(str(root))
@@ -38,8 +38,8 @@ def test_find_unreadable_names_exactly_the_broken_files(broken_folder):
 
 
 def test_drop_unreadable_keeps_labels_aligned_and_lists_the_files(broken_folder, tmp_path):
-    from kfactory.image_check import SKIPPED_FILE, drop_unreadable
-    from kfactory.sources import list_folder
+    from kfactory.data.image_check import SKIPPED_FILE, drop_unreadable
+    from kfactory.data.sources import list_folder
 
     root, broken = broken_folder
     cfg = compose_config(["data=folder", f"data.path={root}"])
@@ -50,8 +50,8 @@ def test_drop_unreadable_keeps_labels_aligned_and_lists_the_files(broken_folder,
 
 
 def test_a_folder_of_only_unreadable_images_is_refused(tmp_path):
-    from kfactory.image_check import drop_unreadable
-    from kfactory.sources import list_folder
+    from kfactory.data.image_check import drop_unreadable
+    from kfactory.data.sources import list_folder
 
     for name in ("cats", "dogs"):
         (tmp_path / name).mkdir()
@@ -99,7 +99,7 @@ def test_a_large_jpeg_is_decoded_shrunk_to_near_the_input_size(side):
     import numpy as np
     import tensorflow as tf
 
-    from kfactory.image_check import _decode_jpeg_near, decode_image
+    from kfactory.data.image_check import _decode_jpeg_near, decode_image
 
     data = _jpeg_bytes(480, 640)  # covers 32 px 15 times (1/8 scale), 100 px 4 times (1/4), 150 px 3 times (1/2)
     shrunk = _decode_jpeg_near(tf.constant(data), (side, side)).shape
@@ -114,7 +114,7 @@ def test_a_jpeg_under_twice_the_input_size_decodes_at_full_size():
     import numpy as np
     import tensorflow as tf
 
-    from kfactory.image_check import decode_image
+    from kfactory.data.image_check import decode_image
 
     data = _jpeg_bytes(120, 160)
     assert np.array_equal(decode_image(tf.constant(data), (64, 96)).numpy(), _full_decode(data, (64, 96)))
@@ -125,13 +125,13 @@ def test_the_check_pass_says_what_it_does_and_shows_progress_on_long_passes(
 ):
     import logging
 
-    from kfactory import image_check
-    from kfactory.sources import list_folder
+    from kfactory.data import image_check
+    from kfactory.data.sources import list_folder
 
     root, _ = broken_folder
     cfg = compose_config(["data=folder", f"data.path={root}"])
     monkeypatch.setattr(image_check, "PROGRESS_MIN_FILES", 10_000)
-    with caplog.at_level(logging.INFO, logger="kfactory.image_check"):
+    with caplog.at_level(logging.INFO, logger="kfactory.data.image_check"):
         image_check.drop_unreadable(list_folder(str(root)), cfg.data, tmp_path, (16, 16))
     assert "Decoding 23 images once to find unreadable files, keeping them in memory at 16x16" in caplog.text
     assert "23/23" not in capsys.readouterr().out  # a short pass: no progress bar

@@ -16,7 +16,7 @@ FAST = {
 
 
 def build(overrides: list[str], num_classes: int = 3):
-    from kfactory.models import build_model
+    from kfactory.model.build import build_model
 
     return build_model(compose_config(overrides), num_classes)
 
@@ -90,7 +90,7 @@ def test_a_weights_file_saved_from_the_same_architecture_loads(tmp_path):
 def test_preprocessing_layers_equal_the_family_preprocess_input(mode, family, tmp_path):
     import keras
 
-    from kfactory.models import preprocess
+    from kfactory.model.build import preprocess
 
     inputs = keras.Input((6, 5, 3))
     model = keras.Model(inputs, preprocess(inputs, mode))

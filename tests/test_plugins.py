@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from kfactory import plugins
+from kfactory.config import plugins
 from tests.conftest import run_cli
 
 RAY_INSTALLED = importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is not None

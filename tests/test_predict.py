@@ -15,7 +15,7 @@ from tests.tiny_model import SIZE
 
 
 def run_predict(run_dir: Path, ckpt: Path, source: Path, *extra: str) -> pd.DataFrame:
-    from kfactory.predict import predict
+    from kfactory.use.predict import predict
 
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = compose_config(["task=predict", f"ckpt_path={ckpt}", f"predict.input={source}", *extra])
@@ -26,7 +26,7 @@ def run_predict(run_dir: Path, ckpt: Path, source: Path, *extra: str) -> pd.Data
 @pytest.fixture(scope="module")
 def annotated_run(trained, tmp_path_factory) -> tuple[Path, pd.DataFrame, float]:
     """One labelled, annotated prediction run over the whole folder: (run dir, CSV, returned accuracy)."""
-    from kfactory.predict import predict
+    from kfactory.use.predict import predict
 
     run_dir, images = trained
     out = tmp_path_factory.mktemp("annotated_run")
@@ -119,7 +119,7 @@ def test_a_single_image_and_a_labelled_csv(trained, tmp_path):
 
 
 def test_hidden_folders_are_not_class_folders(tmp_path):
-    from kfactory.predict import list_inputs
+    from kfactory.use.predict import list_inputs
 
     for name in ("a.png", "b.png", ".thumbnails/c.png"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
@@ -129,7 +129,7 @@ def test_hidden_folders_are_not_class_folders(tmp_path):
 
 
 def test_csv_paths_are_taken_from_the_csv_folder(tmp_path):
-    from kfactory.predict import list_inputs
+    from kfactory.use.predict import list_inputs
 
     (tmp_path / "list.csv").write_text(f"path,label\nimg/a.png,cat\n{tmp_path / 'b.png'},dog\n")
     files, labels = list_inputs(str(tmp_path / "list.csv"))

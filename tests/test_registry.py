@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from kfactory.config import input_size
-from kfactory.registry import ACTIVATIONS, LOSSES, MODELS, OPTIMIZERS, PREPROCESS_MODES
+from kfactory.registry import ACTIVATIONS, LOSSES, MODELS, OPTIMIZERS, PREPROCESS_MODES, input_size
 from tests.conftest import CONF_DIR, compose_config
 
 
@@ -32,7 +31,7 @@ def test_model_option_composes_with_its_own_size(name):
     assert yaml.safe_load(text)["input_size"] == [spec.default_size, spec.default_size]
     cfg = compose_config([f"model={name}", "data=folder", "data.path=/nonexistent"])
     assert cfg.model.name == name
-    assert input_size(cfg) == (spec.default_size, spec.default_size)
+    assert input_size(cfg.model) == (spec.default_size, spec.default_size)
     assert cfg.model.weights == "imagenet"
 
 
@@ -52,7 +51,7 @@ def test_optimizer_and_loss_options_match_the_registry():
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_every_optimizer_option_builds(name):
-    from kfactory.train import make_optimizer
+    from kfactory.train.loop import make_optimizer
 
     cfg = compose_config([f"optimizer={name}", "optimizer.learning_rate=0.05"])
     optimizer = make_optimizer(cfg.optimizer)
@@ -62,7 +61,7 @@ def test_every_optimizer_option_builds(name):
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_every_loss_option_builds(name):
-    from kfactory.train import make_loss
+    from kfactory.train.loop import make_loss
 
     activation = "sigmoid" if name.startswith("binary") else "softmax"
     cfg = compose_config([f"loss={name}", f"model.activation={activation}"])
@@ -71,7 +70,7 @@ def test_every_loss_option_builds(name):
 
 
 def test_linear_output_makes_crossentropy_take_logits():
-    from kfactory.train import make_loss
+    from kfactory.train.loop import make_loss
 
     cfg = compose_config(["model.activation=linear"])
     assert make_loss(cfg.loss, "linear").get_config()["from_logits"] is True
@@ -80,7 +79,7 @@ def test_linear_output_makes_crossentropy_take_logits():
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_every_activation_is_accepted_with_a_fitting_loss(activation):
-    from kfactory.config import validate
+    from kfactory.config.validate import validate
 
     loss = "categorical_crossentropy" if activation in ("softmax", "sigmoid", "linear") else "mean_squared_error"
     validate(compose_config([f"model.activation={activation}", f"loss={loss}"]))

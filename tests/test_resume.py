@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kfactory.config import ConfigError
-from kfactory.resume import BACKUP_METADATA, check_run_dir, restore_history
+from kfactory.errors import ConfigError
+from kfactory.train.resume import BACKUP_METADATA, check_run_dir, restore_history
 from tests.conftest import ROOT, TINY, compose_config, run_cli
 
 HEADER = "epoch,accuracy,loss,val_accuracy,val_loss\n"
@@ -56,7 +56,7 @@ def test_restore_history_drops_rows_the_backup_does_not_hold(tmp_path):
 def test_best_checkpoint_and_early_stopping_replay_the_finished_epochs(tmp_path):
     import keras
 
-    from kfactory.callbacks import BestModelCheckpoint, ResumableEarlyStopping
+    from kfactory.train.callbacks import BestModelCheckpoint, ResumableEarlyStopping
 
     past = [{"epoch": 0, "val_accuracy": 0.5}, {"epoch": 1, "val_accuracy": 0.7}, {"epoch": 2, "val_accuracy": 0.6}]
     checkpoint = BestModelCheckpoint(tmp_path / "model.keras", "val_accuracy", {})

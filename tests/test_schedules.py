@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kfactory.config import ConfigError
-from kfactory.schedules import check_schedule, make_learning_rate, schedule_of
+from kfactory.errors import ConfigError
+from kfactory.train.schedules import check_schedule, make_learning_rate, schedule_of
 from tests.conftest import compose_config
 
 STEPS = 4  # optimizer steps per epoch
@@ -63,7 +63,7 @@ def test_bad_schedules_are_refused(overrides, key):
 def test_fit_logs_the_learning_rate_of_every_epoch_and_plateau_lowers_it():
     import keras
 
-    from kfactory.schedules import learning_rate_logger, schedule_callbacks
+    from kfactory.train.schedules import learning_rate_logger, schedule_callbacks
 
     cfg = compose_config(
         ["optimizer/schedule=plateau", "optimizer.schedule.patience=0", "optimizer.schedule.factor=0.5"]

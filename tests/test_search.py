@@ -48,7 +48,7 @@ def assert_run_layout(job: Path) -> None:
 def test_joblib_jobs_share_the_cores(cfg_factory, tmp_path, monkeypatch, n_jobs, expected):
     from hydra.core.hydra_config import HydraConfig
 
-    from kfactory.compute import launcher_thread_budget
+    from kfactory.train.compute import launcher_thread_budget
 
     cfg = cfg_factory(["hydra/launcher=joblib", f"hydra.launcher.n_jobs={n_jobs}"], run_dir=tmp_path)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
@@ -61,7 +61,7 @@ def test_joblib_jobs_share_the_cores(cfg_factory, tmp_path, monkeypatch, n_jobs,
 def test_the_basic_launcher_leaves_threads_alone(cfg_factory, tmp_path, monkeypatch):
     from hydra.core.hydra_config import HydraConfig
 
-    from kfactory.compute import launcher_thread_budget
+    from kfactory.train.compute import launcher_thread_budget
 
     monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
     HydraConfig.instance().set_config(cfg_factory([], run_dir=tmp_path))

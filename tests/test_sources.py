@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kfactory.config import ConfigError
-from kfactory.sources import list_folder, load_digits, read_csv, split_indices
+from kfactory.data.sources import list_folder, load_digits, read_csv, split_indices
+from kfactory.errors import ConfigError
 from tests.conftest import write_image_folder
 
 

@@ -65,7 +65,7 @@ def assert_standalone_matches_predict(model_path: Path, table: pd.DataFrame, cwd
 
 
 def test_model_keras_loads_and_predicts_without_kfactory(tmp_path):
-    from kfactory.predict import predict
+    from kfactory.use.predict import predict
 
     images = write_images(tmp_path / "images")
     model_path = train_tiny_model(tmp_path / "run", images)

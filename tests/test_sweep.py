@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from kfactory.resolvers import VARIED_KEYS_FILE, job_dirname, safe_dirname
-from kfactory.sweep import SweepSummary, summarize_sweep
+from kfactory.config.resolvers import VARIED_KEYS_FILE, job_dirname, safe_dirname
+from kfactory.report.sweep import SweepSummary, summarize_sweep
 from tests.conftest import TINY, run_cli
 
 # Two jobs train (dropout 0 and 0.5); two are refused before TensorFlow (a weights file that does not exist).
@@ -136,7 +136,7 @@ def test_compare_cli_reads_the_sweep(sweep, tmp_path: Path):
     root, _ = sweep
     csv, png = tmp_path / "scalars.csv", tmp_path / "acc.png"
     args = [str(root), "--csv", str(csv), "--plot", "validation/epoch_accuracy", "--png", str(png)]
-    result = subprocess.run([sys.executable, "-m", "kfactory.compare", *args], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "kfactory.report.compare", *args], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     scalars = pd.read_csv(csv)
     assert scalars["job"].nunique() == 2

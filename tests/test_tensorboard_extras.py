@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing import plugin_event_accumulator as acc
 from tensorboard.plugins.hparams import metadata as hparams_metadata  # noqa: E402
 from tensorboard.util import tensor_util  # noqa: E402
 
-from kfactory.tensorboard_extras import (  # noqa: E402
+from kfactory.train.tensorboard import (  # noqa: E402
     ValidationSummaries,
     decode_labels,
     grid_order,
@@ -141,7 +141,8 @@ def test_outputs_become_probabilities():
     ],
 )
 def test_bad_settings_are_refused_before_training(override: str, accepted: str):
-    from kfactory.config import ConfigError, validate
+    from kfactory.config.validate import validate
+    from kfactory.errors import ConfigError
 
     with pytest.raises(ConfigError, match=accepted):
         validate(compose_config([override]))

@@ -36,7 +36,7 @@ def test_train_writes_model_metrics_history_tensorboard_and_config(trained_run):
 def test_saved_model_loads_with_plain_keras_and_carries_class_names(trained_run):
     import keras
 
-    from kfactory.checkpoint import read_metadata
+    from kfactory.model.checkpoint import read_metadata
 
     run_dir, _ = trained_run
     model = keras.models.load_model(run_dir / "model.keras")
@@ -60,7 +60,7 @@ def test_eval_reproduces_the_runs_test_metrics(trained_run, tmp_path):
 def test_predict_writes_top_k_labels_and_probabilities(trained_run, tmp_path):
     from PIL import Image
 
-    from kfactory.sources import load_digits
+    from kfactory.data.sources import load_digits
 
     run_dir, _ = trained_run
     digits = load_digits()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kfactory.config import ConfigError
+from kfactory.errors import ConfigError
 from tests.conftest import compose_config
 
 
 def build(overrides: list[str], classes: int = 3):
-    from kfactory.models import build_model
+    from kfactory.model.build import build_model
 
     return build_model(compose_config([*overrides, "model.input_size=[32,32]"]), classes)
 
@@ -25,7 +25,7 @@ def save_vgg16_base(tmp_path):
 
 
 def test_a_local_weights_file_is_loaded_into_the_base(tmp_path):
-    from kfactory.finetune import find_base
+    from kfactory.train.finetune import find_base
 
     source, path = save_vgg16_base(tmp_path)
     loaded = find_base(build(["model=vgg16", f"model.weights={path}"]))

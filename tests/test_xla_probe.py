@@ -9,7 +9,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from kfactory.xla_probe import XlaProbe  # noqa: E402
+from kfactory.train.xla_probe import XlaProbe  # noqa: E402
 
 STEPS = 10  # 1 + 2 plain steps, 1 + 2 with XLA, then 4 with the choice
 
@@ -94,8 +94,8 @@ def test_a_long_cpu_run_times_xla_then_trains_on_with_the_faster_way(tmp_path, m
     import logging
     import re
 
-    from kfactory import compute
-    from kfactory.train import train
+    from kfactory.train import compute
+    from kfactory.train.loop import train
     from tests.conftest import TINY, compose_config
 
     monkeypatch.setattr(compute, "XLA_MEASURE_MIN_STEPS", 10)  # 5 epochs of 2 steps count as a long run

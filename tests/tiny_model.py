@@ -30,9 +30,9 @@ def train_tiny_model(run_dir: Path, images: Path) -> Path:
     import keras
     from PIL import Image
 
-    from kfactory.checkpoint import MODEL_FILE, save_model
-    from kfactory.models import build_model
-    from kfactory.sources import list_folder
+    from kfactory.data.sources import list_folder
+    from kfactory.model.build import build_model
+    from kfactory.model.checkpoint import MODEL_FILE, save_model
 
     model_keys = ["model=mobilenet", "model.weights=null", f"model.input_size={SIZE}", "model.bn_momentum=0.0"]
     cfg = compose_config(["data=folder", f"data.path={images}", *model_keys])

@@ -12,7 +12,7 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
-from kfactory.config import split_override
+from kfactory.overrides import split_override
 
 # (config group, option) -> (plugin module, pip extra)
 PLUGINS: dict[tuple[str, str], tuple[str, str]] = {

@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING, Any
 import keras
 from omegaconf import DictConfig
 
-from kfactory.checkpoint import save_model
-from kfactory.config import monitor_mode
 from kfactory.errors import RunStopped
-from kfactory.resume import backup_dir
+from kfactory.model.checkpoint import save_model
+from kfactory.registry import monitor_mode
+from kfactory.train.resume import backup_dir
 
 if TYPE_CHECKING:
-    from kfactory.data import Splits
+    from kfactory.data.pipeline import Splits
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):
@@ -138,7 +138,7 @@ def make_callbacks(
         StopOnNaN(),
     ]
     if board and splits is not None:
-        from kfactory.tensorboard_extras import ValidationSummaries  # matplotlib, TensorBoard plugins
+        from kfactory.train.tensorboard import ValidationSummaries  # matplotlib, TensorBoard plugins
 
         callbacks.append(ValidationSummaries(run_dir / "tensorboard", splits.val, splits.class_names, cfg))
     if cfg.trainer.early_stopping:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from kfactory.config import ConfigError
+from kfactory.errors import ConfigError
 
 if TYPE_CHECKING:
     import keras

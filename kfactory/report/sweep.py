@@ -15,8 +15,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from kfactory.config import monitor_mode, split_override
-from kfactory.resolvers import VARIED_KEYS_FILE  # registers the resolvers (also in launcher workers)
+from kfactory.config.resolvers import VARIED_KEYS_FILE  # registers the resolvers (also in launcher workers)
+from kfactory.overrides import split_override
+from kfactory.registry import monitor_mode
 
 ERROR_FILE = "error.txt"  # kfactory.app writes it in a failed job's directory
 METRICS_FILES = ("metrics.json", "eval_metrics.json")  # task=train, task=eval
@@ -28,7 +29,7 @@ class SweepSummary(Callback):
     """Record the varied keys before the jobs; write the leaderboard after them, exit 1 if a job failed."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        # Job directories are named after these keys only (kfactory.resolvers.job_dirname)
+        # Job directories are named after these keys only (kfactory.config.resolvers.job_dirname)
         root = Path(str(config.hydra.sweep.dir))
         root.mkdir(parents=True, exist_ok=True)
         (root / VARIED_KEYS_FILE).write_text("".join(f"{key}\n" for key in varied_keys(config)))

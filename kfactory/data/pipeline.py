@@ -2,7 +2,7 @@
 
 Files are read and decoded in parallel, no Python per image. With
 ``data.cache=memory`` every file is decoded and resized once, by the check for
-unreadable files (``kfactory.image_check``), and batches are gathered from that
+unreadable files (``kfactory.data.image_check``), and batches are gathered from that
 array; with ``disk`` or ``none`` the pipeline decodes files (and caches them to a
 file for ``disk``). In-memory arrays of other sizes are resized per batch.
 """
@@ -16,12 +16,11 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
 
-from kfactory.augment import build_augmenter
-from kfactory.config import input_size
-from kfactory.image_check import drop_unreadable, read_image
-from kfactory.models import output_units
-from kfactory.registry import sparse_labels
-from kfactory.sources import ImageSource, describe_source, split_indices
+from kfactory.data.augment import build_augmenter
+from kfactory.data.image_check import drop_unreadable, read_image
+from kfactory.data.sources import ImageSource, describe_source, split_indices
+from kfactory.model.build import output_units
+from kfactory.registry import input_size, sparse_labels
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -60,7 +59,7 @@ def load_source(data: DictConfig) -> ImageSource:
 def make_splits(cfg: DictConfig, run_dir: Path | None = None) -> Splits:
     """Seeded, stratified splits of ``cfg.data`` as batched pipelines."""
     # With a memory cache, the check's single decode pass also fills the cache.
-    decode_size = input_size(cfg) if cfg.data.cache == "memory" else None
+    decode_size = input_size(cfg.model) if cfg.data.cache == "memory" else None
     source, skipped = drop_unreadable(load_source(cfg.data), cfg.data, run_dir, decode_size)
     train_idx, val_idx, test_idx = split_indices(source.labels, cfg.data.val_split, cfg.data.test_split, cfg.seed)
     indices = {"train": train_idx, "val": val_idx, "test": test_idx}
@@ -89,7 +88,7 @@ def make_dataset(
     batch from shuffled indices, so neither shuffling nor an epoch copies whole
     images.
     """
-    size = input_size(cfg)
+    size = input_size(cfg.model)
     labels = source.labels[indices]
     if source.images is None:
         paths = np.asarray(source.paths)[indices]

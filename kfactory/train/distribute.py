@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from kfactory.config import ConfigError
+from kfactory.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

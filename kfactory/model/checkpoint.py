@@ -8,7 +8,8 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kfactory.config import ConfigError, expand_path
+from kfactory.errors import ConfigError
+from kfactory.paths import expand_path
 
 if TYPE_CHECKING:
     import keras
@@ -18,7 +19,7 @@ METADATA_ENTRY = "kfactory.json"  # extra entry in the .keras zip; Keras ignores
 KERAS_ENTRY = "config.json"  # every .keras zip Keras writes holds its architecture here
 # Beside a SavedModel, in the folder TF Serving keeps for extra files.
 SAVED_MODEL_METADATA = f"assets.extra/{METADATA_ENTRY}"
-# The serving signatures of an exported SavedModel (kfactory.export writes them).
+# The serving signatures of an exported SavedModel (kfactory.use.export writes them).
 BYTES_SIGNATURE = "serving_default"  # a batch of encoded JPEG/PNG images
 PIXELS_SIGNATURE = "serving_pixels"  # a batch of uint8 RGB pixels at the input size
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from kfactory.config import ConfigError
+from kfactory.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

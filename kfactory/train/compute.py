@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
-from kfactory.distribute import split_cpu
+from kfactory.train.distribute import split_cpu
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 # benchmarks/RESULTS.md, ResNet50 at 32 px was 0.43-0.52x and ResNet50 and
 # DenseNet121 at 96 px 0.62x and 0.70x. The same model and size gain or lose by
 # machine, so on CPU `auto` times both ways during a long run's first steps
-# (kfactory.xla_probe.XlaProbe), except where every measurement agrees that XLA loses.
+# (kfactory.train.xla_probe.XlaProbe), except where every measurement agrees that XLA loses.
 XLA_CPU_SLOW_FAMILIES = ("mobilenet", "efficientnet", "nasnet", "xception", "convnext")  # depthwise convs
 XLA_CPU_MAX_SIDE = 128  # at 224 px XLA made ResNet50 0.62x as fast
 XLA_MIN_STEPS = 40  # GPU: compiling cost about 16 ordinary steps; repay it well

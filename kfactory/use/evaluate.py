@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from kfactory.checkpoint import find_model_file, load_model, read_metadata, write_json_atomic
-from kfactory.data import make_splits
-from kfactory.models import to_probabilities
-from kfactory.train import compile_model
+from kfactory.data.pipeline import make_splits
+from kfactory.model.build import to_probabilities
+from kfactory.model.checkpoint import find_model_file, load_model, read_metadata, write_json_atomic
+from kfactory.train.loop import compile_model
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from kfactory.config import ConfigError, expand_path
+from kfactory.errors import ConfigError
+from kfactory.paths import expand_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -26,7 +27,7 @@ class ImageSource:
     class_names: list[str]
     labels: np.ndarray  # int64, one per image
     paths: list[str] | None = None
-    images: np.ndarray | None = None  # uint8, (N, H, W, C); a tf.Tensor once kfactory.data has decoded files
+    images: np.ndarray | None = None  # uint8, (N, H, W, C); a tf.Tensor once kfactory.data.pipeline has decoded files
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -40,7 +41,7 @@ def describe_source(data: DictConfig) -> ImageSource:
         return list_folder(data.path)
     if data.source == "csv":
         return read_csv(data.csv, data.path_column, data.label_column)
-    raise ConfigError("data.source", data.source, "digits, folder or csv here; keras is loaded by kfactory.data")
+    raise ConfigError("data.source", data.source, "digits, folder or csv here (keras is loaded by the pipeline)")
 
 
 def load_digits() -> ImageSource:

@@ -19,7 +19,8 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
 
-from kfactory.checkpoint import (
+from kfactory.data.image_check import decode_image, read_image
+from kfactory.model.checkpoint import (
     BYTES_SIGNATURE,
     MODEL_FILE,
     PIXELS_SIGNATURE,
@@ -29,11 +30,10 @@ from kfactory.checkpoint import (
     read_metadata,
     write_json_atomic,
 )
-from kfactory.config import expand_path
-from kfactory.image_check import decode_image, read_image
-from kfactory.model_card import write_model_card
-from kfactory.predict import list_inputs
+from kfactory.paths import expand_path
 from kfactory.registry import PROBABILITY_ACTIVATIONS
+from kfactory.use.model_card import write_model_card
+from kfactory.use.predict import list_inputs
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def export_saved_model(model: keras.Model, metadata: dict[str, Any], target: Pat
 
     def from_pixels(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         outputs = model(tf.cast(pixels, tf.float32), training=False)
-        if activation not in PROBABILITY_ACTIVATIONS:  # logits or scores, as kfactory.models.to_probabilities
+        if activation not in PROBABILITY_ACTIVATIONS:  # logits or scores, as kfactory.model.build.to_probabilities
             outputs = tf.sigmoid(outputs) if outputs.shape[-1] == 1 else tf.nn.softmax(outputs)
         probabilities = tf.concat([1 - outputs, outputs], -1) if outputs.shape[-1] == 1 else outputs
         names = tf.constant(class_names)

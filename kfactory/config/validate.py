@@ -6,14 +6,13 @@ accepted, so a typo costs a second, not a run.
 
 from __future__ import annotations
 
-import os
-import re
-from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
+from kfactory.errors import ConfigError
+from kfactory.paths import expand_path, unset_variables
 from kfactory.registry import (
     ACTIVATIONS,
     CROSSENTROPY_LOSSES,
@@ -22,6 +21,8 @@ from kfactory.registry import (
     MODELS,
     OPTIMIZERS,
     PROBABILITY_ACTIVATIONS,
+    input_size,
+    metric_log_name,
 )
 
 TASKS = ("train", "eval", "predict", "export")
@@ -32,52 +33,9 @@ EXPORT_FORMATS = ("keras", "saved_model", "tflite")
 KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 
 
-class ConfigError(ValueError):
-    """A config value kfactory cannot run with."""
-
-    def __init__(self, key: str, value: Any, accepted: str) -> None:
-        self.key, self.value, self.accepted = key, value, accepted
-        # One line, even when ``accepted`` quotes a multi-line library error.
-        super().__init__(" ".join(f"{key}={_show(value)} is not accepted: {accepted}".split()))
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, (DictConfig, ListConfig)):
-        value = OmegaConf.to_container(value)
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
-
-
-def expand_path(path: str | os.PathLike) -> Path:
-    """A user path with ``~`` and environment variables expanded."""
-    return Path(os.path.expandvars(os.path.expanduser(str(path))))
-
-
-def unset_variables(path: str) -> list[str]:
-    """The ``$NAME`` / ``${NAME}`` variables in ``path`` that the environment does not set."""
-    names = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", str(path))
-    return [name for name in names if name not in os.environ]
-
-
 PATH_KEYS = ("model.weights", "data.path", "data.csv", "ckpt_path", "predict.input")
 WEIGHTS_SUFFIXES = (".h5", ".hdf5", ".keras")  # what keras.Model.load_weights reads
 BOOLEAN_KEYS = ("resume", "unsafe_load")
-
-
-def input_size(cfg: DictConfig) -> tuple[int, int]:
-    """``model.input_size`` as (height, width); a single int means a square."""
-    size = cfg.model.input_size
-    if size is None:
-        side = MODELS[cfg.model.name].default_size
-        return side, side
-    if isinstance(size, int):
-        return size, size
-    if isinstance(size, ListConfig | list | tuple) and len(size) == 2 and all(isinstance(s, int) for s in size):
-        return int(size[0]), int(size[1])
-    raise ConfigError("model.input_size", size, "[height, width] in pixels, or one int")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -137,7 +95,7 @@ def _check_model(cfg: DictConfig) -> None:
     model = cfg.model
     _check_choice("model.name", model.name, MODELS)
     spec = MODELS[model.name]
-    height, width = input_size(cfg)
+    height, width = input_size(cfg.model)
     if min(height, width) < spec.min_size:
         raise ConfigError("model.input_size", [height, width], f"{model.name} needs at least {spec.min_size} px a side")
     weights = model.weights
@@ -198,7 +156,7 @@ def _check_trainer(cfg: DictConfig) -> None:
     _check_choice("trainer.precision", t.precision, PRECISIONS)
     _check_monitor(cfg)
     _check_tensorboard(t)
-    from kfactory.distribute import check_strategy  # no TensorFlow at import
+    from kfactory.train.distribute import check_strategy  # no TensorFlow at import
 
     check_strategy(t)
 
@@ -223,22 +181,6 @@ def _check_monitor(cfg: DictConfig) -> None:
     _check_choice("trainer.monitor", cfg.trainer.monitor, tuple(accepted))
 
 
-def monitor_mode(monitor: str) -> str:
-    """``min`` for a loss, ``max`` for any other monitored metric."""
-    return "min" if "loss" in monitor else "max"
-
-
-def metric_log_name(metric: str) -> str:
-    """The name Keras logs a trainer.metrics entry under."""
-    return {"top_k": "top_k_accuracy", "f1": "f1_score"}.get(metric, metric)
-
-
-def split_override(override: str) -> tuple[str, str]:
-    """A command-line override as (key, value): ``+model.dropout=0.5`` -> ("model.dropout", "0.5")."""
-    key, _, value = override.partition("=")
-    return key.strip().lstrip("+~"), value.strip()
-
-
 def _check_data(cfg: DictConfig) -> None:
     data = cfg.data
     _check_choice("data.source", data.source, DATA_SOURCES)
@@ -253,17 +195,17 @@ def _check_data(cfg: DictConfig) -> None:
     if data.source == "keras":
         _check_choice("data.name", data.name, KERAS_DATASETS)
     elif data.source in ("folder", "csv"):
-        from kfactory.sources import describe_source  # lists files only, no TensorFlow
+        from kfactory.data.sources import describe_source  # lists files only, no TensorFlow
 
         describe_source(data)
 
 
 def _check_transfer(cfg: DictConfig) -> None:
     """Fine-tuning phases, augmentation, schedule and class weights (modules import no TensorFlow)."""
-    from kfactory.augment import check_augment
-    from kfactory.class_weights import check_class_weight
-    from kfactory.finetune import check_finetune
-    from kfactory.schedules import check_schedule
+    from kfactory.data.augment import check_augment
+    from kfactory.data.class_weights import check_class_weight
+    from kfactory.train.finetune import check_finetune
+    from kfactory.train.schedules import check_schedule
 
     check_finetune(cfg)
     check_augment(cfg)
@@ -275,7 +217,7 @@ def _check_transfer(cfg: DictConfig) -> None:
 
 
 def _check_checkpoint(cfg: DictConfig) -> None:
-    from kfactory.checkpoint import find_model_file
+    from kfactory.model.checkpoint import find_model_file
 
     if find_model_file(cfg.ckpt_path).is_dir() and cfg.task != "predict":
         accepted = f"for task={cfg.task}, a run directory or .keras file (an exported SavedModel serves task=predict)"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from kfactory.config import ConfigError
+from kfactory.errors import ConfigError
 
 BACKUP_DIR = "backup"
 HISTORY_FILE = "history.csv"

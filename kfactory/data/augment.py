@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from kfactory.config import ConfigError, input_size
-from kfactory.registry import sparse_labels
+from kfactory.errors import ConfigError
+from kfactory.registry import input_size, sparse_labels
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -75,7 +75,7 @@ def build_augmenter(cfg: DictConfig) -> Callable | None:
     entries = augment_entries(cfg.data)
     if not entries:
         return None
-    size = input_size(cfg)
+    size = input_size(cfg.model)
     layers = [(e["name"], _make_layer(keras, index, e, cfg.seed, size)) for index, e in enumerate(entries)]
 
     def augment(images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from kfactory.config import ConfigError, monitor_mode
+from kfactory.errors import ConfigError
+from kfactory.registry import monitor_mode
 
 if TYPE_CHECKING:
     import keras
 
-    from kfactory.data import Splits
+    from kfactory.data.pipeline import Splits
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def fit_in_phases(
 
     Returns the last phase's History with the epochs and logs of all phases.
     """
-    from kfactory.schedules import learning_rate_logger, make_learning_rate, schedule_callbacks, schedule_of
+    from kfactory.train.schedules import learning_rate_logger, make_learning_rate, schedule_callbacks, schedule_of
 
     schedule = schedule_of(cfg.optimizer)
     mode = monitor_mode(cfg.trainer.monitor)
@@ -211,7 +212,7 @@ def _for_phase(callbacks: list, number: int, total: int, first_epoch: int) -> li
     """The run's callbacks, with any BackupAndRestore given a directory per phase, early stopping the phase start."""
     import keras
 
-    from kfactory.callbacks import ResumableEarlyStopping
+    from kfactory.train.callbacks import ResumableEarlyStopping
 
     if total == 1:
         return callbacks

@@ -19,13 +19,14 @@ import pandas as pd
 import tensorflow as tf
 from omegaconf import DictConfig
 
-from kfactory.annotate import annotate_image, annotated_path, contact_sheet, input_root
-from kfactory.checkpoint import PIXELS_SIGNATURE, find_model_file, is_saved_model, load_model, read_metadata
-from kfactory.config import ConfigError, expand_path
-from kfactory.data import AUTOTUNE
-from kfactory.image_check import read_image
-from kfactory.models import to_probabilities
-from kfactory.sources import class_folders, csv_paths, is_image_file, list_folder
+from kfactory.data.image_check import read_image
+from kfactory.data.pipeline import AUTOTUNE
+from kfactory.data.sources import class_folders, csv_paths, is_image_file, list_folder
+from kfactory.errors import ConfigError
+from kfactory.model.build import to_probabilities
+from kfactory.model.checkpoint import PIXELS_SIGNATURE, find_model_file, is_saved_model, load_model, read_metadata
+from kfactory.paths import expand_path
+from kfactory.use.annotate import annotate_image, annotated_path, contact_sheet, input_root
 
 log = logging.getLogger(__name__)
 

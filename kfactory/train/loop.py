@@ -10,22 +10,21 @@ from typing import Any
 import keras
 from omegaconf import DictConfig, OmegaConf
 
-from kfactory.augment import augment_entries, write_augmented_images
-from kfactory.callbacks import BestModelCheckpoint, make_callbacks, stop_if_diverged
-from kfactory.checkpoint import MODEL_FILE, load_model, write_json_atomic
-from kfactory.class_weights import class_weights, record_class_counts
-from kfactory.compute import choose_jit_compile, configure_tensorflow
-from kfactory.config import ConfigError, input_size, metric_log_name
-from kfactory.data import Splits, make_dataset, make_splits
-from kfactory.distribute import make_strategy
-from kfactory.errors import RunStopped
-from kfactory.finetune import fit_in_phases
-from kfactory.image_check import SKIPPED_FILE
-from kfactory.models import build_model, output_units
-from kfactory.registry import LOSSES, OPTIMIZERS, sparse_labels
-from kfactory.resume import drop_empty_backup, restore_history
-from kfactory.tensorboard_extras import write_final_summaries
-from kfactory.xla_probe import XlaProbe
+from kfactory.data.augment import augment_entries, write_augmented_images
+from kfactory.data.class_weights import class_weights, record_class_counts
+from kfactory.data.image_check import SKIPPED_FILE
+from kfactory.data.pipeline import Splits, make_dataset, make_splits
+from kfactory.errors import ConfigError, RunStopped
+from kfactory.model.build import build_model, output_units
+from kfactory.model.checkpoint import MODEL_FILE, load_model, write_json_atomic
+from kfactory.registry import LOSSES, OPTIMIZERS, input_size, metric_log_name, sparse_labels
+from kfactory.train.callbacks import BestModelCheckpoint, make_callbacks, stop_if_diverged
+from kfactory.train.compute import choose_jit_compile, configure_tensorflow
+from kfactory.train.distribute import make_strategy
+from kfactory.train.finetune import fit_in_phases
+from kfactory.train.resume import drop_empty_backup, restore_history
+from kfactory.train.tensorboard import write_final_summaries
+from kfactory.train.xla_probe import XlaProbe
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     xla = choose_jit_compile(
         cfg.trainer.jit_compile,
         cfg.model.name,
-        max(input_size(cfg)),
+        max(input_size(cfg.model)),
         steps * cfg.trainer.epochs,
         deterministic=bool(cfg.trainer.get("deterministic")),
         distributed=strategy.num_replicas_in_sync > 1,
@@ -183,7 +182,7 @@ def model_metadata(cfg: DictConfig, splits: Splits) -> dict[str, Any]:
     return {
         "class_names": splits.class_names,
         "model": cfg.model.name,
-        "input_size": list(input_size(cfg)),
+        "input_size": list(input_size(cfg.model)),
         "loss": cfg.loss.name,
         "activation": cfg.model.activation,
     }

@@ -21,8 +21,8 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
 
-from kfactory.config import ConfigError
-from kfactory.sources import ImageSource
+from kfactory.data.sources import ImageSource
+from kfactory.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from omegaconf import DictConfig
 
-from kfactory.config import ConfigError, expand_path, input_size
-from kfactory.registry import MODELS, PROBABILITY_ACTIVATIONS
+from kfactory.errors import ConfigError
+from kfactory.paths import expand_path
+from kfactory.registry import MODELS, PROBABILITY_ACTIVATIONS, input_size
 
 if TYPE_CHECKING:
     import keras
@@ -50,13 +51,13 @@ def build_model(cfg: DictConfig, num_classes: int) -> keras.Model:
     import keras
 
     spec = MODELS[cfg.model.name]
-    height, width = input_size(cfg)
+    height, width = input_size(cfg.model)
     inputs = keras.Input((height, width, 3), name="image")
     base = build_backbone(cfg, num_classes)
     x = preprocess(inputs, spec.preprocess)
     # A pretrained base keeps BatchNormalization in inference mode, also when
     # unfrozen; from scratch its statistics must learn. Keras 3's fit ignores this
-    # nested training=False, so kfactory.finetune also keeps those layers
+    # nested training=False, so kfactory.train.finetune also keeps those layers
     # non-trainable (which Keras runs in inference mode); the flag still holds
     # for calls outside fit.
     pretrained = cfg.model.weights is not None
@@ -79,7 +80,7 @@ def build_backbone(cfg: DictConfig, num_classes: int) -> keras.Model:
     import keras
 
     spec = MODELS[cfg.model.name]
-    height, width = input_size(cfg)
+    height, width = input_size(cfg.model)
     weights = cfg.model.weights
     weights_file = None if weights in (None, "imagenet") else expand_path(weights)
     kwargs = {"include_top": bool(cfg.model.include_top), "input_shape": (height, width, 3)}

@@ -1,6 +1,6 @@
 """Choose XLA by timing: the first training steps run without it, the next with it, and the faster stays.
 
-Used by ``trainer.jit_compile=auto`` on CPU for long runs (``kfactory.compute.xla_rule``),
+Used by ``trainer.jit_compile=auto`` on CPU for long runs (``kfactory.train.compute.xla_rule``),
 where XLA made the same model and input size faster on one machine and slower on
 another. The timed steps are ordinary training steps, so nothing is trained twice;
 what the probe costs is one XLA compile, and a few slow steps when XLA loses.

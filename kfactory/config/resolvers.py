@@ -14,10 +14,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from kfactory.config import split_override
+from kfactory.overrides import split_override
 
 MAX_DIRNAME = 80  # characters; longer names keep a prefix plus a short hash
-VARIED_KEYS_FILE = "varied_keys.txt"  # written at the sweep root by kfactory.sweep before the jobs run
+VARIED_KEYS_FILE = "varied_keys.txt"  # written at the sweep root by kfactory.report.sweep before the jobs run
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+@-]+")  # '/' and anything a shell or Windows would trip on
 
 
@@ -36,7 +36,7 @@ def safe_dirname(name: str, max_length: int = MAX_DIRNAME) -> str:
 
 
 def read_varied_keys(sweep_dir: str | Path) -> set[str]:
-    """The keys the sweep varies, as kfactory.sweep recorded them; empty if unknown."""
+    """The keys the sweep varies, as kfactory.report.sweep recorded them; empty if unknown."""
     path = Path(str(sweep_dir)) / VARIED_KEYS_FILE
     return set(path.read_text().split()) if path.exists() else set()
 

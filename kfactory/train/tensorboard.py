@@ -22,8 +22,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from tensorboard.plugins.hparams import api as hp
 from tensorboard.plugins.pr_curve import summary as pr_summary
 
-from kfactory.config import input_size, metric_log_name, split_override
-from kfactory.models import to_probabilities
+from kfactory.model.build import to_probabilities
+from kfactory.overrides import split_override
+from kfactory.registry import input_size, metric_log_name
 
 # Overridden keys that are already logged under a shorter name.
 _HPARAM_ALIASES = {
@@ -203,7 +204,7 @@ def png_to_batch(png: bytes) -> tf.Tensor:
 
 def run_hparams(cfg: DictConfig) -> dict[str, bool | int | float | str]:
     """The run's hyperparameters for the HParams dashboard, every overridden key included."""
-    height, width = input_size(cfg)
+    height, width = input_size(cfg.model)
     values: dict[str, bool | int | float | str] = {
         "model": cfg.model.name,
         "weights": hparam_value(cfg.model.weights),
