@@ -16,9 +16,11 @@ from omegaconf import DictConfig
 from kfactory.config.resolvers import register_resolvers
 from kfactory.config.validate import validate
 from kfactory.errors import ConfigError, RunStopped, Terminated
+from kfactory.schema import register_schema
 from kfactory.train.resume import check_run_dir
 
 register_resolvers()  # before Hydra composes: hydra.sweep.subdir uses ${kf_job_dirname:...}
+register_schema()  # before Hydra composes: conf/config.yaml starts from the schema's defaults
 
 log = logging.getLogger("kfactory")
 
@@ -40,7 +42,7 @@ def kfactory(cfg: DictConfig) -> float | None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     stop_on_sigterm()
     try:
-        validate(cfg)
+        cfg = validate(cfg)  # typed by the schema from here on
         check_run_dir(cfg, run_dir, "hydra.sweep.dir" if multirun else "hydra.run.dir")
         return run_task(cfg, run_dir)
     except (ConfigError, RunStopped) as error:

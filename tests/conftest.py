@@ -12,6 +12,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+from kfactory.schema import register_schema
+
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"
 
@@ -27,6 +29,7 @@ TINY = [
 
 def compose_config(overrides: list[str] | None = None, run_dir: Path | None = None) -> DictConfig:
     """The real composed config, as ``run.py`` would see it."""
+    register_schema()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides or [], return_hydra_config=run_dir is not None)
     if run_dir is not None:

@@ -1,7 +1,9 @@
 """Checks on a composed run config, made before TensorFlow is imported.
 
-Every refusal is one line that names the key, the value received and what is
-accepted, so a typo costs a second, not a run.
+First the schema (kfactory/schema.py) types every key; then the checks
+here refuse values of the right type a run still cannot use (ranges, choices,
+combinations). Every refusal is one line that names the key, the value received
+and what is accepted, so a typo costs a second, not a run.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from kfactory.registry import (
     input_size,
     metric_log_name,
 )
+from kfactory.schema import apply_schema
 
 TASKS = ("train", "eval", "predict", "export")
 CACHE_MODES = ("memory", "disk", "none")
@@ -35,32 +38,31 @@ KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 
 PATH_KEYS = ("model.weights", "data.path", "data.csv", "ckpt_path", "predict.input")
 WEIGHTS_SUFFIXES = (".h5", ".hdf5", ".keras")  # what keras.Model.load_weights reads
-BOOLEAN_KEYS = ("resume", "unsafe_load")
+REQUIRED_BY_SOURCE = {"folder": "path", "csv": "csv"}  # null in the schema, required by these sources
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first value of ``cfg`` a run cannot use."""
+def validate(cfg: DictConfig) -> DictConfig:
+    """``cfg`` typed by the schema; raise ConfigError for the first value a run cannot use."""
     try:
+        cfg = apply_schema(cfg)
         _validate(cfg)
     except MissingMandatoryValue as error:  # a ``???`` the user has not set, e.g. data.path
         raise ConfigError(error.full_key, "???", f"a value: add {error.full_key}=... to the command line") from None
     except InterpolationResolutionError as error:  # e.g. ${HOME} read as a config key, not the variable
         accepted = f"an interpolation that resolves ({str(error).splitlines()[0]}); environment variables: $NAME"
         raise ConfigError(error.full_key, "${...}", accepted) from None
+    return cfg
 
 
 def _validate(cfg: DictConfig) -> None:
     _check_choice("task", cfg.task, TASKS)
     _check_paths(cfg)
-    for key in BOOLEAN_KEYS:
-        if not isinstance(cfg.get(key, False), bool):
-            raise ConfigError(key, cfg.get(key), "true or false")
     if cfg.task == "train":
-        _check_model(cfg)
-        _check_loss(cfg)
-        _check_optimizer(cfg)
-        _check_trainer(cfg)
-        _check_data(cfg)
+        _check_model(cfg.model)
+        _check_loss(cfg.loss, cfg.model.activation)
+        _check_optimizer(cfg.optimizer)
+        _check_trainer(cfg.trainer)
+        _check_data(cfg.data)
         _check_transfer(cfg)
     else:
         _check_checkpoint(cfg)
@@ -83,19 +85,16 @@ def _check_paths(cfg: DictConfig) -> None:
             raise ConfigError(key, value, f"a path whose environment variables are set (${unset[0]} is not)")
 
 
-def _check_number(key: str, value: Any, low: float, high: float | None, closed_high: bool, what: str) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= low
-    if ok and high is not None:
-        ok = value <= high if closed_high else value < high
-    if not ok:
+def _check_number(key: str, value: float, low: float, high: float | None, what: str) -> None:
+    """Refuse ``value`` outside ``[low, high)`` (the schema has made it a number)."""
+    if value < low or (high is not None and value >= high):
         raise ConfigError(key, value, what)
 
 
-def _check_model(cfg: DictConfig) -> None:
-    model = cfg.model
+def _check_model(model: DictConfig) -> None:
     _check_choice("model.name", model.name, MODELS)
     spec = MODELS[model.name]
-    height, width = input_size(cfg.model)
+    height, width = input_size(model)
     if min(height, width) < spec.min_size:
         raise ConfigError("model.input_size", [height, width], f"{model.name} needs at least {spec.min_size} px a side")
     weights = model.weights
@@ -112,16 +111,15 @@ def _check_model(cfg: DictConfig) -> None:
             f"with model.include_top=true and ImageNet weights, {model.name} takes only "
             f"[{spec.default_size}, {spec.default_size}]; use model.include_top=false for other sizes",
         )
-    _check_number("model.dropout", model.dropout, 0, 1, False, "a number in [0, 1)")
+    _check_number("model.dropout", model.dropout, 0, 1, "a number in [0, 1)")
     _check_choice("model.activation", model.activation, ACTIVATIONS)
-    if model.get("bn_momentum") is not None:
-        _check_number("model.bn_momentum", model.bn_momentum, 0, 1, False, "null or a number in [0, 1)")
+    if model.bn_momentum is not None:
+        _check_number("model.bn_momentum", model.bn_momentum, 0, 1, "null or a number in [0, 1)")
 
 
-def _check_loss(cfg: DictConfig) -> None:
-    name = cfg.loss.name
+def _check_loss(loss: DictConfig, activation: str) -> None:
+    name = loss.name
     _check_choice("loss.name", name, LOSSES)
-    activation = cfg.model.activation
     if name in CROSSENTROPY_LOSSES and activation not in PROBABILITY_ACTIVATIONS | {"linear"}:
         wanted = "sigmoid" if name.startswith("binary") else "softmax"
         raise ConfigError(
@@ -129,69 +127,63 @@ def _check_loss(cfg: DictConfig) -> None:
             activation,
             f"loss={name} needs probabilities: use model.activation={wanted} (or linear for logits)",
         )
-    smoothing = cfg.loss.get("label_smoothing", 0.0)
-    _check_number("loss.label_smoothing", smoothing, 0, 1, False, "a number in [0, 1)")
+    if "label_smoothing" in loss:  # a Keras argument of the crossentropy losses: not in the schema
+        smoothing = loss.label_smoothing
+        if not isinstance(smoothing, (int, float)) or isinstance(smoothing, bool) or not 0 <= smoothing < 1:
+            raise ConfigError("loss.label_smoothing", smoothing, "a number in [0, 1)")
 
 
-def _check_optimizer(cfg: DictConfig) -> None:
-    _check_choice("optimizer.name", cfg.optimizer.name, OPTIMIZERS)
-    lr = cfg.optimizer.learning_rate
-    _check_number("optimizer.learning_rate", lr, 0, None, False, "a number > 0")
-    if lr == 0:
-        raise ConfigError("optimizer.learning_rate", lr, "a number > 0")
+def _check_optimizer(optimizer: DictConfig) -> None:
+    _check_choice("optimizer.name", optimizer.name, OPTIMIZERS)
+    if optimizer.learning_rate <= 0:
+        raise ConfigError("optimizer.learning_rate", optimizer.learning_rate, "a number > 0")
 
 
-def _check_trainer(cfg: DictConfig) -> None:
-    t = cfg.trainer
-    if not isinstance(t.epochs, int) or isinstance(t.epochs, bool) or t.epochs < 1:
+def _check_trainer(t: DictConfig) -> None:
+    if t.epochs < 1:
         raise ConfigError("trainer.epochs", t.epochs, "an integer >= 1")
     _check_choice("trainer.verbose", t.verbose, (0, 1, 2))
     for metric in t.metrics:
         _check_choice("trainer.metrics", metric, METRICS)
     for key in ("steps_per_epoch", "validation_steps", "early_stopping", "threads"):
-        value = t.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise ConfigError(f"trainer.{key}", value, "null or an integer >= 1")
-    _check_choice("trainer.jit_compile", t.jit_compile, ("auto", True, False))
+        if t[key] is not None and t[key] < 1:
+            raise ConfigError(f"trainer.{key}", t[key], "null or an integer >= 1")
+    if t.jit_compile != "auto" and not isinstance(t.jit_compile, bool):  # typed Any: auto, true or false
+        raise ConfigError("trainer.jit_compile", t.jit_compile, "one of auto, true, false")
     _check_choice("trainer.precision", t.precision, PRECISIONS)
-    _check_monitor(cfg)
-    _check_tensorboard(t)
+    _check_monitor(t)
+    _check_tensorboard(t.tensorboard)
     from kfactory.train.distribute import check_strategy  # no TensorFlow at import
 
     check_strategy(t)
 
 
-def _check_tensorboard(trainer: DictConfig) -> None:
-    board = trainer.get("tensorboard")
-    if board is None:
-        return
+def _check_tensorboard(board: DictConfig) -> None:
     minimums = {"histogram_freq": 0, "summary_freq": 0, "images": 0, "max_samples": 1, "pr_thresholds": 2}
     for key, low in minimums.items():
-        value = board[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ConfigError(f"trainer.tensorboard.{key}", value, f"an integer >= {low}")
-    for key in ("write_graph", "pr_curves", "confusion_matrix", "hparams"):
-        if not isinstance(board[key], bool):
-            raise ConfigError(f"trainer.tensorboard.{key}", board[key], "true or false")
+        if board[key] < low:
+            raise ConfigError(f"trainer.tensorboard.{key}", board[key], f"an integer >= {low}")
 
 
-def _check_monitor(cfg: DictConfig) -> None:
-    names = ["loss", *(metric_log_name(m) for m in cfg.trainer.metrics)]
+def _check_monitor(trainer: DictConfig) -> None:
+    names = ["loss", *(metric_log_name(m) for m in trainer.metrics)]
     accepted = [f"{split}{n}" for split in ("val_", "") for n in names]
-    _check_choice("trainer.monitor", cfg.trainer.monitor, tuple(accepted))
+    _check_choice("trainer.monitor", trainer.monitor, tuple(accepted))
 
 
-def _check_data(cfg: DictConfig) -> None:
-    data = cfg.data
+def _check_data(data: DictConfig) -> None:
     _check_choice("data.source", data.source, DATA_SOURCES)
-    if not isinstance(data.batch_size, int) or data.batch_size < 1:
+    if data.batch_size < 1:
         raise ConfigError("data.batch_size", data.batch_size, "an integer >= 1")
     for key in ("val_split", "test_split"):
-        _check_number(f"data.{key}", data[key], 0, 1, False, "a fraction in [0, 1)")
+        _check_number(f"data.{key}", data[key], 0, 1, "a fraction in [0, 1)")
     if data.val_split + data.test_split >= 1:
         total = data.val_split + data.test_split
         raise ConfigError("data.val_split + data.test_split", total, "a sum below 1, to leave training data")
     _check_choice("data.cache", data.cache, CACHE_MODES)
+    required = REQUIRED_BY_SOURCE.get(data.source)
+    if required and data[required] is None:
+        raise ConfigError(f"data.{required}", None, f"a value: add data.{required}=... to the command line")
     if data.source == "keras":
         _check_choice("data.name", data.name, KERAS_DATASETS)
     elif data.source in ("folder", "csv"):
@@ -211,9 +203,9 @@ def _check_transfer(cfg: DictConfig) -> None:
     check_augment(cfg)
     check_schedule(cfg)
     check_class_weight(cfg.data)
-    ema = cfg.trainer.get("ema")
-    if ema is not None:
-        _check_number("trainer.ema", ema, 0, 1, False, "null, or the EMA momentum in (0, 1), e.g. 0.99")
+    ema = cfg.trainer.ema
+    if ema is not None and not 0 < ema < 1:
+        raise ConfigError("trainer.ema", ema, "null, or the EMA momentum in (0, 1), e.g. 0.99")
 
 
 def _check_checkpoint(cfg: DictConfig) -> None:
@@ -227,11 +219,10 @@ def _check_checkpoint(cfg: DictConfig) -> None:
 def _check_export(cfg: DictConfig) -> None:
     export = cfg.export
     _check_choice("export.format", export.format, EXPORT_FORMATS)
-    _check_choice("export.quantize", export.quantize, (True, False))
     if export.quantize and export.format != "tflite":
         raise ConfigError("export.quantize", export.quantize, "true only with export.format=tflite")
     if export.tolerance is not None:
-        _check_number("export.tolerance", export.tolerance, 0, None, False, "null or a number >= 0")
+        _check_number("export.tolerance", export.tolerance, 0, None, "null or a number >= 0")
     if export.check_input is not None and not expand_path(export.check_input).exists():
         raise ConfigError("export.check_input", export.check_input, "null, or an existing image, folder or CSV file")
 
@@ -240,7 +231,5 @@ def _check_predict(cfg: DictConfig) -> None:
     value = cfg.predict.input
     if value is None or not expand_path(value).exists():
         raise ConfigError("predict.input", value, "an existing image, folder of images, or CSV file")
-    top_k = cfg.predict.top_k
-    if not isinstance(top_k, int) or top_k < 1:
-        raise ConfigError("predict.top_k", top_k, "an integer >= 1")
-    _check_choice("predict.annotate", cfg.predict.get("annotate", False), (True, False))
+    if cfg.predict.top_k < 1:
+        raise ConfigError("predict.top_k", cfg.predict.top_k, "an integer >= 1")

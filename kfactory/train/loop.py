@@ -18,6 +18,7 @@ from kfactory.errors import ConfigError, RunStopped
 from kfactory.model.build import build_model, output_units
 from kfactory.model.checkpoint import MODEL_FILE, load_model, write_json_atomic
 from kfactory.registry import LOSSES, OPTIMIZERS, input_size, metric_log_name, sparse_labels
+from kfactory.schema import LossConfig, OptimizerConfig, extra_keys
 from kfactory.train.callbacks import BestModelCheckpoint, make_callbacks, stop_if_diverged
 from kfactory.train.compute import choose_jit_compile, configure_tensorflow
 from kfactory.train.distribute import make_strategy
@@ -117,9 +118,8 @@ def make_optimizer(
     optimizer: DictConfig, learning_rate: Any = None, ema: float | None = None
 ) -> keras.optimizers.Optimizer:
     """A keras optimizer from ``optimizer.name`` and its arguments; ``ema``: keep an EMA of the weights."""
-    kwargs = {k: v for k, v in OmegaConf.to_container(optimizer).items() if k not in ("name", "schedule")}
-    if learning_rate is not None:
-        kwargs["learning_rate"] = learning_rate
+    kwargs = {"learning_rate": optimizer.learning_rate if learning_rate is None else learning_rate}
+    kwargs.update(OmegaConf.to_container(OmegaConf.create(extra_keys(optimizer, OptimizerConfig))))
     if ema is not None:
         kwargs.update(use_ema=True, ema_momentum=ema)
     cls = getattr(keras.optimizers, OPTIMIZERS[optimizer.name])
@@ -133,7 +133,7 @@ def make_optimizer(
 
 def make_loss(loss: DictConfig, activation: str) -> keras.losses.Loss:
     """A keras loss; after a linear output, crossentropies take logits."""
-    kwargs = {k: v for k, v in OmegaConf.to_container(loss).items() if k != "name"}
+    kwargs = OmegaConf.to_container(OmegaConf.create(extra_keys(loss, LossConfig)))
     if activation == "linear" and "crossentropy" in loss.name:
         kwargs["from_logits"] = True
     cls = getattr(keras.losses, LOSSES[loss.name])
