@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kfactory.data.augment import AUGMENTATIONS, check_augment
+from kfactory.config.validate import validate
+from kfactory.data.augment import AUGMENTATIONS
 from kfactory.errors import ConfigError
 from tests.conftest import compose_config, run_cli, write_image_folder
 
@@ -29,7 +30,7 @@ def test_presets_compose_under_data_augment():
 )
 def test_label_mixing_with_sparse_labels_and_unknown_layers_are_refused(overrides, key):
     with pytest.raises(ConfigError) as error:
-        check_augment(compose_config(overrides))
+        validate(compose_config(overrides))
     assert error.value.key == key
 
 

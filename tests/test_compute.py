@@ -62,9 +62,10 @@ def test_explicit_setting_wins_without_asking_tensorflow(setting: bool, monkeypa
 
 def test_configure_tensorflow_sets_precision() -> None:
     keras = pytest.importorskip("keras")
+    from kfactory.schema import TrainerConfig
     from kfactory.train.compute import configure_tensorflow
 
-    trainer = OmegaConf.create({"threads": None, "deterministic": False, "precision": "mixed_bfloat16"})
+    trainer = OmegaConf.structured(TrainerConfig(precision="mixed_bfloat16"))
     try:
         configure_tensorflow(trainer, seed=0)
         assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
@@ -75,8 +76,9 @@ def test_configure_tensorflow_sets_precision() -> None:
 THREADS_SCRIPT = """
 import tensorflow as tf
 from omegaconf import OmegaConf
+from kfactory.schema import TrainerConfig
 from kfactory.train.compute import configure_tensorflow
-trainer = OmegaConf.create({"threads": 1, "deterministic": False, "precision": "float32"})
+trainer = OmegaConf.structured(TrainerConfig(threads=1))
 configure_tensorflow(trainer, seed=0)
 tf.constant(1.0) + 1.0  # the runtime starts: threads are fixed from here on
 configure_tensorflow(OmegaConf.merge(trainer, {"threads": 2}), seed=0)  # a later sweep job: warns, no error

@@ -9,7 +9,7 @@ import pytest
 
 from kfactory.config.validate import validate
 from kfactory.errors import ConfigError
-from kfactory.train.finetune import check_finetune, plan_phases
+from kfactory.train.finetune import plan_phases
 from tests.conftest import TINY, compose_config, write_image_folder
 
 
@@ -45,11 +45,11 @@ def changed(before: dict, after: dict) -> set[str]:
 
 
 def test_plan_is_one_phase_without_head_epochs_and_two_with():
-    cfg = compose_config(["model.weights=imagenet", "model.freeze=30", "trainer.epochs=5"])
-    [only] = plan_phases(cfg)
+    cfg = validate(compose_config(["model.weights=imagenet", "model.freeze=30", "trainer.epochs=5"]))
+    [only] = plan_phases(cfg.finetune, cfg.model.freeze, cfg.optimizer.learning_rate, cfg.trainer.epochs)
     assert (only.freeze, only.initial_epoch, only.epochs, only.learning_rate) == (30, 0, 5, 0.001)
     cfg = compose_config(["model.weights=imagenet", "model.freeze=30", "trainer.epochs=5", "finetune.head_epochs=2"])
-    head, tune = plan_phases(cfg)
+    head, tune = plan_phases(cfg.finetune, cfg.model.freeze, cfg.optimizer.learning_rate, cfg.trainer.epochs)
     assert (head.freeze, head.initial_epoch, head.epochs, head.learning_rate) == ("all", 0, 2, 0.001)
     assert (tune.freeze, tune.initial_epoch, tune.epochs) == (30, 2, 5)
     assert tune.learning_rate == pytest.approx(0.0001)
@@ -62,12 +62,12 @@ def test_plan_is_one_phase_without_head_epochs_and_two_with():
         (["model.weights=imagenet", "finetune.head_epochs=15"], "finetune.head_epochs"),
         (["finetune.head_epochs=1"], "finetune.head_epochs"),  # digits: weights=null, nothing pretrained
         (["model.weights=imagenet", "finetune.learning_rate_factor=0"], "finetune.learning_rate_factor"),
-        (["model.bn_trainable=yes"], "model.bn_trainable"),
+        (["model.bn_trainable=maybe"], "model.bn_trainable"),
     ],
 )
 def test_bad_finetune_settings_are_refused(overrides, key):
     with pytest.raises(ConfigError) as error:
-        check_finetune(compose_config(overrides))
+        validate(compose_config(overrides))
     assert error.value.key == key
 
 

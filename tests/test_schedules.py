@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from kfactory.config.validate import validate
 from kfactory.errors import ConfigError
-from kfactory.train.schedules import check_schedule, make_learning_rate, schedule_of
+from kfactory.train.schedules import make_learning_rate, schedule_of
 from tests.conftest import compose_config
 
 STEPS = 4  # optimizer steps per epoch
@@ -56,7 +57,7 @@ def test_cosine_warms_up_then_decays_to_alpha():
 )
 def test_bad_schedules_are_refused(overrides, key):
     with pytest.raises(ConfigError) as error:
-        check_schedule(compose_config(overrides))
+        validate(compose_config(overrides))
     assert error.value.key == key
 
 

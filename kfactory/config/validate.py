@@ -199,9 +199,9 @@ def _check_transfer(cfg: DictConfig) -> None:
     from kfactory.train.finetune import check_finetune
     from kfactory.train.schedules import check_schedule
 
-    check_finetune(cfg)
-    check_augment(cfg)
-    check_schedule(cfg)
+    check_finetune(cfg.model, cfg.finetune, cfg.trainer.epochs)
+    check_augment(cfg.data, cfg.loss.name)
+    check_schedule(cfg.optimizer.schedule, cfg.trainer.epochs)
     check_class_weight(cfg.data)
     ema = cfg.trainer.ema
     if ema is not None and not 0 < ema < 1:

@@ -43,26 +43,20 @@ LABEL_MIXING = ("MixUp", "CutMix")
 
 
 def augment_entries(data: DictConfig) -> list[dict[str, Any]]:
-    """``data.augment`` as plain dicts (an absent or null key means none)."""
-    entries = data.get("augment")
-    if not entries:
-        return []
-    return [OmegaConf.to_container(e) if OmegaConf.is_config(e) else e for e in entries]
+    """``data.augment`` as plain dicts."""
+    return [OmegaConf.to_container(e) if OmegaConf.is_config(e) else e for e in data.augment]
 
 
-def check_augment(cfg: DictConfig) -> None:
+def check_augment(data: DictConfig, loss_name: str) -> None:
     """Refuse unknown layers and label-mixing layers with integer labels (no TensorFlow)."""
-    entries = cfg.data.get("augment")
-    if entries is not None and not OmegaConf.is_list(entries):
-        raise ConfigError("data.augment", entries, "a list of {name: <layer>, ...} entries, or data/augment=none")
-    for index, entry in enumerate(augment_entries(cfg.data)):
+    for index, entry in enumerate(augment_entries(data)):  # the schema has made data.augment a list
         name = entry.get("name") if isinstance(entry, dict) else None
         if name not in AUGMENTATIONS:
             raise ConfigError(f"data.augment[{index}].name", name, "one of " + ", ".join(AUGMENTATIONS))
-        if name in LABEL_MIXING and sparse_labels(cfg.loss.name):
+        if name in LABEL_MIXING and sparse_labels(loss_name):
             raise ConfigError(
                 "loss.name",
-                cfg.loss.name,
+                loss_name,
                 f"data.augment uses {name}, which mixes labels and needs one-hot labels: "
                 "use loss=categorical_crossentropy",
             )

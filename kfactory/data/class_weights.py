@@ -23,7 +23,7 @@ COUNTS_FILE = "class_counts.csv"
 
 def check_class_weight(data: DictConfig) -> None:
     """Refuse anything but null, balanced, or a mapping of class names to weights >= 0."""
-    value = data.get("class_weight")
+    value = data.class_weight
     if value is None or value == "balanced":
         return
     if not OmegaConf.is_dict(value):

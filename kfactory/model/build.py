@@ -61,7 +61,7 @@ def build_model(cfg: DictConfig, num_classes: int) -> keras.Model:
     # non-trainable (which Keras runs in inference mode); the flag still holds
     # for calls outside fit.
     pretrained = cfg.model.weights is not None
-    bn_trainable = cfg.model.get("bn_trainable", False) or not pretrained
+    bn_trainable = cfg.model.bn_trainable or not pretrained
     x = base(x, training=None if bn_trainable else False)
     if _keeps_imagenet_classifier(cfg, num_classes):
         return keras.Model(inputs, x, name=cfg.model.name)
@@ -104,7 +104,7 @@ def build_backbone(cfg: DictConfig, num_classes: int) -> keras.Model:
         load_weights_file(base, weights_file)
     if cfg.model.include_top and not _keeps_imagenet_classifier(cfg, num_classes):
         base = _without_last_layer(base)
-    set_bn_momentum(base, cfg.model.get("bn_momentum"))
+    set_bn_momentum(base, cfg.model.bn_momentum)
     return base
 
 

@@ -125,19 +125,19 @@ def make_callbacks(
     ``past_epochs``: in a resumed run, the finished epochs' history rows, so
     early stopping carries on where it was.
     """
-    board = cfg.trainer.get("tensorboard") or {}
+    board = cfg.trainer.tensorboard
     callbacks: list[keras.callbacks.Callback] = [
         checkpoint,
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         keras.callbacks.TensorBoard(
             log_dir=str(run_dir / "tensorboard"),
-            histogram_freq=board.get("histogram_freq", 1),
-            write_graph=board.get("write_graph", True),
+            histogram_freq=board.histogram_freq,
+            write_graph=board.write_graph,
             update_freq="epoch",
         ),
         StopOnNaN(),
     ]
-    if board and splits is not None:
+    if splits is not None:
         from kfactory.train.tensorboard import ValidationSummaries  # matplotlib, TensorBoard plugins
 
         callbacks.append(ValidationSummaries(run_dir / "tensorboard", splits.val, splits.class_names, cfg))

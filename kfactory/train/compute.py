@@ -40,12 +40,12 @@ def configure_tensorflow(trainer: DictConfig, seed: int) -> None:
     import keras
     import tensorflow as tf
 
-    split_cpu(trainer.get("cpu_devices"))  # device and thread settings must precede TensorFlow's start
-    threads = trainer.get("threads") or launcher_thread_budget()
+    split_cpu(trainer.cpu_devices)  # device and thread settings must precede TensorFlow's start
+    threads = trainer.threads or launcher_thread_budget()
     if threads:
         set_threads(int(threads))
     keras.utils.set_random_seed(seed)
-    if trainer.get("deterministic"):
+    if trainer.deterministic:
         tf.config.experimental.enable_op_determinism()
     if trainer.precision != "float32" and not has_gpu():
         log.warning("trainer.precision=%s on a CPU is usually slower than float32", trainer.precision)

@@ -32,19 +32,19 @@ MULTI_WORKER_REFUSAL = (
 
 def check_strategy(trainer: DictConfig) -> None:
     """Refuse a strategy kfactory cannot run, before TensorFlow is imported."""
-    name = trainer.get("strategy", "default")
+    name = trainer.strategy
     if name in ("multi_worker", "multi_worker_mirrored", "multiworkermirrored"):
         raise ConfigError("trainer.strategy", name, MULTI_WORKER_REFUSAL)
     if name not in STRATEGIES:
         raise ConfigError("trainer.strategy", name, "one of " + ", ".join(STRATEGIES))
-    devices = trainer.get("devices")
+    devices = trainer.devices
     if devices is not None:
         if name != "mirrored":
             raise ConfigError("trainer.devices", devices, "null unless trainer.strategy=mirrored")
-        if not devices or not all(isinstance(d, str) for d in devices):
+        if not devices:  # the schema has made it a list of strings
             raise ConfigError("trainer.devices", devices, "null (all local GPUs) or a list like ['/gpu:0', '/gpu:1']")
-    cpu_devices = trainer.get("cpu_devices")
-    if cpu_devices is not None and (type(cpu_devices) is not int or cpu_devices < 1):
+    cpu_devices = trainer.cpu_devices
+    if cpu_devices is not None and cpu_devices < 1:
         raise ConfigError("trainer.cpu_devices", cpu_devices, "null or an integer >= 1 (logical CPU devices)")
 
 
@@ -71,13 +71,13 @@ def make_strategy(trainer: DictConfig) -> Any:
     """The ``tf.distribute.Strategy`` for ``trainer.strategy``; build and compile under its scope."""
     import tensorflow as tf
 
-    name = trainer.get("strategy", "default")
+    name = trainer.strategy
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "tpu":
-        return _tpu_strategy(trainer.get("tpu") or "")
-    devices = list(trainer.devices) if trainer.get("devices") else None
-    if devices is None and trainer.get("cpu_devices"):
+        return _tpu_strategy(trainer.tpu or "")
+    devices = list(trainer.devices) if trainer.devices else None
+    if devices is None and trainer.cpu_devices:
         devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     strategy = tf.distribute.MirroredStrategy(devices=devices)
     log.info("MirroredStrategy: %d replicas on %s", strategy.num_replicas_in_sync, devices or "all local GPUs")

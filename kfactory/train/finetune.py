@@ -47,42 +47,31 @@ class Phase:
     learning_rate: float
 
 
-def freeze_of(model: DictConfig) -> Any:
-    """``model.freeze``; a config without the key trains everything, as before it existed."""
-    return model.get("freeze", "none")
-
-
-def check_finetune(cfg: DictConfig) -> None:
-    """Refuse freeze / finetune / bn_trainable values a run cannot use (no TensorFlow)."""
-    freeze = freeze_of(cfg.model)
+def check_finetune(model: DictConfig, finetune: DictConfig, epochs: int) -> None:
+    """Refuse ``model.freeze`` and ``finetune`` values a run cannot use (no TensorFlow); ``epochs``: trainer.epochs."""
+    freeze = model.freeze  # typed Any by the schema: a keyword, a count or a layer name
     if isinstance(freeze, bool) or not isinstance(freeze, (int, str)) or (isinstance(freeze, int) and freeze < 0):
         raise ConfigError("model.freeze", freeze, "all, none, N >= 0 (the top N layers train) or a layer name")
-    if not isinstance(cfg.model.get("bn_trainable", False), bool):
-        raise ConfigError("model.bn_trainable", cfg.model.bn_trainable, "true or false")
-    finetune = cfg.get("finetune") or {}
-    head = finetune.get("head_epochs", 0)
-    if not isinstance(head, int) or isinstance(head, bool) or head < 0 or (head and head >= cfg.trainer.epochs):
+    head = finetune.head_epochs
+    if head < 0 or (head and head >= epochs):
         raise ConfigError("finetune.head_epochs", head, "an integer >= 0 and below trainer.epochs")
-    factor = finetune.get("learning_rate_factor", 1.0)
-    if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor <= 0:
-        raise ConfigError("finetune.learning_rate_factor", factor, "a number > 0")
-    if head and cfg.model.weights is None:
+    if finetune.learning_rate_factor <= 0:
+        raise ConfigError("finetune.learning_rate_factor", finetune.learning_rate_factor, "a number > 0")
+    if head and model.weights is None:
         raise ConfigError(
             "finetune.head_epochs", head, "0 when model.weights=null: a base trained from scratch has nothing to keep"
         )
 
 
-def plan_phases(cfg: DictConfig) -> list[Phase]:
-    """One phase, or head-then-base when ``finetune.head_epochs`` > 0."""
-    lr = float(cfg.optimizer.learning_rate)
-    finetune = cfg.get("finetune") or {}
-    head = finetune.get("head_epochs", 0) or 0
+def plan_phases(finetune: DictConfig, freeze: Any, learning_rate: float, epochs: int) -> list[Phase]:
+    """One phase, or head-then-base when ``finetune.head_epochs`` > 0; ``freeze``: model.freeze."""
+    lr = float(learning_rate)
+    head = finetune.head_epochs
     if not head:
-        return [Phase("train", freeze_of(cfg.model), 0, cfg.trainer.epochs, lr)]
-    factor = float(finetune.get("learning_rate_factor", 1.0))
+        return [Phase("train", freeze, 0, epochs, lr)]
     return [
         Phase("head", "all", 0, head, lr),
-        Phase("finetune", freeze_of(cfg.model), head, cfg.trainer.epochs, lr * factor),
+        Phase("finetune", freeze, head, epochs, lr * float(finetune.learning_rate_factor)),
     ]
 
 
@@ -167,15 +156,16 @@ def fit_in_phases(
 
     schedule = schedule_of(cfg.optimizer)
     mode = monitor_mode(cfg.trainer.monitor)
-    before = [learning_rate_logger(), *_ema_callbacks(cfg)]  # before CSVLogger and the checkpoint
+    before = [learning_rate_logger(), *_ema_callbacks(cfg.trainer.ema)]  # before CSVLogger and the checkpoint
     after = schedule_callbacks(schedule, cfg.trainer.monitor, mode)
-    phases, base, pretrained = plan_phases(cfg), find_base(model), cfg.model.weights is not None
+    phases = plan_phases(cfg.finetune, cfg.model.freeze, cfg.optimizer.learning_rate, cfg.trainer.epochs)
+    base, pretrained = find_base(model), cfg.model.weights is not None
     epochs, logs, history = [], {}, None
     first = _resumed_phase(callbacks, len(phases))
     for number, phase in enumerate(phases, start=1):
         if number < first:
             continue
-        apply_freeze(base, phase.freeze, pretrained, cfg.model.get("bn_trainable", False))
+        apply_freeze(base, phase.freeze, pretrained, cfg.model.bn_trainable)
         epochs_in_phase = phase.epochs - phase.initial_epoch
         compile_phase(make_learning_rate(schedule, phase.learning_rate, epochs_in_phase, steps_per_epoch))
         log.info("%s", describe_phase(model, phase, number, len(phases), pretrained))
@@ -201,11 +191,11 @@ def fit_in_phases(
     return history
 
 
-def _ema_callbacks(cfg: DictConfig) -> list[keras.callbacks.Callback]:
+def _ema_callbacks(ema: float | None) -> list[keras.callbacks.Callback]:
     """With ``trainer.ema``, validate and checkpoint the averaged weights."""
     import keras
 
-    return [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if cfg.trainer.get("ema") else []
+    return [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if ema else []
 
 
 def _for_phase(callbacks: list, number: int, total: int, first_epoch: int) -> list:

@@ -43,7 +43,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         cfg.model.name,
         max(input_size(cfg.model)),
         steps * cfg.trainer.epochs,
-        deterministic=bool(cfg.trainer.get("deterministic")),
+        deterministic=cfg.trainer.deterministic,
         distributed=strategy.num_replicas_in_sync > 1,
     )
     log.info("XLA %s (%s)", "timed both ways" if xla.measure else "on" if xla.jit else "off", xla.why)
@@ -57,7 +57,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         with model.distribute_strategy.scope():
             compile_model(model, cfg, len(splits.class_names), jit, learning_rate)
 
-    past = resume_history(cfg, run_dir)
+    past = resume_history(cfg.resume, cfg.trainer.epochs, run_dir)
     checkpoint.replay(past)
     callbacks = [*([probe] if probe else []), *make_callbacks(cfg, run_dir, checkpoint, splits, past)]
     weights = describe_training(cfg, splits, run_dir)
@@ -82,7 +82,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
 def describe_training(cfg: DictConfig, splits: Splits, run_dir: Path) -> dict[int, float] | None:
     """The class weights to train with; class_counts.csv, and with augmentation a preview in TensorBoard."""
     labels = splits.source.labels[splits.indices["train"]]
-    weights = class_weights(cfg.data.get("class_weight"), labels, splits.class_names)
+    weights = class_weights(cfg.data.class_weight, labels, splits.class_names)
     record_class_counts(labels, splits.class_names, weights, run_dir)
     if augment_entries(cfg.data):  # 8 training images, augmented: decoding only those
         preview = make_dataset(splits.source, splits.indices["train"][:8], cfg, training=True)
@@ -90,13 +90,13 @@ def describe_training(cfg: DictConfig, splits: Splits, run_dir: Path) -> dict[in
     return weights
 
 
-def resume_history(cfg: DictConfig, run_dir: Path) -> list[dict[str, float]]:
+def resume_history(resume: bool, epochs: int, run_dir: Path) -> list[dict[str, float]]:
     """With ``resume=true``, the finished epochs' history rows (BackupAndRestore restores the rest)."""
-    if not cfg.get("resume"):
+    if not resume:
         return []
     past = restore_history(run_dir)
     if past:
-        log.info("Resuming %s after epoch %d of %d", run_dir, len(past), cfg.trainer.epochs)
+        log.info("Resuming %s after epoch %d of %d", run_dir, len(past), epochs)
     else:
         log.info("resume=true: no finished epoch in %s; starting at epoch 1", run_dir)
     return past
@@ -107,7 +107,7 @@ def compile_model(
 ) -> None:
     """Compile with the configured optimizer (at ``learning_rate`` if given), loss and metrics."""
     model.compile(
-        optimizer=make_optimizer(cfg.optimizer, learning_rate, cfg.trainer.get("ema")),
+        optimizer=make_optimizer(cfg.optimizer, learning_rate, cfg.trainer.ema),
         loss=make_loss(cfg.loss, cfg.model.activation),
         metrics=make_metrics(cfg.trainer, cfg.loss.name, num_classes),
         jit_compile=jit_compile,

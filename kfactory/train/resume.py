@@ -51,7 +51,7 @@ def check_run_dir(cfg: DictConfig, run_dir: Path, dir_key: str = "hydra.run.dir"
     if cfg.task != "train":
         return
     found = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if not cfg.get("resume"):
+    if not cfg.resume:
         if found:
             raise ConfigError(
                 dir_key,

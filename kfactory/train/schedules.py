@@ -13,50 +13,30 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig
 
 from kfactory.errors import ConfigError
+from kfactory.schema import SCHEDULES
 
 if TYPE_CHECKING:
     import keras
 
-# name -> the keys it takes besides ``name``
-SCHEDULES: dict[str, tuple[str, ...]] = {
-    "constant": (),
-    "cosine": ("warmup_epochs", "alpha"),
-    "step": ("step_epochs", "factor"),
-    "exponential": ("decay_rate",),
-    "plateau": ("factor", "patience", "min_lr"),
-}
-
 
 def schedule_of(optimizer: DictConfig) -> dict[str, Any]:
-    """``optimizer.schedule`` as a dict; absent means constant."""
-    schedule = optimizer.get("schedule")
-    return {"name": "constant"} if schedule is None else dict(schedule)
+    """``optimizer.schedule`` as a plain dict."""
+    return dict(optimizer.schedule)
 
 
-def check_schedule(cfg: DictConfig) -> None:
-    """Refuse an unknown schedule, unknown keys, or values out of range."""
-    schedule = schedule_of(cfg.optimizer)
-    name = schedule.get("name")
-    if name not in SCHEDULES:
-        raise ConfigError("optimizer.schedule.name", name, "one of " + ", ".join(SCHEDULES))
-    for key, value in schedule.items():
-        if key != "name" and key not in SCHEDULES[name]:
-            raise ConfigError(f"optimizer.schedule.{key}", value, f"a key of the {name} schedule: {SCHEDULES[name]}")
-    positive_int = {"warmup_epochs": 0, "step_epochs": 1, "patience": 0}
-    for key, low in positive_int.items():
-        value = schedule.get(key, low)
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ConfigError(f"optimizer.schedule.{key}", value, f"an integer >= {low}")
+def check_schedule(schedule: DictConfig, epochs: int) -> None:
+    """Refuse an unknown schedule or values out of range (the schema has typed each schedule's keys)."""
+    if schedule.name not in SCHEDULES:
+        raise ConfigError("optimizer.schedule.name", schedule.name, "one of " + ", ".join(SCHEDULES))
+    lows = {"warmup_epochs": 0, "step_epochs": 1, "patience": 0, "alpha": 0, "min_lr": 0}
+    for key, low in lows.items():
+        if key in schedule and schedule[key] < low:
+            raise ConfigError(f"optimizer.schedule.{key}", schedule[key], f"a number >= {low}")
     for key in ("factor", "decay_rate"):
-        value = schedule.get(key, 0.5)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
-            raise ConfigError(f"optimizer.schedule.{key}", value, "a number in (0, 1)")
-    for key in ("alpha", "min_lr"):
-        value = schedule.get(key, 0.0)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"optimizer.schedule.{key}", value, "a number >= 0")
-    if name == "cosine" and schedule.get("warmup_epochs", 0) >= cfg.trainer.epochs:
-        raise ConfigError("optimizer.schedule.warmup_epochs", schedule["warmup_epochs"], "fewer than trainer.epochs")
+        if key in schedule and not 0 < schedule[key] < 1:
+            raise ConfigError(f"optimizer.schedule.{key}", schedule[key], "a number in (0, 1)")
+    if schedule.name == "cosine" and schedule.warmup_epochs >= epochs:
+        raise ConfigError("optimizer.schedule.warmup_epochs", schedule.warmup_epochs, "fewer than trainer.epochs")
 
 
 def make_learning_rate(
@@ -70,18 +50,18 @@ def make_learning_rate(
         return float(learning_rate)
     decays = keras.optimizers.schedules
     if name == "cosine":
-        warmup = min(schedule.get("warmup_epochs", 0), epochs - 1) * steps_per_epoch
+        warmup = min(schedule["warmup_epochs"], epochs - 1) * steps_per_epoch
         return decays.CosineDecay(
             initial_learning_rate=0.0 if warmup else learning_rate,
             decay_steps=max(1, epochs * steps_per_epoch - warmup),
-            alpha=schedule.get("alpha", 0.0),
+            alpha=schedule["alpha"],
             warmup_target=learning_rate if warmup else None,
             warmup_steps=warmup,
         )
     if name == "step":
-        every = schedule.get("step_epochs", 10) * steps_per_epoch
-        return decays.ExponentialDecay(learning_rate, every, schedule.get("factor", 0.1), staircase=True)
-    return decays.ExponentialDecay(learning_rate, steps_per_epoch, schedule.get("decay_rate", 0.9))
+        every = schedule["step_epochs"] * steps_per_epoch
+        return decays.ExponentialDecay(learning_rate, every, schedule["factor"], staircase=True)
+    return decays.ExponentialDecay(learning_rate, steps_per_epoch, schedule["decay_rate"])
 
 
 def schedule_callbacks(schedule: dict[str, Any], monitor: str, mode: str) -> list[keras.callbacks.Callback]:
@@ -94,9 +74,9 @@ def schedule_callbacks(schedule: dict[str, Any], monitor: str, mode: str) -> lis
         keras.callbacks.ReduceLROnPlateau(
             monitor=monitor,
             mode=mode,
-            factor=schedule.get("factor", 0.1),
-            patience=schedule.get("patience", 3),
-            min_lr=schedule.get("min_lr", 0.0),
+            factor=schedule["factor"],
+            patience=schedule["patience"],
+            min_lr=schedule["min_lr"],
             verbose=1,
         )
     ]

@@ -250,8 +250,7 @@ def hparam_metrics(cfg: DictConfig, final_keys: list[str]) -> list[hp.Metric]:
 
 def write_final_summaries(cfg: DictConfig, log_dir: Path, metrics: dict[str, Any]) -> None:
     """After training: the final metrics as ``final/*`` scalars and the HParams experiment config."""
-    settings = cfg.trainer.get("tensorboard")
-    if settings is None or not settings.hparams:
+    if not cfg.trainer.tensorboard.hparams:
         return
     final = {k: float(v) for k, v in metrics.items() if k.startswith(("val_", "test_", "best_"))}
     writer = tf.summary.create_file_writer(str(log_dir))

@@ -12,16 +12,21 @@ from omegaconf import DictConfig, OmegaConf
 from kfactory.data.pipeline import make_splits
 from kfactory.model.build import to_probabilities
 from kfactory.model.checkpoint import find_model_file, load_model, read_metadata, write_json_atomic
+from kfactory.schema import apply_schema
 from kfactory.train.loop import compile_model
 
 log = logging.getLogger(__name__)
 
 
 def training_config(model_path: Path, fallback: DictConfig) -> DictConfig:
-    """The config the model was trained with (its run's .hydra/config.yaml), else ``fallback``."""
+    """The config the model was trained with (its run's .hydra/config.yaml), else ``fallback``.
+
+    The saved file goes through the schema too: a run saved before a key existed
+    reads that key's default.
+    """
     saved = model_path.parent / ".hydra" / "config.yaml"
     if saved.is_file():
-        return OmegaConf.load(saved)
+        return apply_schema(OmegaConf.load(saved))
     log.warning("No %s; evaluating on the data of the current config", saved)
     return fallback
 
@@ -33,7 +38,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> float:
     splits = make_splits(train_cfg)
     metadata = read_metadata(model_path)
     class_names = metadata.get("class_names", splits.class_names)
-    model = load_model(model_path, safe_mode=not cfg.get("unsafe_load", False))
+    model = load_model(model_path, safe_mode=not cfg.unsafe_load)
     compile_model(model, train_cfg, len(class_names), jit_compile=False)
     split = "test" if splits.test is not None else "val"  # a run trained with data.test_split=0
     data, labels = getattr(splits, split), splits.source.labels[splits.indices[split]]

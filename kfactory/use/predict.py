@@ -94,7 +94,7 @@ def read_prediction_csv(path: Path) -> tuple[list[str], list[str] | None]:
 
 def predict(cfg: DictConfig, run_dir: Path) -> float | None:
     """Write ``predictions.csv`` for ``cfg.predict.input``; return accuracy if labelled."""
-    predictor = load_predictor(find_model_file(cfg.ckpt_path), safe_mode=not cfg.get("unsafe_load", False))
+    predictor = load_predictor(find_model_file(cfg.ckpt_path), safe_mode=not cfg.unsafe_load)
     files, true_labels = list_inputs(cfg.predict.input)
     kept, probabilities = predict_files(predictor, files, cfg.data.batch_size)
     record_unreadable(files, kept, run_dir)
