@@ -72,14 +72,11 @@ def test_bad_finetune_settings_are_refused(overrides, key):
 
 
 def test_every_model_option_freezes_its_pretrained_base_and_keeps_bn_in_inference_mode():
-    import yaml
-
     from kfactory.registry import MODELS
-    from tests.conftest import CONF_DIR
 
     for name in MODELS:
-        option = yaml.safe_load((CONF_DIR / "model" / f"{name}.yaml").read_text())
-        assert option["freeze"] == "all" and option["bn_trainable"] is False, name
+        model = validate(compose_config([f"model={name}", "model.weights=imagenet", "model.input_size=null"])).model
+        assert model.freeze == "all" and model.bn_trainable is False, name
 
 
 def test_freeze_by_count_and_by_name_leaves_preprocessing_and_head_alone():

@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import yaml
 from omegaconf import OmegaConf
 
 from kfactory.config.validate import validate
 from kfactory.errors import ConfigError
-from kfactory.schema import RunConfig, apply_schema
+from kfactory.registry import MODELS
+from kfactory.schema import ModelConfig, RunConfig, apply_schema
 from tests.conftest import CONF_DIR, compose_config, run_cli
 
 # (overrides, the key named, what the message says is accepted)
@@ -78,6 +80,16 @@ def test_every_key_and_default_is_printed_by_the_composed_config():
         assert node.name in cfg
     assert cfg.finetune.learning_rate_factor == 0.1  # one value, the schema's
     assert cfg.model.freeze == "all" and cfg.model.input_size == [32, 32]  # digits sizes the model
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_a_model_file_holds_only_its_name(name):
+    option = yaml.safe_load((CONF_DIR / "model" / f"{name}.yaml").read_text())
+    assert option == {"name": name}
+    model = compose_config([f"model={name}", "data=keras"]).model
+    shared = {f.name for f in dataclasses.fields(ModelConfig)} - {"name"}
+    defaults = OmegaConf.structured(ModelConfig)
+    assert all(model[key] == defaults[key] for key in shared)
 
 
 def test_data_presets_are_packaged_under_data_except_digits():
