@@ -39,7 +39,8 @@ def missing_plugin(overrides: Sequence[str]) -> str | None:
         if not _installed(module):
             return (
                 f"{key}={value} needs the Hydra plugin {module.split('.')[-1]}, which is not installed: "
-                f"pip install -e '.[{extra}]' (or pip install 'kfactory[{extra}]')"
+                f"pip install -e '.[{extra}]' in the kfactory checkout"
+                f" (or pip install 'kfactory-<version>.whl[{extra}]')"
             )
     return None
 
