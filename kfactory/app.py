@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from kfactory.config.resolvers import register_resolvers
 from kfactory.config.validate import validate
+from kfactory.console import import_tensorflow
 from kfactory.errors import ConfigError, RunStopped, Terminated
 from kfactory.train.resume import check_run_dir
 
@@ -89,6 +90,7 @@ def release_memory() -> None:
 
 def run_task(cfg: DictConfig, run_dir: Path) -> float | None:
     """Import the task's module (and TensorFlow) only now, and run it."""
+    import_tensorflow()
     if cfg.task == "train":
         from kfactory.train.loop import train
 
