@@ -96,6 +96,16 @@ def test_summary_sorts_by_monitor_and_marks_failures(tmp_path: Path, capsys):
     assert f"tensorboard --logdir {tmp_path}" in capsys.readouterr().out
 
 
+def test_summary_ranks_by_the_whole_split_value_it_shows_first(tmp_path: Path):
+    # best_ comes from 2 validation batches per epoch, val_loss from the saved model on the whole split
+    fake_job(tmp_path, "0_a=1", ["a=1"], {"best_val_loss": 0.1, "val_loss": 0.5})
+    fake_job(tmp_path, "1_a=2", ["a=2"], {"best_val_loss": 0.4, "val_loss": 0.3})
+    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    table = pd.read_csv(tmp_path / "summary.csv")
+    assert table["job"].tolist() == [1, 0]
+    assert table.columns[:5].tolist() == ["job", "a", "status", "val_loss", "best_val_loss"]
+
+
 def test_summary_of_an_all_ok_sweep_does_not_exit(tmp_path: Path):
     fake_job(tmp_path, "0_a=1", ["a=1"], {"best_val_loss": 0.5})
     SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))

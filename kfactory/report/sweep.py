@@ -132,7 +132,15 @@ def elapsed(job: Path) -> float:
 def leading_columns(table, override_keys: list[str], monitor: str) -> list[str]:
     """Job, the override keys that differ between jobs (all if none differ), status, the monitored value."""
     varying = [k for k in override_keys if table[k].nunique(dropna=False) > 1] or override_keys
-    return ["job", *varying, "status"] + [c for c in (f"best_{monitor}", monitor) if c in table.columns]
+    return ["job", *varying, "status"] + [c for c in ranking_columns(monitor) if c in table.columns]
+
+
+def ranking_columns(monitor: str) -> tuple[str, str]:
+    """What the summary ranks by: the saved model's ``monitor`` on the whole split, else the best epoch's value.
+
+    They differ when ``trainer.validation_steps`` limits the per-epoch validation to a few batches.
+    """
+    return monitor, f"best_{monitor}"
 
 
 def markdown_table(table) -> str:
@@ -150,7 +158,7 @@ def markdown_table(table) -> str:
 
 def sort_by_monitor(table, monitor: str):
     """Best first by ``monitor`` (lower is better for a loss); failed jobs last."""
-    column = next((c for c in (f"best_{monitor}", monitor) if c in table.columns), None)
+    column = next((c for c in ranking_columns(monitor) if c in table.columns), None)
     if column is None:
         return table.sort_values("job").reset_index(drop=True)
     ascending = monitor_mode(monitor) == "min"

@@ -75,7 +75,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     report(cfg, run_dir, metrics)
     if splits.skipped:
         log.warning("Skipped %d unreadable images; the list: %s", len(splits.skipped), run_dir / SKIPPED_FILE)
-    return checkpoint.best
+    # The saved model's value on the whole split, as the sweep summary ranks runs; the best epoch's when absent.
+    return metrics.get(cfg.trainer.monitor, checkpoint.best)
 
 
 def describe_training(cfg: DictConfig, splits: Splits, run_dir: Path) -> dict[int, float] | None:
