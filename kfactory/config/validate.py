@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from kfactory.errors import ConfigError
-from kfactory.paths import expand_path, unset_variables
+from kfactory.paths import check_variables, expand_path
 from kfactory.registry import (
     ACTIVATIONS,
     CROSSENTROPY_LOSSES,
@@ -78,9 +78,7 @@ def _check_choice(key: str, value: Any, accepted: tuple | frozenset | dict) -> N
 def _check_paths(cfg: DictConfig) -> None:
     """Refuse a path whose ``$VARIABLE`` is not set, naming the variable (``~`` always expands)."""
     for key in PATH_KEYS:
-        value = OmegaConf.select(cfg, key, throw_on_missing=False)
-        if isinstance(value, str) and (unset := unset_variables(value)):
-            raise ConfigError(key, value, f"a path whose environment variables are set (${unset[0]} is not)")
+        check_variables(key, OmegaConf.select(cfg, key, throw_on_missing=False))
 
 
 def _check_number(key: str, value: Any, low: float, high: float | None, closed_high: bool, what: str) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from kfactory.errors import ConfigError
-from kfactory.paths import expand_path
+from kfactory.paths import check_variables, expand_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -60,6 +60,7 @@ def is_image_file(name: str) -> bool:
 
 def list_folder(path: str) -> ImageSource:
     """A folder with one sub-folder of images per class (names sorted)."""
+    check_variables("data.path", path)  # also for eval/predict of a run trained on data.path=$PHOTOS
     root = expand_path(path)
     if not root.exists():
         raise ConfigError("data.path", path, "an existing folder with one sub-folder of images per class")
@@ -89,6 +90,7 @@ def read_csv(csv: str, path_column: str, label_column: str) -> ImageSource:
     """A CSV of image paths (relative to the CSV's folder) and labels."""
     import pandas as pd
 
+    check_variables("data.csv", csv)
     csv_path = expand_path(csv)
     if not csv_path.is_file():
         raise ConfigError("data.csv", csv, "an existing CSV file with an image-path column and a label column")
