@@ -35,6 +35,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     configure_tensorflow(cfg.trainer, cfg.seed)
     splits = make_splits(cfg, run_dir)
     log.info("Data: %s", ", ".join(f"{k} {len(v)}" for k, v in splits.indices.items()))
+    if note := weights_note(cfg.model):
+        log.info("%s", note)
     steps = cfg.trainer.steps_per_epoch or -(-len(splits.indices["train"]) // cfg.data.batch_size)
     strategy = make_strategy(cfg.trainer)
     xla = choose_jit_compile(
@@ -77,6 +79,17 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         log.warning("Skipped %d unreadable images; the list: %s", len(splits.skipped), run_dir / SKIPPED_FILE)
     # The saved model's value on the whole split, as the sweep summary ranks runs; the best epoch's when absent.
     return metrics.get(cfg.trainer.monitor, checkpoint.best)
+
+
+def weights_note(model: DictConfig) -> str | None:
+    """Say so when a run starts from ImageNet weights, at which size, and how to train from scratch instead."""
+    if model.weights != "imagenet":
+        return None
+    height, width = input_size(model)
+    return (
+        f"Model: {model.name} from ImageNet weights at {height}x{width} px; to train from scratch "
+        "at your images' size instead: model.weights=null model.input_size=[H,W]"
+    )
 
 
 def describe_training(cfg: DictConfig, splits: Splits, run_dir: Path) -> dict[int, float] | None:
