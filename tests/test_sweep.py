@@ -216,7 +216,8 @@ def wait_for_runs(url: str, server: subprocess.Popen, expected: int, timeout: fl
 def test_tensorboard_serves_the_sweep(tensorboard_url):
     url = tensorboard_url
     runs = fetch(f"{url}/data/runs")
-    jobs = {run.split("/")[0] for run in runs}
+    assert "." in runs  # the sweep root: the one HParams experiment config
+    jobs = {run.split("/")[0] for run in runs if run != "."}
     assert len(jobs) == 2 and all("model.dropout=" in job for job in jobs)
     validation = [r for r in runs if r.endswith("tensorboard/validation")]
     assert len(validation) == 2
@@ -229,11 +230,16 @@ def test_tensorboard_serves_the_sweep(tensorboard_url):
     images = fetch(f"{url}/data/plugin/images/tags")
     assert all({"confusion_matrix", "validation_images"} <= set(images[r]) for r in own)
     experiment = fetch(f"{url}/data/plugin/hparams/experiment", {"experimentName": ""})
-    hparams = {h["name"] for h in experiment["hparamInfos"]}
-    assert {"model", "optimizer", "learning_rate", "dropout", "batch_size", "seed"} <= hparams
+    hparams = {h["name"]: h for h in experiment["hparamInfos"]}
+    assert {"model", "optimizer", "learning_rate", "dropout", "batch_size", "weights"} <= set(hparams)
+    assert {name for name, h in hparams.items() if h.get("differs")} == {"dropout", "weights"}  # shown by default
+    assert hparams["dropout"]["domainDiscrete"] == [0.0, 0.5]
+    assert sorted(hparams["weights"]["domainDiscrete"]) == ["/nonexistent/w.h5", "null"]
+    shown = [m["displayName"] for m in experiment["metricInfos"]]
+    assert len(shown) == len(set(shown)) and {"validation/loss", "train/loss", "final/test_accuracy"} <= set(shown)
     groups = fetch(
         f"{url}/data/plugin/hparams/session_groups",
         {"experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN"], "startIndex": 0, "sliceSize": 10},
     )
-    dropouts = sorted(g["hparams"]["dropout"] for g in groups["sessionGroups"])
-    assert dropouts == [0.0, 0.5]
+    by_name = {g["name"]: g["hparams"]["dropout"] for g in groups["sessionGroups"]}
+    assert by_name == {"0_model.dropout=0.0,model.weights=null": 0.0, "2_model.dropout=0.5,model.weights=null": 0.5}

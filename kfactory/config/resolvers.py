@@ -62,7 +62,8 @@ def round_float(value: str, digits: int = SIGNIFICANT_DIGITS) -> str:
     """``0.3005575058716044`` -> ``0.3006``; integers and non-numbers stay as written."""
     if not _FLOAT.fullmatch(value):
         return value
-    return f"{float(value):.{digits}g}"
+    rounded = f"{float(value):.{digits}g}"
+    return value if float(rounded) == float(value) else rounded  # 0.0 and 1e-05 stay as written
 
 
 def shorten_values(pairs: list[tuple[str, str]], max_length: int) -> list[tuple[str, str]]:

@@ -33,6 +33,10 @@ class SweepSummary(Callback):
         root = Path(str(config.hydra.sweep.dir))
         root.mkdir(parents=True, exist_ok=True)
         (root / VARIED_KEYS_FILE).write_text("".join(f"{key}\n" for key in varied_keys(config)))
+        if config.task == "train" and config.trainer.tensorboard.hparams:
+            from kfactory.train.hparams import sweep_experiment, write_summary
+
+            write_summary(root, sweep_experiment(config))  # the HParams dashboard's one config for all jobs
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         root = Path(str(config.hydra.sweep.dir))

@@ -18,27 +18,13 @@ import numpy as np
 import tensorflow as tf
 from hydra.core.hydra_config import HydraConfig
 from matplotlib.figure import Figure
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from tensorboard.plugins.hparams import api as hp
 from tensorboard.plugins.pr_curve import summary as pr_summary
 
 from kfactory.model.build import to_probabilities
-from kfactory.overrides import split_override
-from kfactory.registry import input_size, metric_log_name
+from kfactory.train.hparams import hparam_metrics, run_hparams
 
-# Overridden keys that are already logged under a shorter name.
-_HPARAM_ALIASES = {
-    "model": "model",
-    "model.weights": "weights",
-    "optimizer": "optimizer",
-    "optimizer.learning_rate": "learning_rate",
-    "loss": "loss",
-    "data.batch_size": "batch_size",
-    "model.input_size": "input_size",
-    "model.dropout": "dropout",
-}
-# Overridden keys that do not change what a run learns.
-_NOT_HPARAMS = ("hydra.", "trainer.verbose", "trainer.tensorboard.")
 MAX_TEXT_CLASSES = 50  # the confusion matrix is also logged as a text table up to this many classes
 
 
@@ -57,7 +43,8 @@ class ValidationSummaries(keras.callbacks.Callback):
         self.log_dir, self.val_data, self.class_names = Path(log_dir), val_data, list(class_names)
         self.settings = cfg.trainer.tensorboard
         self.activation = cfg.model.activation
-        self.hparams = run_hparams(cfg) if self.settings.hparams else None
+        self.hparams = run_hparams(cfg, task_overrides(cfg)) if self.settings.hparams else None
+        self.session = self.log_dir.parent.name  # the run directory: HParams names the session after it
         self.writer: Any = None
 
     def on_train_begin(self, logs: dict | None = None) -> None:
@@ -65,7 +52,7 @@ class ValidationSummaries(keras.callbacks.Callback):
             self.writer = tf.summary.create_file_writer(str(self.log_dir))
             if self.hparams is not None:
                 with self.writer.as_default():
-                    hp.hparams(self.hparams)
+                    hp.hparams(self.hparams, trial_id=self.session)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         freq = self.settings.summary_freq
@@ -202,28 +189,6 @@ def png_to_batch(png: bytes) -> tf.Tensor:
     return tf.expand_dims(tf.io.decode_png(png, channels=3), 0)
 
 
-def run_hparams(cfg: DictConfig) -> dict[str, bool | int | float | str]:
-    """The run's hyperparameters for the HParams dashboard, every overridden key included."""
-    height, width = input_size(cfg.model)
-    values: dict[str, bool | int | float | str] = {
-        "model": cfg.model.name,
-        "weights": hparam_value(cfg.model.weights),
-        "optimizer": cfg.optimizer.name,
-        "learning_rate": float(cfg.optimizer.learning_rate),
-        "loss": cfg.loss.name,
-        "batch_size": int(cfg.data.batch_size),
-        "input_size": f"{height}x{width}",
-        "dropout": float(cfg.model.dropout),
-    }
-    for override in task_overrides(cfg):
-        key, given = split_override(override)
-        if key.startswith(_NOT_HPARAMS) or _HPARAM_ALIASES.get(key) in values:
-            continue
-        value = OmegaConf.select(cfg, key, default=given)
-        values[key] = hparam_value(given if isinstance(value, (DictConfig, ListConfig)) else value)
-    return values
-
-
 def task_overrides(cfg: DictConfig) -> list[str]:
     """The command-line overrides of this job (one sweep point in a multirun)."""
     if HydraConfig.initialized():
@@ -231,25 +196,19 @@ def task_overrides(cfg: DictConfig) -> list[str]:
     return list(OmegaConf.select(cfg, "hydra.overrides.task", default=[]) or [])
 
 
-def hparam_value(value: Any) -> bool | float | str:
-    """Numbers as floats (so 0 and 0.5 share a type across runs), other values as text."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)):
-        return float(value)
-    return "null" if value is None else str(value)
+def in_multirun() -> bool:
+    """Whether this run is one job of a sweep (whose root holds the HParams experiment config)."""
+    from hydra.types import RunMode
 
-
-def hparam_metrics(cfg: DictConfig, final_keys: list[str]) -> list[hp.Metric]:
-    """Metrics the HParams table shows: last train/validation epoch values and the final ones."""
-    names = ["loss", *(metric_log_name(m) for m in cfg.trainer.metrics)]
-    metrics = [hp.Metric(f"epoch_{n}", group="validation", display_name=f"val_{n}") for n in names]
-    metrics += [hp.Metric(f"epoch_{n}", group="train", display_name=f"train_{n}") for n in names]
-    return metrics + [hp.Metric(f"final/{key}", display_name=key) for key in final_keys]
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def write_final_summaries(cfg: DictConfig, log_dir: Path, metrics: dict[str, Any]) -> None:
-    """After training: the final metrics as ``final/*`` scalars and the HParams experiment config."""
+    """After training: the final metrics as ``final/*`` scalars; a single run's HParams experiment config.
+
+    A sweep's jobs write no experiment config: TensorBoard would keep one of them;
+    the sweep root holds the one config for all of them (kfactory.report.sweep).
+    """
     settings = cfg.trainer.get("tensorboard")
     if settings is None or not settings.hparams:
         return
@@ -258,6 +217,7 @@ def write_final_summaries(cfg: DictConfig, log_dir: Path, metrics: dict[str, Any
     with writer.as_default(step=int(metrics.get("epochs_run", 1)) - 1):
         for key, value in final.items():
             tf.summary.scalar(f"final/{key}", value)
-        hparams = [hp.HParam(name) for name in run_hparams(cfg)]
-        hp.hparams_config(hparams=hparams, metrics=hparam_metrics(cfg, list(final)))
+        if not in_multirun():
+            hparams = [hp.HParam(name) for name in run_hparams(cfg, task_overrides(cfg))]
+            hp.hparams_config(hparams=hparams, metrics=hparam_metrics(cfg.trainer, list(final)))
     writer.close()
