@@ -206,14 +206,14 @@ def run_hparams(cfg: DictConfig) -> dict[str, bool | int | float | str]:
     """The run's hyperparameters for the HParams dashboard, every overridden key included."""
     height, width = input_size(cfg.model)
     values: dict[str, bool | int | float | str] = {
-        "model": cfg.model.name,
+        "model": cfg.model.get("_target_") or cfg.model.name,
         "weights": hparam_value(cfg.model.weights),
-        "optimizer": cfg.optimizer.name,
+        "optimizer": cfg.optimizer.get("_target_") or cfg.optimizer.name,
         "learning_rate": float(cfg.optimizer.learning_rate),
-        "loss": cfg.loss.name,
+        "loss": cfg.loss.get("_target_") or cfg.loss.name,
         "batch_size": int(cfg.data.batch_size),
         "input_size": f"{height}x{width}",
-        "dropout": float(cfg.model.dropout),
+        "dropout": float(cfg.model.get("dropout") or 0.0),
     }
     for override in task_overrides(cfg):
         key, given = split_override(override)
