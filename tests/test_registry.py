@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from kfactory.registry import ACTIVATIONS, LOSSES, MODELS, OPTIMIZERS, PREPROCESS_MODES, input_size
+from kfactory.targets import CUSTOM
 from tests.conftest import CONF_DIR, compose_config
 
 
@@ -19,7 +20,7 @@ def test_every_keras_application_has_a_model_option():
     applications = {name for name in dir(keras.applications) if name[0].isupper()}
     assert applications == {spec.keras_name for spec in MODELS.values()}
     assert len(MODELS) == 40
-    assert group_options("model") == set(MODELS)
+    assert group_options("model") == set(MODELS) | {CUSTOM}  # custom: your own model (tests/test_targets.py)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -45,8 +46,8 @@ def test_default_sizes_follow_the_keras_documentation():
 
 
 def test_optimizer_and_loss_options_match_the_registry():
-    assert group_options("optimizer") == set(OPTIMIZERS)
-    assert group_options("loss") == set(LOSSES)
+    assert group_options("optimizer") == set(OPTIMIZERS) | {CUSTOM}
+    assert group_options("loss") == set(LOSSES) | {CUSTOM}
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))

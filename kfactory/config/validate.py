@@ -24,11 +24,12 @@ from kfactory.registry import (
     input_size,
     metric_log_name,
 )
+from kfactory.targets import CUSTOM, LOSS_LABELS, check_custom_model, check_targets, is_custom_model, target_of
 
 TASKS = ("train", "eval", "predict", "export")
 CACHE_MODES = ("memory", "disk", "none")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-DATA_SOURCES = ("digits", "folder", "csv", "keras")
+DATA_SOURCES = ("digits", "folder", "csv", "keras", CUSTOM)
 EXPORT_FORMATS = ("keras", "saved_model", "tflite")
 KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 
@@ -62,6 +63,7 @@ def _validate(cfg: DictConfig) -> None:
         _check_trainer(cfg)
         _check_data(cfg)
         _check_transfer(cfg)
+        check_targets(cfg)  # imports the modules of your own parts (see README, "Your own parts")
     else:
         _check_checkpoint(cfg)
     if cfg.task == "predict":
@@ -91,6 +93,10 @@ def _check_number(key: str, value: Any, low: float, high: float | None, closed_h
 
 def _check_model(cfg: DictConfig) -> None:
     model = cfg.model
+    if is_custom_model(model):
+        input_size(model)  # required: a custom model has no size of its own
+        check_custom_model(cfg)
+        return
     _check_choice("model.name", model.name, MODELS)
     spec = MODELS[model.name]
     height, width = input_size(cfg.model)
@@ -118,6 +124,9 @@ def _check_model(cfg: DictConfig) -> None:
 
 def _check_loss(cfg: DictConfig) -> None:
     name = cfg.loss.name
+    if name == CUSTOM:
+        _check_choice("loss.labels", cfg.loss.get("labels"), LOSS_LABELS)
+        return
     _check_choice("loss.name", name, LOSSES)
     activation = cfg.model.activation
     if name in CROSSENTROPY_LOSSES and activation not in PROBABILITY_ACTIVATIONS | {"linear"}:
@@ -132,7 +141,8 @@ def _check_loss(cfg: DictConfig) -> None:
 
 
 def _check_optimizer(cfg: DictConfig) -> None:
-    _check_choice("optimizer.name", cfg.optimizer.name, OPTIMIZERS)
+    if cfg.optimizer.name != CUSTOM:
+        _check_choice("optimizer.name", cfg.optimizer.name, OPTIMIZERS)
     lr = cfg.optimizer.learning_rate
     _check_number("optimizer.learning_rate", lr, 0, None, False, "a number > 0")
     if lr == 0:
@@ -145,7 +155,10 @@ def _check_trainer(cfg: DictConfig) -> None:
         raise ConfigError("trainer.epochs", t.epochs, "an integer >= 1")
     _check_choice("trainer.verbose", t.verbose, (0, 1, 2))
     for metric in t.metrics:
-        _check_choice("trainer.metrics", metric, METRICS)
+        if target_of(metric) is None:  # a _target_ entry is resolved by check_targets
+            _check_choice("trainer.metrics", metric, METRICS)
+    if not OmegaConf.is_list(t.get("callbacks", [])):
+        raise ConfigError("trainer.callbacks", t.callbacks, "a list of {_target_: ..., ...} entries, or []")
     for key in ("steps_per_epoch", "validation_steps", "early_stopping", "threads"):
         value = t.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):

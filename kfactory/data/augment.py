@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from kfactory.errors import ConfigError
-from kfactory.registry import input_size, sparse_labels
+from kfactory.registry import input_size, label_loss, sparse_labels
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -59,7 +59,7 @@ def check_augment(cfg: DictConfig) -> None:
         name = entry.get("name") if isinstance(entry, dict) else None
         if name not in AUGMENTATIONS:
             raise ConfigError(f"data.augment[{index}].name", name, "one of " + ", ".join(AUGMENTATIONS))
-        if name in LABEL_MIXING and sparse_labels(cfg.loss.name):
+        if name in LABEL_MIXING and sparse_labels(label_loss(cfg.loss)):
             raise ConfigError(
                 "loss.name",
                 cfg.loss.name,

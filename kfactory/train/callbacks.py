@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from kfactory.errors import RunStopped
 from kfactory.model.checkpoint import save_model
 from kfactory.registry import monitor_mode
+from kfactory.targets import build
 from kfactory.train.resume import backup_dir
 
 if TYPE_CHECKING:
@@ -113,6 +114,14 @@ def stop_if_diverged(
     )
 
 
+def user_callbacks(trainer: DictConfig) -> list[keras.callbacks.Callback]:
+    """Your own callbacks, from the ``_target_`` entries of ``trainer.callbacks``."""
+    return [
+        build(f"trainer.callbacks[{index}]", entry, keras.callbacks.Callback, "a keras.callbacks.Callback")
+        for index, entry in enumerate(trainer.get("callbacks") or [])
+    ]
+
+
 def make_callbacks(
     cfg: DictConfig,
     run_dir: Path,
@@ -151,6 +160,7 @@ def make_callbacks(
                 restore_best_weights=False,
             )
         )
+    callbacks += user_callbacks(cfg.trainer)
     # Last, so an epoch counts as done only once history.csv and model.keras have it.
     callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir(run_dir))))
     return callbacks

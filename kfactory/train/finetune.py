@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 
 from kfactory.errors import ConfigError
 from kfactory.registry import monitor_mode
+from kfactory.targets import is_custom_model
 
 if TYPE_CHECKING:
     import keras
@@ -169,13 +170,15 @@ def fit_in_phases(
     mode = monitor_mode(cfg.trainer.monitor)
     before = [learning_rate_logger(), *_ema_callbacks(cfg)]  # before CSVLogger and the checkpoint
     after = schedule_callbacks(schedule, cfg.trainer.monitor, mode)
-    phases, base, pretrained = plan_phases(cfg), find_base(model), cfg.model.weights is not None
+    phases, pretrained = plan_phases(cfg), cfg.model.weights is not None
+    base = None if is_custom_model(cfg.model) else find_base(model)  # your own model trains as you built it
     epochs, logs, history = [], {}, None
     first = _resumed_phase(callbacks, len(phases))
     for number, phase in enumerate(phases, start=1):
         if number < first:
             continue
-        apply_freeze(base, phase.freeze, pretrained, cfg.model.get("bn_trainable", False))
+        if base is not None:
+            apply_freeze(base, phase.freeze, pretrained, cfg.model.get("bn_trainable", False))
         epochs_in_phase = phase.epochs - phase.initial_epoch
         compile_phase(make_learning_rate(schedule, phase.learning_rate, epochs_in_phase, steps_per_epoch))
         log.info("%s", describe_phase(model, phase, number, len(phases), pretrained))

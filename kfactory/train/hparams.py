@@ -54,14 +54,14 @@ def run_hparams(cfg: DictConfig, overrides: Iterable[str]) -> dict[str, bool | f
     """A run's hyperparameters: the main ones under short names, then every other overridden key."""
     height, width = input_size(cfg.model)
     values: dict[str, bool | float | str] = {
-        "model": cfg.model.name,
+        "model": cfg.model.get("_target_") or cfg.model.name,
         "weights": hparam_value(cfg.model.weights),
-        "optimizer": cfg.optimizer.name,
+        "optimizer": cfg.optimizer.get("_target_") or cfg.optimizer.name,
         "learning_rate": float(cfg.optimizer.learning_rate),
-        "loss": cfg.loss.name,
+        "loss": cfg.loss.get("_target_") or cfg.loss.name,
         "batch_size": float(cfg.data.batch_size),
         "input_size": f"{height}x{width}",
-        "dropout": float(cfg.model.dropout),
+        "dropout": float(cfg.model.get("dropout") or 0.0),
     }
     for override in overrides:
         key, given = split_override(override)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,8 @@ from kfactory.data.pipeline import Splits, make_dataset, make_splits
 from kfactory.errors import ConfigError, RunStopped
 from kfactory.model.build import build_model, output_units
 from kfactory.model.checkpoint import MODEL_FILE, load_model, write_json_atomic
-from kfactory.registry import LOSSES, OPTIMIZERS, input_size, metric_log_name, sparse_labels
+from kfactory.registry import LOSSES, OPTIMIZERS, input_size, label_loss, metric_log_name, sparse_labels
+from kfactory.targets import TARGET, build, is_custom_model, target_of
 from kfactory.train.callbacks import BestModelCheckpoint, make_callbacks, stop_if_diverged
 from kfactory.train.compute import choose_jit_compile, configure_tensorflow
 from kfactory.train.distribute import make_strategy
@@ -122,7 +124,7 @@ def compile_model(
     model.compile(
         optimizer=make_optimizer(cfg.optimizer, learning_rate, cfg.trainer.get("ema")),
         loss=make_loss(cfg.loss, cfg.model.activation),
-        metrics=make_metrics(cfg.trainer, cfg.loss.name, num_classes),
+        metrics=make_metrics(cfg.trainer, label_loss(cfg.loss), num_classes),
         jit_compile=jit_compile,
     )
 
@@ -130,12 +132,15 @@ def compile_model(
 def make_optimizer(
     optimizer: DictConfig, learning_rate: Any = None, ema: float | None = None
 ) -> keras.optimizers.Optimizer:
-    """A keras optimizer from ``optimizer.name`` and its arguments; ``ema``: keep an EMA of the weights."""
-    kwargs = {k: v for k, v in OmegaConf.to_container(optimizer).items() if k not in ("name", "schedule")}
+    """A keras optimizer from ``optimizer.name`` (or ``_target_``) and its arguments; ``ema``: an EMA of the weights."""
+    kwargs = {k: v for k, v in OmegaConf.to_container(optimizer).items() if k not in ("name", "schedule", TARGET)}
     if learning_rate is not None:
         kwargs["learning_rate"] = learning_rate
     if ema is not None:
         kwargs.update(use_ema=True, ema_momentum=ema)
+    if target_of(optimizer) is not None:
+        kind = "a keras.optimizers.Optimizer"
+        return build("optimizer", {TARGET: optimizer[TARGET]}, keras.optimizers.Optimizer, kind, **kwargs)
     cls = getattr(keras.optimizers, OPTIMIZERS[optimizer.name])
     try:
         return cls(**kwargs)
@@ -146,8 +151,11 @@ def make_optimizer(
 
 
 def make_loss(loss: DictConfig, activation: str) -> keras.losses.Loss:
-    """A keras loss; after a linear output, crossentropies take logits."""
-    kwargs = {k: v for k, v in OmegaConf.to_container(loss).items() if k != "name"}
+    """A keras loss (or your own, by ``_target_``); after a linear output, named crossentropies take logits."""
+    if target_of(loss) is not None:
+        kind = "a keras.losses.Loss or a function (y_true, y_pred)"
+        return build("loss", loss, (keras.losses.Loss, Callable), kind, drop=("name", "labels"))
+    kwargs = {k: v for k, v in OmegaConf.to_container(loss).items() if k not in ("name", TARGET)}
     if activation == "linear" and "crossentropy" in loss.name:
         kwargs["from_logits"] = True
     cls = getattr(keras.losses, LOSSES[loss.name])
@@ -164,9 +172,11 @@ def make_metrics(trainer: DictConfig, loss: str, num_classes: int) -> list[keras
     sparse = sparse_labels(loss)
     single_unit = output_units(loss, num_classes) == 1
     built = []
-    for name in trainer.metrics:
+    for index, name in enumerate(trainer.metrics):
         log_name = metric_log_name(name)
-        if name == "accuracy":
+        if target_of(name) is not None:
+            built.append(make_target_metric(f"trainer.metrics[{index}]", name, log_name))
+        elif name == "accuracy":
             cls = (
                 keras.metrics.BinaryAccuracy
                 if single_unit
@@ -191,13 +201,20 @@ def make_metrics(trainer: DictConfig, loss: str, num_classes: int) -> list[keras
     return built
 
 
+def make_target_metric(key: str, entry: DictConfig, log_name: str) -> keras.metrics.Metric:
+    """Your own metric from a ``_target_`` entry, logged as ``log_name`` (its ``name`` key is kfactory's)."""
+    metric = build(key, entry, keras.metrics.Metric, "a keras.metrics.Metric", drop=("name",))
+    metric.name = log_name  # a fixed name, so trainer.monitor and history.csv can rely on it
+    return metric
+
+
 def model_metadata(cfg: DictConfig, splits: Splits) -> dict[str, Any]:
     """What travels inside model.keras: enough to predict without the config."""
     return {
         "class_names": splits.class_names,
-        "model": cfg.model.name,
+        "model": cfg.model._target_ if is_custom_model(cfg.model) else cfg.model.name,
         "input_size": list(input_size(cfg.model)),
-        "loss": cfg.loss.name,
+        "loss": target_of(cfg.loss) or cfg.loss.name,
         "activation": cfg.model.activation,
     }
 
