@@ -146,3 +146,17 @@ def test_bad_settings_are_refused_before_training(override: str, accepted: str):
 
     with pytest.raises(ConfigError, match=accepted):
         validate(compose_config([override]))
+
+
+@pytest.mark.parametrize("classes", [10, 30, 100])
+def test_the_confusion_matrix_text_is_legible_at_card_size_or_full_size(classes):
+    from kfactory.train.tensorboard import CARD_PIXELS, DPI, confusion_figure, confusion_layout
+
+    side, font = confusion_layout(classes)
+    png = confusion_figure(np.eye(classes, dtype=np.int64) * 3, [f"class_{i}" for i in range(classes)])
+    width = int.from_bytes(png[16:20], "big")  # the PNG header's width
+    assert width == pytest.approx(side * DPI, abs=2)
+    font_pixels = font * DPI / 72
+    shown = font_pixels * min(1.0, CARD_PIXELS / width) if classes <= 20 else font_pixels  # card, else full size
+    assert shown >= 8  # pixels: the smallest text still read without zooming
+    assert side * DPI / classes >= 1.2 * font_pixels  # a label fits its row
