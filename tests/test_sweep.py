@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from kfactory.config.resolvers import VARIED_KEYS_FILE, job_dirname, safe_dirname
+from kfactory.config.resolvers import VARIED_KEYS_FILE
 from kfactory.report.sweep import SweepSummary, summarize_sweep
 from tests.conftest import TINY, run_cli
 
@@ -31,24 +31,6 @@ SWEEP = [
     "model.dropout=0.0,0.5",
     "model.weights=null,/nonexistent/w.h5",
 ]
-
-
-def test_safe_dirname_replaces_slashes_and_shortens():
-    assert safe_dirname("model=vgg16,optimizer=sgd") == "model=vgg16,optimizer=sgd"
-    assert safe_dirname("data.path=/home/me/my photos") == "data.path=_home_me_my_photos"
-    long_a, long_b = "x" * 200 + "a", "x" * 200 + "b"
-    assert len(safe_dirname(long_a)) == 80
-    assert safe_dirname(long_a) != safe_dirname(long_b)  # the hash keeps them apart
-    assert safe_dirname(long_a).startswith("x" * 71 + "-")  # a readable prefix, then the hash
-
-
-def test_job_dirname_keeps_the_varied_keys(tmp_path: Path):
-    overrides = ["trainer=fast", "model.dropout=0.5", "seed=3", "+data.path=/x/y", "optimizer=sgd"]
-    everything = "+data.path=_x_y,model.dropout=0.5,optimizer=sgd,trainer=fast"  # no record of the sweep: all
-    assert job_dirname(overrides, ["seed"], str(tmp_path)) == everything
-    (tmp_path / VARIED_KEYS_FILE).write_text("model.dropout\noptimizer\ndata.path\n")
-    assert job_dirname(overrides, ["seed"], str(tmp_path)) == "+data.path=_x_y,model.dropout=0.5,optimizer=sgd"
-    assert job_dirname(["trainer=fast"], [], str(tmp_path)) == "trainer=fast"  # nothing varied: keep all
 
 
 def fake_job(root: Path, name: str, overrides: list[str], metrics: dict | None, error: bool = False) -> None:
