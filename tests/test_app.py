@@ -16,9 +16,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from kfactory import app
-from kfactory.errors import RunStopped, Terminated
+from kfactory.errors import ConfigError, RunStopped, Terminated
 from tests.conftest import compose_config, run_cli
 
+REFUSAL = ConfigError("model.dropout", 2, "a number in [0, 1)")
 DROPOUT_REFUSAL = "model.dropout=2 is not accepted: a number in [0, 1)"
 
 
@@ -63,8 +64,9 @@ def fail_with(monkeypatch, error: BaseException) -> None:
     monkeypatch.setattr(app, "run_task", run_task)
 
 
-def test_a_bad_value_exits_2_with_one_line_naming_it(hydra_job, caplog):
-    cfg, _ = hydra_job(["model.dropout=2"])
+def test_a_bad_value_exits_2_with_one_line_naming_it(hydra_job, monkeypatch, caplog):
+    cfg, _ = hydra_job()
+    fail_with(monkeypatch, REFUSAL)  # wherever the check sits, validate() or a task's own
     with caplog.at_level(logging.ERROR, logger="kfactory"), pytest.raises(SystemExit) as stopped:
         app.kfactory(cfg)
     assert stopped.value.code == 2
@@ -100,8 +102,9 @@ def test_ctrl_c_and_sigterm_exit_with_the_resume_command(hydra_job, monkeypatch,
     assert f"{word}. Finished epochs are kept; continue with: hydra.run.dir={run_dir} resume=true" in caplog.text
 
 
-def test_a_multirun_job_that_is_refused_writes_error_txt_and_lets_the_sweep_go_on(hydra_job):
-    cfg, run_dir = hydra_job(["model.dropout=2"], multirun=True)
+def test_a_multirun_job_that_is_refused_writes_error_txt_and_lets_the_sweep_go_on(hydra_job, monkeypatch):
+    cfg, run_dir = hydra_job(multirun=True)
+    fail_with(monkeypatch, REFUSAL)
     assert app.kfactory(cfg) is None  # no SystemExit: the next job runs
     assert (run_dir / app.ERROR_FILE).read_text() == DROPOUT_REFUSAL + "\n"
 
