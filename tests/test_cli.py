@@ -53,13 +53,11 @@ def test_cfg_job_prints_the_same_config_as_run_py(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_a_refused_value_exits_2_with_the_run_directory_under_the_working_directory(tmp_path):
+def test_a_refused_value_exits_2_in_one_line_from_outside_the_repo(tmp_path):
     result = run_script(["trainer.epochs=0"], cwd=tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-2000:]
     assert "trainer.epochs=0 is not accepted" in output and "Traceback" not in output
-    [run_dir] = (tmp_path / "outputs" / "runs").iterdir()  # relative paths follow the user, not the package
-    assert (run_dir / ".hydra" / "config.yaml").is_file()
 
 
 def test_a_missing_plugin_is_named_before_hydra_starts(monkeypatch, capsys):
