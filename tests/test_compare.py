@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import tensorflow as tf
 
-tf = pytest.importorskip("tensorflow")
-
-from kfactory.report.compare import leaderboard, load_scalars, main, split_run  # noqa: E402
+from kfactory.report.compare import leaderboard, load_scalars, main, split_run
 
 
 def write_run(job: Path, accuracy: list[float], loss: list[float]) -> None:

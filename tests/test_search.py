@@ -97,10 +97,13 @@ def test_optuna_search_records_failed_trials_and_returns_the_best_value(tmp_path
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Deprecated API features detected")  # optuna 2.x on SQLAlchemy 1.4
 def test_optuna_search_continues_from_its_sqlite_storage(tmp_path: Path):
-    sqlalchemy = pytest.importorskip("sqlalchemy")
-    if int(sqlalchemy.__version__.split(".")[0]) >= 2:
-        pytest.skip("optuna 2.x's RDB storage needs SQLAlchemy<2 (the sweep extra pins it)")
     import optuna
+    import sqlalchemy
+
+    # The sweep extra pins SQLAlchemy<2 (optuna 2.x's RDB storage fails on 2.x): another version is a broken install.
+    assert int(sqlalchemy.__version__.split(".")[0]) < 2, (
+        f"SQLAlchemy {sqlalchemy.__version__}: pip install -e '.[dev]'"
+    )
 
     sweep_dir = tmp_path / "search"
     storage = "sqlite:///${hydra.sweep.dir}/optuna.db"  # as the README shows: in the sweep root
@@ -135,7 +138,8 @@ def test_joblib_runs_jobs_in_separate_processes_with_a_thread_budget(tmp_path: P
 
 @pytest.mark.slow
 def test_submitit_local_runs_a_two_job_sweep(tmp_path: Path):
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    import hydra_plugins.hydra_submitit_launcher  # noqa: F401  (the slurm extra, part of dev: absent is a broken install)
+
     sweep_dir = tmp_path / "sweep"
     args = ["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "model.dropout=0.0,0.1"]
     result = run_cli([*args, *SWEEP_TINY, "trainer.threads=1", f"hydra.sweep.dir={sweep_dir}"])

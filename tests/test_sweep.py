@@ -14,8 +14,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from kfactory.config.resolvers import MAX_DIRNAME, VARIED_KEYS_FILE, job_dirname, safe_dirname
-from kfactory.overrides import split_override
+from kfactory.config.resolvers import VARIED_KEYS_FILE
 from kfactory.report.sweep import SweepSummary, summarize_sweep
 from tests.conftest import TINY, run_cli
 
@@ -32,40 +31,6 @@ SWEEP = [
     "model.dropout=0.0,0.5",
     "model.weights=null,/nonexistent/w.h5",
 ]
-
-
-def test_safe_dirname_replaces_slashes_and_shortens():
-    assert safe_dirname("model=vgg16,optimizer=sgd") == "model=vgg16,optimizer=sgd"
-    assert safe_dirname("data.path=/home/me/my photos") == "data.path=_home_me_my_photos"
-    long_a, long_b = "x" * 200 + "a", "x" * 200 + "b"
-    assert len(safe_dirname(long_a)) == MAX_DIRNAME
-    assert safe_dirname(long_a) != safe_dirname(long_b)  # the hash keeps them apart
-    assert safe_dirname(long_a).startswith("x" * (MAX_DIRNAME - 9) + "-")  # a readable prefix, then the hash
-
-
-def test_job_dirname_rounds_floats_and_shortens_words_not_keys(tmp_path: Path):
-    overrides = ["optimizer=adamw", "optimizer.learning_rate=0.00031234567", "model.dropout=0.3005575058716044"]
-    name = job_dirname([*overrides, "data.batch_size=64", "model=efficientnet_b0"], [], str(tmp_path))
-    assert name == (
-        "optimizer=adamw,optimizer.learning_rate=0.0003123,model.dropout=0.3006,data.batch_size=64,model=efficientnet_b0"
-    )
-    assert job_dirname(["model.dropout=1e-05", "seed=7"], [], str(tmp_path)) == "model.dropout=1e-05,seed=7"
-    long = ["model=efficientnet_v2_b0", "loss=categorical_focal_crossentropy", "optimizer.learning_rate=0.0001234"]
-    long += ["data.augment=strong", "trainer.monitor=val_top_k_accuracy", "optimizer=rmsprop", "model.dropout=0.25"]
-    name = job_dirname(long, [], str(tmp_path))
-    assert len(name) <= MAX_DIRNAME
-    assert [split_override(o)[0] for o in name.split(",")] == [split_override(o)[0] for o in long]  # every key
-    assert "optimizer.learning_rate=0.0001234" in name  # numbers are never cut
-    assert "loss=categorical_focal_cross" not in name  # the longest words were cut first
-
-
-def test_job_dirname_keeps_the_varied_keys(tmp_path: Path):
-    overrides = ["trainer=fast", "model.dropout=0.5", "seed=3", "+data.path=/x/y", "optimizer=sgd"]
-    everything = "trainer=fast,model.dropout=0.5,+data.path=_x_y,optimizer=sgd"  # no record of the sweep: all
-    assert job_dirname(overrides, ["seed"], str(tmp_path)) == everything  # in the order written
-    (tmp_path / VARIED_KEYS_FILE).write_text("model.dropout\noptimizer\ndata.path\n")
-    assert job_dirname(overrides, ["seed"], str(tmp_path)) == "model.dropout=0.5,+data.path=_x_y,optimizer=sgd"
-    assert job_dirname(["trainer=fast"], [], str(tmp_path)) == "trainer=fast"  # nothing varied: keep all
 
 
 def fake_job(root: Path, name: str, overrides: list[str], metrics: dict | None, error: bool = False) -> None:

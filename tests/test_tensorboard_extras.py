@@ -5,25 +5,22 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import plugin_event_accumulator as accumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.util import tensor_util
 
-from tests.conftest import TINY, compose_config
-
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
-
-from tensorboard.backend.event_processing import plugin_event_accumulator as accumulator  # noqa: E402
-from tensorboard.plugins.hparams import metadata as hparams_metadata  # noqa: E402
-from tensorboard.util import tensor_util  # noqa: E402
-
-from kfactory.train.tensorboard import (  # noqa: E402
+from kfactory.train.tensorboard import (
     ValidationSummaries,
     decode_labels,
     grid_order,
     to_probabilities,
     write_final_summaries,
 )
+from tests.conftest import TINY, compose_config
 
 CLASSES = ["cat", "dog", "owl"]
 VAL_SIZE = 30
