@@ -17,6 +17,7 @@ from kfactory.config.resolvers import register_resolvers
 from kfactory.config.validate import validate
 from kfactory.errors import ConfigError, RunStopped, Terminated
 from kfactory.train import run_lock
+from kfactory.train.gpus import assign_job_gpus
 from kfactory.train.resume import COMPLETE, RESTART, check_run_dir, complete_run_metric, prepare_restart, resume_mode
 
 register_resolvers()  # before Hydra composes: hydra.sweep.subdir uses ${kf_job_dirname:...}
@@ -44,6 +45,8 @@ def kfactory(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     dir_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    if multirun:
+        assign_job_gpus(hydra_cfg.launcher, hydra_cfg.job.num)  # before TensorFlow is imported
     stop_on_sigterm()
     lock = None
     try:
