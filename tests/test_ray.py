@@ -56,6 +56,7 @@ def ray_head(tmp_path_factory):
 
 def test_a_ray_sweep_runs_on_a_local_head(ray_head, tmp_path):
     args = ["-m", "hydra/launcher=ray", f"hydra.launcher.ray.init.address={ray_head}", f"hydra.sweep.dir={tmp_path}"]
+    args += ["+hydra.launcher.ray.init.object_store_memory=null"]  # the plugin's default is refused by an existing head
     args += [*TINY, "model.input_size=[32,32]", "model.weights=null", "trainer.threads=1", "model.dropout=0.0,0.5"]
     result = run_cli(args, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
