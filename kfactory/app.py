@@ -53,14 +53,8 @@ def kfactory(cfg: DictConfig) -> float | None:
         validate(cfg)
         if cfg.task == "train":
             lock = run_lock.acquire(run_dir, dir_key)  # one writer per run directory
-            resume = resume_mode(cfg, hydra_cfg.launcher.get("_target_"), list(hydra_cfg.overrides.task))
-            state = check_run_dir(cfg, run_dir, dir_key, resume)
-            if state == COMPLETE:
+            if not plan_training(cfg, run_dir, dir_key, hydra_cfg):
                 return complete_run_metric(run_dir, cfg.trainer.monitor)
-            if state == RESTART:
-                prepare_restart(run_dir)
-            with open_dict(cfg):
-                cfg.resume = resume
         return run_task(cfg, run_dir)
     except (ConfigError, RunStopped) as error:
         log.error("%s", error)
@@ -83,6 +77,23 @@ def kfactory(cfg: DictConfig) -> float | None:
             run_lock.release(lock)
         release_memory()
     return None
+
+
+def plan_training(cfg: DictConfig, run_dir: Path, dir_key: str, hydra_cfg: DictConfig) -> bool:
+    """Settle ``cfg.resume`` from what ``run_dir`` holds; False when its run is already complete.
+
+    Under a launcher that requeues jobs (submitit_slurm) ``resume`` is ``auto``
+    unless the command line sets it, so a requeued job continues its run.
+    """
+    resume = resume_mode(cfg, hydra_cfg.launcher.get("_target_"), list(hydra_cfg.overrides.task))
+    state = check_run_dir(cfg, run_dir, dir_key, resume)
+    if state == COMPLETE:
+        return False
+    if state == RESTART:
+        prepare_restart(run_dir)
+    with open_dict(cfg):
+        cfg.resume = resume
+    return True
 
 
 def stop_on_sigterm() -> None:
