@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +46,9 @@ def test_a_second_process_is_refused_in_one_line_naming_the_holder(tmp_path):
     message = str(refused.value)
     assert "\n" not in message
     assert f"pid {other.pid} on {socket.gethostname()}" in message and run_lock.LOCK_FILE in message
+    suggested = re.search(r"if that process is gone, delete (\S+)\)", message)[1]  # do what it says: it works
+    Path(suggested).unlink()
+    run_lock.acquire(tmp_path)
 
 
 def test_the_lock_of_a_process_that_is_gone_is_taken_over_with_a_warning(tmp_path, caplog):
