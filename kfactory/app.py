@@ -11,13 +11,15 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from kfactory.config.resolvers import register_resolvers
 from kfactory.config.validate import validate
 from kfactory.console import import_tensorflow
 from kfactory.errors import ConfigError, RunStopped, Terminated
-from kfactory.train.resume import check_run_dir
+from kfactory.train import run_lock
+from kfactory.train.gpus import assign_job_gpus
+from kfactory.train.resume import COMPLETE, RESTART, check_run_dir, complete_run_metric, prepare_restart, resume_mode
 
 register_resolvers()  # before Hydra composes: hydra.sweep.subdir uses ${kf_job_dirname:...}
 
@@ -29,6 +31,10 @@ ERROR_FILE = "error.txt"  # written in a run directory whose job failed
 def kfactory(cfg: DictConfig) -> float | None:
     """Run ``cfg.task`` in the Hydra run directory; return the monitored metric.
 
+    A training run holds the directory's lock while it runs; with ``resume=true``
+    or ``auto`` it continues the run there, and a complete run returns its metric
+    at once (so a requeued job can always pass ``resume=true``).
+
     A bad config exits with status 2 and one line naming the key; a run that
     stops on a fault it can name (a NaN loss) exits 1, also with one line; Ctrl-C
     and SIGTERM exit 130 and 143 with the command that resumes the run. In a multirun
@@ -39,10 +45,17 @@ def kfactory(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    dir_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    if multirun:
+        assign_job_gpus(hydra_cfg.launcher, hydra_cfg.job.num)  # before TensorFlow is imported
     stop_on_sigterm()
+    lock = None
     try:
         validate(cfg)
-        check_run_dir(cfg, run_dir, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+        if cfg.task == "train":
+            lock = run_lock.acquire(run_dir, dir_key)  # one writer per run directory
+            if not plan_training(cfg, run_dir, dir_key, hydra_cfg):
+                return complete_run_metric(run_dir, cfg.trainer.monitor)
         return run_task(cfg, run_dir)
     except (ConfigError, RunStopped) as error:
         log.error("%s", error)
@@ -61,8 +74,27 @@ def kfactory(cfg: DictConfig) -> float | None:
         log.error("Job failed: %s: %s", type(error).__name__, error)
         (run_dir / ERROR_FILE).write_text(traceback.format_exc())
     finally:
+        if lock is not None:
+            run_lock.release(lock)
         release_memory()
     return None
+
+
+def plan_training(cfg: DictConfig, run_dir: Path, dir_key: str, hydra_cfg: DictConfig) -> bool:
+    """Settle ``cfg.resume`` from what ``run_dir`` holds; False when its run is already complete.
+
+    Under a launcher that requeues jobs (submitit_slurm) ``resume`` is ``auto``
+    unless the command line sets it, so a requeued job continues its run.
+    """
+    resume = resume_mode(cfg, hydra_cfg.launcher.get("_target_"), list(hydra_cfg.overrides.task))
+    state = check_run_dir(cfg, run_dir, dir_key, resume)
+    if state == COMPLETE:
+        return False
+    if state == RESTART:
+        prepare_restart(run_dir)
+    with open_dict(cfg):
+        cfg.resume = resume
+    return True
 
 
 def stop_on_sigterm() -> None:

@@ -38,6 +38,7 @@ def hydra_job(monkeypatch, tmp_path):
         cfg = compose_config(overrides or [], run_dir=run_dir)
         with open_dict(cfg):
             cfg.hydra.mode = RunMode.MULTIRUN if multirun else RunMode.RUN
+            cfg.hydra.job.num = 0  # a multirun job's number (kfactory gives each parallel job its own GPU)
         HydraConfig.instance().set_config(cfg)
         with open_dict(cfg):
             del cfg["hydra"]  # the task function sees the job's config without the hydra node, as under @hydra.main

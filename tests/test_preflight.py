@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -49,3 +52,31 @@ def test_a_refused_command_leaves_no_new_folder(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
     assert "[kfactory][ERROR] - data.batch_size=0 is not accepted: an integer >= 1" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_on_a_complete_run_says_so_in_one_line_and_changes_nothing(finished_run, tmp_path):
+    (finished_run / "metrics.json").write_text('{"epochs_run": 2}\n')
+    before = snapshot(tmp_path)
+    result = run_cli(["resume=true", f"hydra.run.dir={finished_run}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.strip().endswith(f"{finished_run} is complete (metrics.json); nothing to resume")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert snapshot(tmp_path) == before
+
+
+def test_a_run_directory_another_process_trains_in_is_refused_untouched(tmp_path):
+    from kfactory.train.run_lock import LOCK_FILE, process_start
+
+    run = tmp_path / "busy"
+    run.mkdir()
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        record = {"host": socket.gethostname(), "pid": holder.pid, "started": process_start(holder.pid)}
+        (run / LOCK_FILE).write_text(json.dumps(record))
+        before = snapshot(tmp_path)
+        result = run_cli([f"hydra.run.dir={run}"], cwd=tmp_path)
+    finally:
+        holder.kill()
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"pid {holder.pid}" in result.stderr
+    assert snapshot(tmp_path) == before

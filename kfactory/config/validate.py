@@ -36,7 +36,7 @@ KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 
 PATH_KEYS = ("model.weights", "data.path", "data.csv", "ckpt_path", "predict.input")
 WEIGHTS_SUFFIXES = (".h5", ".hdf5", ".keras")  # what keras.Model.load_weights reads
-BOOLEAN_KEYS = ("resume", "unsafe_load")
+BOOLEAN_KEYS = ("unsafe_load",)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -56,6 +56,8 @@ def _validate(cfg: DictConfig) -> None:
     for key in BOOLEAN_KEYS:
         if not isinstance(cfg.get(key, False), bool):
             raise ConfigError(key, cfg.get(key), "true or false")
+    if cfg.get("resume", False) not in (True, False, "auto"):
+        raise ConfigError("resume", cfg.get("resume"), "true, false or auto (resume if there is a run to resume)")
     if cfg.task == "train":
         _check_model(cfg)
         _check_loss(cfg)

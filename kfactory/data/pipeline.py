@@ -116,6 +116,23 @@ def make_dataset(
     return ds.prefetch(AUTOTUNE)
 
 
+def epoch_inputs(
+    splits: Splits, steps_per_epoch: int | None, validation_steps: int | None
+) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
+    """The training and validation data ``fit`` gets, so that every epoch is whole.
+
+    With ``steps_per_epoch`` the training data repeats (reshuffled each pass), so
+    every epoch runs all its steps instead of running out of data part-way. With
+    ``validation_steps`` every epoch validates on the same first batches (a
+    finite ``take``, read afresh each epoch).
+    """
+    train = splits.train.repeat() if steps_per_epoch else splits.train
+    val = splits.val
+    if val is not None and validation_steps:
+        val = val.take(validation_steps)
+    return train, val
+
+
 def to_rgb_float(images: tf.Tensor, size: tuple[int, int] | None) -> tf.Tensor:
     """A batch as float32 RGB in [0, 255], resized to ``size`` when given."""
     images = tf.cast(images, tf.float32)

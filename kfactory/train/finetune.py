@@ -164,6 +164,7 @@ def fit_in_phases(
 
     Returns the last phase's History with the epochs and logs of all phases.
     """
+    from kfactory.data.pipeline import epoch_inputs
     from kfactory.train.schedules import learning_rate_logger, make_learning_rate, schedule_callbacks, schedule_of
 
     schedule = schedule_of(cfg.optimizer)
@@ -174,6 +175,7 @@ def fit_in_phases(
     base = None if is_custom_model(cfg.model) else find_base(model)  # your own model trains as you built it
     epochs, logs, history = [], {}, None
     first = _resumed_phase(callbacks, len(phases))
+    train, val = epoch_inputs(splits, cfg.trainer.steps_per_epoch, cfg.trainer.validation_steps)
     for number, phase in enumerate(phases, start=1):
         if number < first:
             continue
@@ -184,12 +186,11 @@ def fit_in_phases(
         log.info("%s", describe_phase(model, phase, number, len(phases), pretrained))
         model._initial_epoch = None  # a BackupAndRestore of an earlier phase must not move this phase's start
         history = model.fit(
-            splits.train,
-            validation_data=splits.val,
+            train,
+            validation_data=val,
             initial_epoch=phase.initial_epoch,
             epochs=phase.epochs,
             steps_per_epoch=cfg.trainer.steps_per_epoch,
-            validation_steps=cfg.trainer.validation_steps,
             callbacks=[*before, *_for_phase(callbacks, number, len(phases), phase.initial_epoch), *after],
             class_weight=class_weight,
             verbose=cfg.trainer.verbose,
@@ -224,7 +225,7 @@ def _for_phase(callbacks: list, number: int, total: int, first_epoch: int) -> li
         if isinstance(callback, ResumableEarlyStopping):
             callback.phase_start = first_epoch
         if isinstance(callback, keras.callbacks.BackupAndRestore):
-            callback = keras.callbacks.BackupAndRestore(
+            callback = type(callback)(
                 os.path.join(callback.backup_dir, f"phase{number}"),
                 save_freq=callback.save_freq,
                 delete_checkpoint=callback.delete_checkpoint,

@@ -24,7 +24,7 @@ from kfactory.train.callbacks import BestModelCheckpoint, make_callbacks, stop_i
 from kfactory.train.compute import choose_jit_compile, configure_tensorflow
 from kfactory.train.distribute import make_strategy
 from kfactory.train.finetune import fit_in_phases
-from kfactory.train.resume import drop_empty_backup, restore_history
+from kfactory.train.resume import drop_backup, restore_history
 from kfactory.train.tensorboard import write_final_summaries
 from kfactory.train.xla_probe import XlaProbe
 
@@ -65,7 +65,6 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     callbacks = [*([probe] if probe else []), *make_callbacks(cfg, run_dir, checkpoint, splits, past)]
     weights = describe_training(cfg, splits, run_dir)
     history = fit_in_phases(model, cfg, splits, steps, callbacks, compile_phase, weights)
-    drop_empty_backup(run_dir)  # a two-phase run leaves backup/ empty: the run is complete
     stop_if_diverged(callbacks, cfg, checkpoint)
     if checkpoint.best is None:
         monitor = cfg.trainer.monitor
@@ -74,8 +73,9 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     epochs_run = len(past) + len(history.epoch)
     metrics.update(best_epoch=checkpoint.best_epoch + 1, epochs_run=epochs_run, wall_time_s=time.time() - started)
     metrics[f"best_{cfg.trainer.monitor}"] = checkpoint.best
-    write_json_atomic(run_dir / "metrics.json", metrics)
     write_final_summaries(cfg, run_dir / "tensorboard", metrics)
+    write_json_atomic(run_dir / "metrics.json", metrics)  # last: the run is complete
+    drop_backup(run_dir)
     report(cfg, run_dir, metrics)
     if splits.skipped:
         log.warning("Skipped %d unreadable images; the list: %s", len(splits.skipped), run_dir / SKIPPED_FILE)
@@ -106,14 +106,14 @@ def describe_training(cfg: DictConfig, splits: Splits, run_dir: Path) -> dict[in
 
 
 def resume_history(cfg: DictConfig, run_dir: Path) -> list[dict[str, float]]:
-    """With ``resume=true``, the finished epochs' history rows (BackupAndRestore restores the rest)."""
+    """With ``resume=true|auto``, the finished epochs' history rows (the backup restores the rest)."""
     if not cfg.get("resume"):
         return []
     past = restore_history(run_dir)
     if past:
         log.info("Resuming %s after epoch %d of %d", run_dir, len(past), cfg.trainer.epochs)
     else:
-        log.info("resume=true: no finished epoch in %s; starting at epoch 1", run_dir)
+        log.info("resume=%s: no finished epoch in %s; starting at epoch 1", str(cfg.resume).lower(), run_dir)
     return past
 
 
