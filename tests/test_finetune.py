@@ -196,7 +196,7 @@ def test_head_phase_trains_only_the_head_then_the_unfrozen_layers_train(tmp_path
     assert history.epoch == [0, 1]
     with open(tmp_path / "history.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert [int(r["epoch"]) for r in rows] == [1, 2]  # history.csv counts epochs from 1
     assert [float(r["learning_rate"]) for r in rows] == pytest.approx([0.01, 0.001])
     assert (tmp_path / "model.keras").exists()
 

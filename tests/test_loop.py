@@ -25,7 +25,8 @@ def test_train_writes_model_metrics_history_tensorboard_and_config(trained_run):
     for key in ("val_accuracy", "val_loss", "test_accuracy", "test_loss"):
         assert isinstance(metrics[key], float) and np.isfinite(metrics[key])
     history = pd.read_csv(run_dir / "history.csv")
-    assert history["epoch"].tolist() == [0, 1]
+    assert history["epoch"].tolist() == [1, 2]  # epochs count from 1, as in the logs and best_epoch
+    assert 1 <= metrics["best_epoch"] <= 2
     assert {"accuracy", "loss", "val_accuracy", "val_loss"} <= set(history.columns)
     assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
     assert (run_dir / ".hydra" / "config.yaml").is_file()

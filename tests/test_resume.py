@@ -32,7 +32,7 @@ HEADER = "epoch,accuracy,loss,val_accuracy,val_loss\n"
 def write_run(run_dir: Path, rows: int, backed_up: int | None) -> None:
     """A run directory with ``rows`` history rows and a backup of ``backed_up`` epochs."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    lines = "".join(f"{e},0.{e + 1},{2 - e / 10},0.{e + 2},{3 - e / 10}\n" for e in range(rows))
+    lines = "".join(f"{e + 1},0.{e + 1},{2 - e / 10},0.{e + 2},{3 - e / 10}\n" for e in range(rows))  # from 1
     (run_dir / "history.csv").write_text(HEADER + lines)
     if backed_up is not None:
         (run_dir / "backup").mkdir(exist_ok=True)
@@ -108,15 +108,15 @@ def test_restore_history_drops_rows_the_backup_does_not_hold(tmp_path):
     assert [r["epoch"] for r in rows] == [0, 1]
     assert rows[1]["val_accuracy"] == pytest.approx(0.3)
     lines = (tmp_path / "history.csv").read_text().splitlines()
-    assert lines == [HEADER.strip(), "0,0.1,2.0,0.2,3.0", "1,0.2,1.9,0.3,2.9"]
+    assert lines == [HEADER.strip(), "1,0.1,2.0,0.2,3.0", "2,0.2,1.9,0.3,2.9"]  # the file counts from 1
 
 
 def test_restore_history_drops_a_row_cut_short_and_repeated_epochs(tmp_path):
     write_run(tmp_path, rows=2, backed_up=3)
     with (tmp_path / "history.csv").open("a") as handle:
-        handle.write("1,0.9,0.9,0.9,0.9\n2,0.3")  # epoch 1 again, then a row the kill cut short
+        handle.write("2,0.9,0.9,0.9,0.9\n3,0.3")  # epoch 2 again, then a row the kill cut short
     assert [r["epoch"] for r in restore_history(tmp_path)] == [0, 1]
-    assert (tmp_path / "history.csv").read_text().splitlines()[-1] == "1,0.2,1.9,0.3,2.9"
+    assert (tmp_path / "history.csv").read_text().splitlines()[-1] == "2,0.2,1.9,0.3,2.9"
 
 
 def test_the_backup_survives_a_kill_at_any_instant_of_its_write(tmp_path):
@@ -198,7 +198,7 @@ def test_a_run_killed_after_its_first_epoch_resumes_and_finishes_all_epochs(tmp_
     assert resumed.returncode == 0, output[-3000:]
     assert "Resuming" in output
     epochs = [int(line.split(",")[0]) for line in (run_dir / "history.csv").read_text().splitlines()[1:]]
-    assert epochs == [0, 1, 2, 3]
+    assert epochs == [1, 2, 3, 4]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs_run"] == 4
     assert not (run_dir / "backup").exists()
@@ -251,7 +251,7 @@ def test_a_two_phase_run_killed_while_fine_tuning_resumes_in_that_phase(tmp_path
     assert resumed.returncode == 0, output[-3000:]
     assert "Phase 2/2" in output and "Phase 1/2" not in output  # the head phase is not trained again
     epochs = [int(line.split(",")[0]) for line in (run_dir / "history.csv").read_text().splitlines()[1:]]
-    assert epochs == [0, 1, 2, 3]
+    assert epochs == [1, 2, 3, 4]
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 4
     assert not (run_dir / "backup").exists()
 
@@ -288,7 +288,7 @@ def test_a_run_killed_at_any_instant_around_an_epochs_end_resumes_to_all_its_epo
     assert resumed.returncode == 0, output[-3000:]
     assert ("starting again at epoch 1" in output) == (point == "history_row" and epoch == 0)
     epochs = [int(line.split(",")[0]) for line in (run_dir / "history.csv").read_text().splitlines()[1:]]
-    assert epochs == [0, 1, 2]
+    assert epochs == [1, 2, 3]
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 3
     assert not (run_dir / "backup").exists() and not (run_dir / ".kfactory.lock").exists()
 

@@ -41,7 +41,7 @@ def test_a_slurm_sweep_runs_each_job_in_its_directory_and_sums_them_up(slurm_clu
     jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert [p.name for p in jobs] == ["0_model.dropout=0.0", "1_model.dropout=0.5"]
     for job in jobs:
-        assert history_epochs(job) == [0, 1]
+        assert history_epochs(job) == [1, 2]
         assert json.loads((job / "metrics.json").read_text())["epochs_run"] == 2
     table = pd.read_csv(tmp_path / "summary.csv")
     assert sorted(table["job"]) == [0, 1] and set(table["status"]) == {"ok"}
@@ -96,7 +96,7 @@ def test_a_job_stopped_mid_run_is_requeued_and_continues_to_exactly_its_epochs(s
     finally:
         sweep.kill()
     assert sweep.returncode == 0, output[-4000:]
-    assert history_epochs(job_dir) == [0, 1, 2, 3, 4]  # one continuous history
+    assert history_epochs(job_dir) == [1, 2, 3, 4, 5]  # one continuous history
     assert json.loads((job_dir / "metrics.json").read_text())["epochs_run"] == 5
     log = (job_dir / "kfactory.log").read_text()
     assert "Resuming" in log

@@ -60,7 +60,7 @@ def test_pr_curves_per_class_and_micro_average(written):
     events = read_events(log_dir)
     for index, name in enumerate([*CLASSES, "micro_average"]):
         curves = tensors(events, f"pr_curve/{name}/pr_curves")
-        assert [step for step, _ in curves] == [0, 1]  # every epoch
+        assert [step for step, _ in curves] == [1, 2]  # every epoch, counted from 1
         data = curves[-1][1]  # rows: TP, FP, TN, FN, precision, recall; columns: thresholds 0..1
         positives = VAL_SIZE if name == "micro_average" else int((labels == index).sum())
         assert np.all(data[0] + data[3] == positives)  # TP + FN: the positives, at every threshold
@@ -74,7 +74,7 @@ def test_confusion_matrix_counts_add_up_to_the_validation_size(written):
     log_dir, labels = written
     events = read_events(log_dir)
     steps = [step for step, _ in tensors(events, "confusion_matrix")]
-    assert steps == [0, 1]
+    assert steps == [1, 2]  # epochs count from 1 in TensorBoard too
     table = tensors(events, "confusion_matrix_counts")[-1][1].item().decode()
     rows = [line.strip("|").split("|") for line in table.splitlines()[2:]]
     counts = np.array([[int(c) for c in row[1:]] for row in rows])

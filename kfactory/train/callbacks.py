@@ -60,6 +60,20 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             save_model(self.model, self.path, {**self.metadata, "best_epoch": epoch + 1, self.monitor: value})
 
 
+class HistoryCSV(keras.callbacks.CSVLogger):
+    """history.csv with epochs counted from 1, as the progress bar, the logs and ``best_epoch`` count them."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        super().on_epoch_end(epoch + 1, logs)
+
+
+class EpochTensorBoard(keras.callbacks.TensorBoard):
+    """Keras's TensorBoard callback with epochs counted from 1 as steps (``histogram_freq=N``: epochs N, 2N, …)."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        super().on_epoch_end(epoch + 1, logs)
+
+
 def finite_loss(logs: dict | None) -> bool:
     """Whether the training loss in ``logs`` (if any) is a finite number."""
     loss = (logs or {}).get("loss")
@@ -144,8 +158,8 @@ def make_callbacks(
     board = cfg.trainer.get("tensorboard") or {}
     callbacks: list[keras.callbacks.Callback] = [
         checkpoint,
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-        keras.callbacks.TensorBoard(
+        HistoryCSV(str(run_dir / "history.csv"), append=True),
+        EpochTensorBoard(
             log_dir=str(run_dir / "tensorboard"),
             histogram_freq=board.get("histogram_freq", 1),
             write_graph=board.get("write_graph", True),

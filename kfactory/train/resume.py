@@ -132,7 +132,8 @@ def complete_run_metric(run_dir: Path, monitor: str) -> float | None:
 
 
 def restore_history(run_dir: Path) -> list[dict[str, float]]:
-    """The rows of history.csv for the epochs the backup holds; later rows are removed from the file."""
+    """The rows of history.csv for the epochs the backup holds (later rows are removed from the file),
+    with ``epoch`` counted from 0 as Keras's callbacks count it."""
     path = run_dir / HISTORY_FILE
     if not path.is_file():
         return []
@@ -142,7 +143,7 @@ def restore_history(run_dir: Path) -> list[dict[str, float]]:
         fields = reader.fieldnames or []
         rows = {}
         for row in reader:  # a row cut short by a kill has missing fields; each epoch is kept once
-            if None not in row.values() and row["epoch"].isdigit() and int(row["epoch"]) < done:
+            if None not in row.values() and row["epoch"].isdigit() and 1 <= int(row["epoch"]) <= done:
                 rows.setdefault(int(row["epoch"]), row)
     if not fields:  # empty: CSVLogger must write the header again
         path.unlink()
@@ -154,4 +155,6 @@ def restore_history(run_dir: Path) -> list[dict[str, float]]:
         writer.writeheader()
         writer.writerows(kept)
     os.replace(tmp, path)
-    return [{key: float(value) for key, value in row.items() if value not in ("", None)} for row in kept]
+    # history.csv counts epochs from 1; the callbacks that replay these rows count them as Keras does, from 0
+    restored = [{key: float(value) for key, value in row.items() if value not in ("", None)} for row in kept]
+    return [{**row, "epoch": row["epoch"] - 1} for row in restored]

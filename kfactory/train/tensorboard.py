@@ -63,13 +63,14 @@ class ValidationSummaries(keras.callbacks.Callback):
         images, labels, probs = collect_predictions(
             self.model, self.val_data, self.settings.max_samples, self.activation, wants_images
         )
-        with self.writer.as_default(step=epoch):
+        step = epoch + 1  # epochs count from 1 in every file a run writes
+        with self.writer.as_default(step=step):
             if self.settings.pr_curves:
-                write_pr_curves(labels, probs, self.class_names, self.settings.pr_thresholds, epoch)
+                write_pr_curves(labels, probs, self.class_names, self.settings.pr_thresholds, step)
             if self.settings.confusion_matrix:
-                write_confusion_matrix(labels, probs.argmax(axis=1), self.class_names, epoch)
+                write_confusion_matrix(labels, probs.argmax(axis=1), self.class_names, step)
             if wants_images:
-                write_image_grid(images, labels, probs.argmax(axis=1), self.class_names, self.settings.images, epoch)
+                write_image_grid(images, labels, probs.argmax(axis=1), self.class_names, self.settings.images, step)
         self.writer.flush()
 
     def on_train_end(self, logs: dict | None = None) -> None:
@@ -231,7 +232,7 @@ def write_final_summaries(cfg: DictConfig, log_dir: Path, metrics: dict[str, Any
         return
     final = {k: float(v) for k, v in metrics.items() if k.startswith(("val_", "test_", "best_"))}
     writer = tf.summary.create_file_writer(str(log_dir))
-    with writer.as_default(step=int(metrics.get("epochs_run", 1)) - 1):
+    with writer.as_default(step=int(metrics.get("epochs_run", 1))):  # the last epoch, counted from 1
         for key, value in final.items():
             tf.summary.scalar(f"final/{key}", value)
         if not in_multirun():
