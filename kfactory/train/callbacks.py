@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from kfactory.errors import RunStopped
 from kfactory.model.checkpoint import save_model
 from kfactory.registry import monitor_mode
+from kfactory.train.pruning import trial_pruning
 from kfactory.train.resume import backup_dir
 
 if TYPE_CHECKING:
@@ -136,6 +137,7 @@ def make_callbacks(
             update_freq="epoch",
         ),
         StopOnNaN(),
+        *trial_pruning(cfg.trainer.monitor),  # only in a trial of a pruning Optuna search
     ]
     if board and splits is not None:
         from kfactory.train.tensorboard import ValidationSummaries  # matplotlib, TensorBoard plugins
