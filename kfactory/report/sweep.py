@@ -57,8 +57,9 @@ def varied_keys(config: DictConfig) -> list[str]:
 
     overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
     keys = [o.key_or_group for o in overrides if o.is_sweep_override()]
+    fixed = {o.key_or_group for o in overrides if not o.is_sweep_override()}  # a plain value stops a search
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-    return list(dict.fromkeys([*keys, *params]))
+    return list(dict.fromkeys([*keys, *(key for key in params if key not in fixed)]))
 
 
 def summarize_sweep(root: Path):
