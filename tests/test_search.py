@@ -131,6 +131,19 @@ def test_pruning_reaches_trials_in_joblib_workers(tmp_path: Path):
 
 
 @pytest.mark.slow
+def test_submitit_jobs_report_their_epochs_to_their_trials(tmp_path: Path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep_dir = tmp_path / "search"
+    launcher = ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "trainer.threads=1"]
+    args = ["hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "trainer.epochs=2", "hydra.sweeper.pruner=median"]
+    result = search(sweep_dir, *args, *launcher)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = load_study(sweep_dir).trials
+    # Each job, in its own submitit process, found its trial through the journal file and reported every epoch
+    assert [sorted(t.intermediate_values) for t in trials] == [[1, 2], [1, 2]]
+
+
+@pytest.mark.slow
 def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path: Path):
     sweep_dir = tmp_path / "search"
     # The enqueued starting points run first: one refused by validation (dropout must be < 1), one good.
