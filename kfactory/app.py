@@ -39,8 +39,7 @@ def kfactory(cfg: DictConfig) -> float | None:
     stops on a fault it can name (a NaN loss) exits 1, also with one line; Ctrl-C
     and SIGTERM exit 130 and 143 with the command that resumes the run. In a multirun
     a failed job is recorded in its directory and returns None, so the other jobs
-    carry on; the Optuna sweeper records a None as a failed trial (a NaN would
-    crash hydra-optuna-sweeper 1.3: it passes the NaN on with the FAIL state).
+    carry on; the Optuna sweeper records a None as a failed trial.
     """
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)

@@ -33,6 +33,15 @@ SWEEP = [
 ]
 
 
+def test_varied_keys_are_the_sweeps_and_the_searched_params_not_fixed_on_the_command_line():
+    from kfactory.report.sweep import varied_keys
+
+    task = ["model=vgg16", "trainer.epochs=2,3", "model.dropout=choice(0.0,0.1)"]
+    params = {"model": "choice(a,b)", "optimizer": "choice(adam,sgd)", "model.dropout": "interval(0,1)"}
+    config = OmegaConf.create({"hydra": {"overrides": {"task": task}, "sweeper": {"params": params}}})
+    assert varied_keys(config) == ["trainer.epochs", "model.dropout", "optimizer"]
+
+
 def fake_job(root: Path, name: str, overrides: list[str], metrics: dict | None, error: bool = False) -> None:
     job = root / name
     (job / ".hydra").mkdir(parents=True)
@@ -69,6 +78,22 @@ def test_summary_ranks_by_the_whole_split_value_it_shows_first(tmp_path: Path):
     table = pd.read_csv(tmp_path / "summary.csv")
     assert table["job"].tolist() == [1, 0]
     assert table.columns[:5].tolist() == ["job", "a", "status", "val_loss", "best_val_loss"]
+
+
+def test_summary_ranks_pruned_trials_after_finished_ones_and_marks_the_pareto_front(tmp_path: Path):
+    fake_job(tmp_path, "0_lr=0.1", ["lr=0.1"], {"best_val_loss": 0.5, "epochs_run": 4, "wall_time_s": 5.0})
+    pruned = {"best_val_loss": 0.3, "epochs_run": 1, "wall_time_s": 1.0, "pruned": True, "pruned_epoch": 1}
+    fake_job(tmp_path, "1_lr=0.01", ["lr=0.01"], pruned)
+    fake_job(tmp_path, "2_lr=9", ["lr=9"], None, error=True)
+    OmegaConf.save(
+        OmegaConf.create({"solutions": [{"job": 1, "values": [0.3, 5]}]}), tmp_path / "optimization_results.yaml"
+    )
+    table = summarize_sweep(tmp_path)
+    assert list(table["job"]) == [0, 1, 2]  # the pruned trial's better value does not put it first
+    assert list(table["status"]) == ["ok", "pruned", "failed"]
+    assert list(table["pareto"]) == [False, True, False]
+    assert table.loc[1, "pruned_epoch"] == 1
+    assert "| pruned |" in (tmp_path / "summary.md").read_text()
 
 
 def test_summary_of_an_all_ok_sweep_does_not_exit(tmp_path: Path):

@@ -18,6 +18,7 @@ from kfactory.errors import RunStopped
 from kfactory.model.checkpoint import save_model, write_json_atomic
 from kfactory.registry import monitor_mode
 from kfactory.targets import build
+from kfactory.train.pruning import trial_pruning
 from kfactory.train.resume import BACKUP_METADATA, backup_dir, read_backup_metadata
 
 if TYPE_CHECKING:
@@ -166,6 +167,7 @@ def make_callbacks(
             update_freq="epoch",
         ),
         StopOnNaN(),
+        *trial_pruning(cfg.trainer.monitor),  # only in a trial of a pruning Optuna search
     ]
     if board and splits is not None:
         from kfactory.train.tensorboard import ValidationSummaries  # matplotlib, TensorBoard plugins

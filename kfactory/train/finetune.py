@@ -201,6 +201,8 @@ def fit_in_phases(
             logs.setdefault(key, []).extend(values)
         if not all(math.isfinite(v) for v in history.history.get("loss", [])):
             break  # StopOnNaN stopped it; a later phase would start from diverged weights
+        if any(getattr(c, "pruned_epoch", None) for c in callbacks):
+            break  # the Optuna trial was pruned: the run ends here (kfactory.train.pruning)
     history.epoch, history.history = epochs, logs
     return history
 

@@ -24,6 +24,7 @@ from kfactory.train.callbacks import BestModelCheckpoint, make_callbacks, stop_i
 from kfactory.train.compute import choose_jit_compile, configure_tensorflow
 from kfactory.train.distribute import make_strategy
 from kfactory.train.finetune import fit_in_phases
+from kfactory.train.pruning import pruned_epoch
 from kfactory.train.resume import drop_backup, restore_history
 from kfactory.train.tensorboard import write_final_summaries
 from kfactory.train.xla_probe import XlaProbe
@@ -73,6 +74,9 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     epochs_run = len(past) + len(history.epoch)
     metrics.update(best_epoch=checkpoint.best_epoch + 1, epochs_run=epochs_run, wall_time_s=time.time() - started)
     metrics[f"best_{cfg.trainer.monitor}"] = checkpoint.best
+    metrics["params"] = model.count_params()  # a search can weigh accuracy against size
+    if pruned := pruned_epoch(callbacks):
+        metrics.update(pruned=True, pruned_epoch=pruned)
     write_final_summaries(cfg, run_dir / "tensorboard", metrics)
     write_json_atomic(run_dir / "metrics.json", metrics)  # last: the run is complete
     drop_backup(run_dir)
