@@ -11,13 +11,16 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from kfactory.config.resolvers import register_resolvers
 from kfactory.config.validate import validate
+from kfactory.console import import_tensorflow
 from kfactory.errors import ConfigError, RunStopped, Terminated
 from kfactory.schema import register_schema
-from kfactory.train.resume import check_run_dir
+from kfactory.train import run_lock
+from kfactory.train.gpus import assign_job_gpus
+from kfactory.train.resume import COMPLETE, RESTART, check_run_dir, complete_run_metric, prepare_restart, resume_mode
 
 register_resolvers()  # before Hydra composes: hydra.sweep.subdir uses ${kf_job_dirname:...}
 register_schema()  # before Hydra composes: conf/config.yaml starts from the schema's defaults
@@ -30,20 +33,30 @@ ERROR_FILE = "error.txt"  # written in a run directory whose job failed
 def kfactory(cfg: DictConfig) -> float | None:
     """Run ``cfg.task`` in the Hydra run directory; return the monitored metric.
 
+    A training run holds the directory's lock while it runs; with ``resume=true``
+    or ``auto`` it continues the run there, and a complete run returns its metric
+    at once (so a requeued job can always pass ``resume=true``).
+
     A bad config exits with status 2 and one line naming the key; a run that
     stops on a fault it can name (a NaN loss) exits 1, also with one line; Ctrl-C
     and SIGTERM exit 130 and 143 with the command that resumes the run. In a multirun
     a failed job is recorded in its directory and returns None, so the other jobs
-    carry on; the Optuna sweeper records a None as a failed trial (a NaN would
-    crash hydra-optuna-sweeper 1.3: it passes the NaN on with the FAIL state).
+    carry on; the Optuna sweeper records a None as a failed trial.
     """
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    dir_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    if multirun:
+        assign_job_gpus(hydra_cfg.launcher, hydra_cfg.job.num)  # before TensorFlow is imported
     stop_on_sigterm()
+    lock = None
     try:
         cfg = validate(cfg)  # typed by the schema from here on
-        check_run_dir(cfg, run_dir, "hydra.sweep.dir" if multirun else "hydra.run.dir")
+        if cfg.task == "train":
+            lock = run_lock.acquire(run_dir, dir_key)  # one writer per run directory
+            if not plan_training(cfg, run_dir, dir_key, hydra_cfg):
+                return complete_run_metric(run_dir, cfg.trainer.monitor)
         return run_task(cfg, run_dir)
     except (ConfigError, RunStopped) as error:
         log.error("%s", error)
@@ -62,8 +75,27 @@ def kfactory(cfg: DictConfig) -> float | None:
         log.error("Job failed: %s: %s", type(error).__name__, error)
         (run_dir / ERROR_FILE).write_text(traceback.format_exc())
     finally:
+        if lock is not None:
+            run_lock.release(lock)
         release_memory()
     return None
+
+
+def plan_training(cfg: DictConfig, run_dir: Path, dir_key: str, hydra_cfg: DictConfig) -> bool:
+    """Settle ``cfg.resume`` from what ``run_dir`` holds; False when its run is already complete.
+
+    Under a launcher that requeues jobs (submitit_slurm) ``resume`` is ``auto``
+    unless the command line sets it, so a requeued job continues its run.
+    """
+    resume = resume_mode(cfg, hydra_cfg.launcher.get("_target_"), list(hydra_cfg.overrides.task))
+    state = check_run_dir(cfg, run_dir, dir_key, resume)
+    if state == COMPLETE:
+        return False
+    if state == RESTART:
+        prepare_restart(run_dir)
+    with open_dict(cfg):
+        cfg.resume = resume
+    return True
 
 
 def stop_on_sigterm() -> None:
@@ -91,6 +123,7 @@ def release_memory() -> None:
 
 def run_task(cfg: DictConfig, run_dir: Path) -> float | None:
     """Import the task's module (and TensorFlow) only now, and run it."""
+    import_tensorflow()
     if cfg.task == "train":
         from kfactory.train.loop import train
 

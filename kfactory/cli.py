@@ -9,7 +9,9 @@ from omegaconf import DictConfig
 from kfactory.app import kfactory
 from kfactory.config.plugins import require_plugins
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# An installed wheel carries the configs as kfactory/conf; a source checkout keeps them in conf/ beside the package.
+CONF_DIR = next(d for d in (PACKAGE_DIR / "conf", PACKAGE_DIR.parent / "conf") if (d / "config.yaml").is_file())
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")

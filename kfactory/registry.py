@@ -6,7 +6,8 @@ this table before any heavy import.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,6 +138,16 @@ PROBABILITY_ACTIVATIONS = frozenset({"softmax", "sigmoid"})
 METRICS = ("accuracy", "top_k", "precision", "recall", "auc", "f1")
 
 
+def label_loss(loss: Any) -> str:
+    """The named loss whose label encoding the ``loss`` group uses.
+
+    Its own name; for ``loss=custom``, ``loss.labels`` picks integers (sparse) or one-hot.
+    """
+    if loss.name != "custom":
+        return loss.name
+    return "sparse_categorical_crossentropy" if loss.labels == "sparse" else "categorical_crossentropy"
+
+
 def sparse_labels(loss: str) -> bool:
     """Whether a loss takes integer class labels rather than one-hot vectors."""
     return loss == "sparse_categorical_crossentropy"
@@ -147,8 +158,17 @@ def monitor_mode(monitor: str) -> str:
     return "min" if "loss" in monitor else "max"
 
 
-def metric_log_name(metric: str) -> str:
-    """The name Keras logs a trainer.metrics entry under."""
+def metric_log_name(metric: str | Mapping) -> str:
+    """The name Keras logs a trainer.metrics entry under.
+
+    A ``_target_`` entry: its ``name`` key, else the target's last part in snake_case
+    (``my_pkg.metrics.MacroF1`` -> ``macro_f1``), as Keras names a metric class.
+    """
+    if isinstance(metric, Mapping):
+        if metric.get("name"):
+            return str(metric["name"])
+        last = str(metric.get("_target_")).rsplit(".", 1)[-1]
+        return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", last)).lower()
     return {"top_k": "top_k_accuracy", "f1": "f1_score"}.get(metric, metric)
 
 

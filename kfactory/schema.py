@@ -36,8 +36,8 @@ from kfactory.errors import ConfigError
 class ModelConfig:
     """``model``: a keras.applications backbone with a new head (see conf/model/)."""
 
-    _target_: Optional[str] = None  # a user's own model builder; it takes this group's extra keys
-    name: str = MISSING  # one of the registry's models, set by each conf/model/<name>.yaml
+    _target_: Optional[str] = None  # model=custom: your builder; it is given only this group's extra keys
+    name: str = MISSING  # one of the registry's models (or custom), set by each conf/model/<name>.yaml
     weights: Optional[str] = "imagenet"  # imagenet | null (random) | a weights file
     include_top: bool = False  # keep the ImageNet classifier's hidden layers (VGG's fc1/fc2)
     input_size: Any = None  # [height, width], one int (a square) or null: the model's own size
@@ -52,7 +52,7 @@ class ModelConfig:
 class OptimizerConfig:
     """``optimizer``: a keras.optimizers class; its other keys are that class's arguments."""
 
-    _target_: Optional[str] = None
+    _target_: Optional[str] = None  # your optimizer class or factory (optimizer=custom, or beside a named one)
     name: str = MISSING
     learning_rate: float = 0.001
     schedule: Any = field(default_factory=lambda: {"name": "constant"})  # typed by SCHEDULES[name]
@@ -62,8 +62,9 @@ class OptimizerConfig:
 class LossConfig:
     """``loss``: a keras.losses class; its other keys are that class's arguments."""
 
-    _target_: Optional[str] = None
+    _target_: Optional[str] = None  # loss=custom: your loss class or factory
     name: str = MISSING
+    labels: Optional[str] = None  # loss=custom: one_hot | sparse; a named loss encodes labels as its name says
 
 
 @dataclass
@@ -162,8 +163,8 @@ class TrainerConfig:
 class DataConfig:
     """``data``: where images come from and how batches are made (see conf/data/)."""
 
-    _target_: Optional[str] = None  # a user's own source (source: custom); it takes this group's extra keys
-    source: str = MISSING  # digits | folder | csv | keras, set by each preset
+    _target_: Optional[str] = None  # data=custom: your loader; it is given only this group's extra keys
+    source: str = MISSING  # digits | folder | csv | keras | custom, set by each preset
     path: Optional[str] = None  # folder: the class-per-sub-folder root
     csv: Optional[str] = None  # csv: the labels file
     path_column: str = "path"
@@ -208,12 +209,23 @@ class ExportConfig:
 
 
 @dataclass
+class HparamsSearchConfig:
+    """``hparams_search``: what an Optuna search (``-m hparams_search=optuna``) optimises."""
+
+    # null: the trial's best trainer.monitor; else keys of a run's metrics.json, one per
+    # hydra.sweeper.directions entry, e.g. [val_accuracy, params]
+    objectives: Optional[list[str]] = None
+
+
+@dataclass
 class RunConfig:
     """The whole run config (less ``hydra``)."""
 
     task: str = "train"  # train | eval | predict | export
     seed: int = 42
-    resume: bool = False  # continue the run in hydra.run.dir from its last finished epoch
+    # true: continue the run in hydra.run.dir from its last finished epoch; auto: that, or
+    # start fresh (the default under submitit_slurm); typed Any, checked by validate
+    resume: Any = False
     unsafe_load: bool = False  # DANGEROUS: load model files outside Keras' safe mode
     ckpt_path: Optional[str] = None  # eval/predict/export: a run directory or a model.keras file
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -224,6 +236,7 @@ class RunConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    hparams_search: HparamsSearchConfig = field(default_factory=HparamsSearchConfig)
 
 
 # group -> its schema, and whether extra keys need a ``_target_`` (False: always accepted)

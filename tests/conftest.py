@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from kfactory.schema import register_schema
+from tests.slurm import slurm_cluster  # noqa: F401  (a fixture: the real single-node Slurm)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"

@@ -40,3 +40,30 @@ def test_cli_exits_non_zero_with_one_line_when_the_loss_becomes_nan(tmp_path):
     assert "Traceback" not in output
     assert "Training loss became NaN or infinite in epoch 1" in output
     assert "lower optimizer.learning_rate" in output
+
+
+@pytest.mark.parametrize(("hold_s", "expected"), [(600, ["backup 0", "requeue"]), (0, ["requeue", "backup 0"])])
+def test_a_requeue_signal_waits_for_the_epochs_backup_unless_that_takes_too_long(hold_s, expected):
+    import os
+    import signal
+
+    import keras
+    import numpy as np
+
+    from kfactory.train.callbacks import RequeueAtEpochEnd
+
+    events: list[str] = []
+    before = signal.signal(signal.SIGUSR2, lambda signum, frame: events.append("requeue"))  # stands in for submitit
+    try:
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.compile(optimizer="sgd", loss="mse")
+        signal_at_first_batch = keras.callbacks.LambdaCallback(
+            on_train_batch_begin=lambda batch, logs: batch == 0 and not events and os.kill(os.getpid(), signal.SIGUSR2)
+        )
+        backup = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: events.append(f"backup {epoch}"))
+        x = np.zeros((8, 2), dtype="float32")
+        callbacks = [signal_at_first_batch, backup, RequeueAtEpochEnd(hold_s)]
+        model.fit(x, x[:, :1], batch_size=2, epochs=1, callbacks=callbacks, verbose=0)
+    finally:
+        signal.signal(signal.SIGUSR2, before)
+    assert events == expected

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import tensorflow as tf
 
-tf = pytest.importorskip("tensorflow")
-
-from kfactory.report.compare import leaderboard, load_scalars, main, split_run  # noqa: E402
+from kfactory.report.compare import leaderboard, load_scalars, main, split_run
 
 
 def write_run(job: Path, accuracy: list[float], loss: list[float]) -> None:
@@ -17,7 +16,7 @@ def write_run(job: Path, accuracy: list[float], loss: list[float]) -> None:
     for series, values in (("train", loss), ("validation", accuracy)):
         writer = tf.summary.create_file_writer(str(job / "tensorboard" / series))
         with writer.as_default():
-            for epoch, value in enumerate(values):
+            for epoch, value in enumerate(values, start=1):  # steps count epochs from 1, as kfactory writes
                 tf.summary.scalar("epoch_loss" if series == "train" else "epoch_accuracy", value, step=epoch)
         writer.close()
 

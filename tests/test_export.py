@@ -96,6 +96,7 @@ def test_tflite_matches_keras_and_is_checked(trained, tmp_path):
     np.testing.assert_allclose(lite, keras_probabilities(run_dir, pixels), atol=1e-4)
     card = (out / "model_card.md").read_text()
     assert "max_abs_difference" in card and "`model.tflite` (tflite)" in card
+    assert f"| images | {len(list(images.glob('*/*.png')))} |" in card  # every check_input image, not a sample
 
 
 @pytest.mark.slow

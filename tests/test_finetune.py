@@ -71,12 +71,61 @@ def test_bad_finetune_settings_are_refused(overrides, key):
     assert error.value.key == key
 
 
-def test_every_model_option_freezes_its_pretrained_base_and_keeps_bn_in_inference_mode():
+def pretrained_model(tmp_path, name: str, overrides: list[str] | None = None):
+    """``build_model`` of ``name`` at 32 px from a weights file, as training freezes it; and 8 images.
+
+    The file's BatchNormalization statistics are taken from the images (one pass in training
+    mode, momentum 0): with the fresh ones (mean 0, variance 1) a random base's features
+    shrink to ~1e-20, no gradient reaches the base, and "nothing changed" would prove nothing.
+    """
+    import keras
+
+    from kfactory.model.build import build_model, preprocess
+    from kfactory.registry import MODELS
+    from kfactory.train.finetune import apply_freeze, find_base
+
+    spec = MODELS[name]
+    images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    source = getattr(keras.applications, spec.keras_name)(
+        include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg"
+    )
+    for layer in source.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0
+    inputs = keras.Input((32, 32, 3))
+    keras.Model(inputs, source(preprocess(inputs, spec.preprocess)))(images, training=True)
+    path = tmp_path / f"{name}.weights.h5"
+    source.save_weights(path)
+    cfg = compose_config([f"model={name}", f"model.weights={path}", "model.input_size=[32,32]", *(overrides or [])])
+    model = build_model(cfg, 2)
+    [phase] = plan_phases(cfg.finetune, cfg.model.freeze, cfg.optimizer.learning_rate, cfg.trainer.epochs)
+    apply_freeze(find_base(model), phase.freeze, pretrained=True, bn_trainable=cfg.model.bn_trainable)  # as fit does
+    return model, images
+
+
+def fit_one_step(model, images) -> set[str]:
+    """The weights one SGD step (in ``fit``, as training runs it) changes."""
+    import keras
+
+    model.compile(keras.optimizers.SGD(0.1), "categorical_crossentropy")
+    before = snapshot(model)
+    labels = np.eye(2)[[0, 0, 0, 1, 0, 0, 0, 1]]  # unbalanced: the head's bias gradient is not zero
+    model.fit(images, labels, batch_size=8, epochs=1, verbose=0)
+    return changed(before, snapshot(model))
+
+
+def test_every_model_option_freezes_its_pretrained_base_and_keeps_bn_in_inference_mode(tmp_path):
     from kfactory.registry import MODELS
 
     for name in MODELS:
         model = validate(compose_config([f"model={name}", "model.weights=imagenet", "model.input_size=null"])).model
         assert model.freeze == "all" and model.bn_trainable is False, name
+    # What those defaults do to a built model: one training step moves the head only,
+    # and the base's BatchNormalization runs in inference mode (moving statistics unchanged).
+    model, images = pretrained_model(tmp_path, "mobilenet")
+    moved = fit_one_step(model, images)
+    assert moved == {"predictions/kernel", "predictions/bias"}
+    assert any("moving_mean" in path for path in snapshot(model))  # the base has BN statistics that could move
 
 
 def test_freeze_by_count_and_by_name_leaves_preprocessing_and_head_alone():
@@ -144,7 +193,7 @@ def test_head_phase_trains_only_the_head_then_the_unfrozen_layers_train(tmp_path
     assert history.epoch == [0, 1]
     with open(tmp_path / "history.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert [int(r["epoch"]) for r in rows] == [1, 2]  # history.csv counts epochs from 1
     assert [float(r["learning_rate"]) for r in rows] == pytest.approx([0.01, 0.001])
     assert (tmp_path / "model.keras").exists()
 
@@ -162,25 +211,17 @@ def test_finetune_recipe_composes_and_validates(tmp_path):
 
 @pytest.mark.slow
 def test_bn_statistics_of_a_frozen_pretrained_application_do_not_change(tmp_path):
-    """The real builder: MobileNetV3Small from a weights file, feature extraction."""
+    """The real builder: MobileNetV3Small from a weights file, the whole base fine-tuned."""
     import keras
 
-    from kfactory.model.build import build_model
+    from kfactory.train.finetune import find_base
 
-    app = keras.applications.MobileNetV3Small
-    source = app(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")
-    path = tmp_path / "small.weights.h5"
-    source.save_weights(path)
-    cfg = compose_config(["model=mobilenet_v3_small", f"model.weights={path}", "model.input_size=[32,32]"])
-    model = build_model(cfg, 2)
-    from kfactory.train.finetune import apply_freeze, find_base
-
-    apply_freeze(find_base(model), "none")  # even fully unfrozen, BN stays in inference mode
-    assert any(w.trainable for w in model.trainable_weights)
-    assert find_base(model).trainable_weights  # the base itself trains, not only the head
-    model.compile("sgd", "categorical_crossentropy")
-    before = snapshot(model)
-    images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
-    model.fit(images, np.eye(2)[np.arange(8) % 2], batch_size=8, epochs=1, verbose=0)
-    moving = {p for p in before if "moving_" in p}
-    assert moving and not changed(before, snapshot(model)) & moving
+    model, images = pretrained_model(tmp_path, "mobilenet_v3_small", ["model.freeze=none"])
+    base = find_base(model)
+    bns = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    others = [layer for layer in base.layers if layer.weights and layer not in bns]
+    assert bns and not any(layer.trainable for layer in bns)  # even fully unfrozen, BN stays in inference mode
+    assert others and all(layer.trainable for layer in others)  # the base itself trains, not only the head
+    moved = fit_one_step(model, images)
+    assert {f"{layer.name}/kernel" for layer in others if hasattr(layer, "kernel")} & moved  # the base did train
+    assert not {path for path in moved if "moving_" in path}

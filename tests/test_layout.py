@@ -77,3 +77,12 @@ def test_the_old_compare_module_name_still_runs(tmp_path):
     )
     assert result.returncode == 1
     assert "missing" in result.stderr + result.stdout
+
+
+def test_every_sub_package_ships_in_the_wheel():
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {module_name(p) for p in PACKAGE.rglob("__init__.py")}
+    assert found <= listed, f"add to pyproject.toml [tool.setuptools] packages: {sorted(found - listed)}"
+    assert "kfactory.conf" in listed

@@ -19,7 +19,7 @@ RAY_INSTALLED = importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is 
         ("hydra/launcher=submitit_slurm", "slurm"),
         ("hydra/launcher=joblib", "sweep"),
         ("hparams_search=optuna", "sweep"),
-        ("+hydra/sweeper=optuna", "sweep"),
+        ("+hydra/sweeper=kfactory_optuna", "sweep"),
     ],
 )
 def test_missing_plugin_names_the_extra(monkeypatch, override, extra):

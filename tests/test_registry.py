@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kfactory.registry import ACTIVATIONS, LOSSES, MODELS, OPTIMIZERS, PREPROCESS_MODES, input_size
+from kfactory.targets import CUSTOM
 from tests.conftest import CONF_DIR, compose_config
 
 
@@ -18,7 +19,7 @@ def test_every_keras_application_has_a_model_option():
     applications = {name for name in dir(keras.applications) if name[0].isupper()}
     assert applications == {spec.keras_name for spec in MODELS.values()}
     assert len(MODELS) == 40
-    assert group_options("model") == set(MODELS)
+    assert group_options("model") == set(MODELS) | {CUSTOM}  # custom: your own model (tests/test_targets.py)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -34,18 +35,41 @@ def test_model_option_composes_with_its_own_size(name):
     assert cfg.model.weights == "imagenet"
 
 
-def test_default_sizes_follow_the_keras_documentation():
-    assert MODELS["inception_v3"].default_size == 299
-    assert MODELS["xception"].default_size == 299
-    assert MODELS["inception_resnet_v2"].default_size == 299
-    assert MODELS["nasnet_large"].default_size == 331
-    assert MODELS["efficientnet_b7"].default_size == 600
-    assert MODELS["vgg16"].default_size == 224
+def keras_input_sizes(spec) -> tuple[int, int]:
+    """(default, min) input side as Keras's builder for ``spec`` declares it, read without building the model."""
+    import keras
+    from keras.src.applications import imagenet_utils, mobilenet_v3
+
+    if spec.keras_name.startswith("MobileNetV3"):  # no obtain_input_shape: its ImageNet weights name the size
+        sizes = {int(key.split("_")[-3]) for key in mobilenet_v3.WEIGHTS_HASHES}  # large_224_0.75_float
+        assert len(sizes) == 1
+        return sizes.pop(), 32
+
+    class Declared(Exception):
+        pass
+
+    def declared(input_shape, default_size, min_size, **kwargs):
+        raise Declared(default_size, min_size)
+
+    original, imagenet_utils.obtain_input_shape = imagenet_utils.obtain_input_shape, declared
+    try:
+        getattr(keras.applications, spec.keras_name)(weights=None, include_top=True)
+    except Declared as sizes:
+        return sizes.args
+    finally:
+        imagenet_utils.obtain_input_shape = original
+    raise AssertionError(f"{spec.keras_name} did not ask obtain_input_shape for its size")
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_default_and_minimum_sizes_are_the_ones_keras_declares(name):
+    spec = MODELS[name]
+    assert (spec.default_size, spec.min_size) == tuple(keras_input_sizes(spec))
 
 
 def test_optimizer_and_loss_options_match_the_registry():
-    assert group_options("optimizer") == set(OPTIMIZERS)
-    assert group_options("loss") == set(LOSSES)
+    assert group_options("optimizer") == set(OPTIMIZERS) | {CUSTOM}
+    assert group_options("loss") == set(LOSSES) | {CUSTOM}
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))

@@ -13,7 +13,17 @@ from pathlib import Path
 import pytest
 
 from kfactory.errors import ConfigError
-from kfactory.train.resume import BACKUP_METADATA, check_run_dir, restore_history
+from kfactory.train.resume import (
+    BACKUP_METADATA,
+    COMPLETE,
+    FRESH,
+    RESTART,
+    RESUME,
+    check_run_dir,
+    prepare_restart,
+    restore_history,
+    resume_mode,
+)
 from tests.conftest import ROOT, TINY, compose_config, run_cli
 
 HEADER = "epoch,accuracy,loss,val_accuracy,val_loss\n"
@@ -22,7 +32,7 @@ HEADER = "epoch,accuracy,loss,val_accuracy,val_loss\n"
 def write_run(run_dir: Path, rows: int, backed_up: int | None) -> None:
     """A run directory with ``rows`` history rows and a backup of ``backed_up`` epochs."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    lines = "".join(f"{e},0.{e + 1},{2 - e / 10},0.{e + 2},{3 - e / 10}\n" for e in range(rows))
+    lines = "".join(f"{e + 1},0.{e + 1},{2 - e / 10},0.{e + 2},{3 - e / 10}\n" for e in range(rows))  # from 1
     (run_dir / "history.csv").write_text(HEADER + lines)
     if backed_up is not None:
         (run_dir / "backup").mkdir(exist_ok=True)
@@ -37,11 +47,59 @@ def test_a_run_directory_is_not_clobbered_without_resume(tmp_path):
     check_run_dir(compose_config(["task=eval"]), tmp_path)  # eval/predict only read the run
 
 
-def test_resume_without_a_backup_is_refused(tmp_path):
+def test_what_a_run_directory_holds_decides_what_resume_does(tmp_path):
+    resume = compose_config(["resume=true"])
+    assert check_run_dir(resume, tmp_path / "empty") == FRESH
+    write_run(tmp_path / "backed_up", rows=3, backed_up=2)
+    assert check_run_dir(resume, tmp_path / "backed_up") == RESUME
+    write_run(tmp_path / "first_epoch", rows=1, backed_up=None)  # killed before its first backup
+    assert check_run_dir(resume, tmp_path / "first_epoch") == RESTART
+    write_run(tmp_path / "cut_short", rows=1, backed_up=None)
+    (tmp_path / "cut_short" / "backup").mkdir()
+    (tmp_path / "cut_short" / "backup" / BACKUP_METADATA).write_text('{"epo')  # a metadata write cut short
+    assert check_run_dir(resume, tmp_path / "cut_short") == RESTART
+    write_run(tmp_path / "done", rows=3, backed_up=None)
+    (tmp_path / "done" / "metrics.json").write_text("{}")
+    assert check_run_dir(resume, tmp_path / "done") == COMPLETE
+    assert check_run_dir(compose_config(["resume=auto"]), tmp_path / "done") == COMPLETE
+
+
+def test_a_finished_run_is_not_offered_resume_as_a_way_to_train_again(tmp_path):
     write_run(tmp_path, rows=3, backed_up=None)
     (tmp_path / "metrics.json").write_text("{}")
-    with pytest.raises(ConfigError, match=r"resume=true .*finished"):
-        check_run_dir(compose_config(["resume=true"]), tmp_path)
+    with pytest.raises(ConfigError, match=r"complete: choose another directory"):
+        check_run_dir(compose_config([]), tmp_path)
+
+
+def test_a_restart_clears_the_attempt_that_finished_no_epoch(tmp_path, caplog):
+    write_run(tmp_path, rows=1, backed_up=None)
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / "partial-epoch1.weights.h5").write_bytes(b"cut")
+    (tmp_path / "tensorboard").mkdir()
+    prepare_restart(tmp_path)
+    assert not any((tmp_path / name).exists() for name in ("history.csv", "backup", "tensorboard"))
+    assert "starting again at epoch 1" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("target", "overrides", "expected"),
+    [
+        ("hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", [], "auto"),
+        ("hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", ["resume=false"], False),
+        ("hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher", [], False),
+        ("hydra._internal.core_plugins.basic_launcher.BasicLauncher", ["resume=true"], True),
+    ],
+)
+def test_resume_is_auto_under_a_launcher_that_requeues_unless_set(target, overrides, expected):
+    assert resume_mode(compose_config(overrides), target, overrides) == expected
+
+
+def test_resume_accepts_true_false_or_auto():
+    from kfactory.config.validate import validate
+
+    validate(compose_config(["resume=auto"]))
+    with pytest.raises(ConfigError, match=r"resume=yes is not accepted: true, false or auto"):
+        validate(compose_config(["resume=yes"]))
 
 
 def test_restore_history_drops_rows_the_backup_does_not_hold(tmp_path):
@@ -50,7 +108,40 @@ def test_restore_history_drops_rows_the_backup_does_not_hold(tmp_path):
     assert [r["epoch"] for r in rows] == [0, 1]
     assert rows[1]["val_accuracy"] == pytest.approx(0.3)
     lines = (tmp_path / "history.csv").read_text().splitlines()
-    assert lines == [HEADER.strip(), "0,0.1,2.0,0.2,3.0", "1,0.2,1.9,0.3,2.9"]
+    assert lines == [HEADER.strip(), "1,0.1,2.0,0.2,3.0", "2,0.2,1.9,0.3,2.9"]  # the file counts from 1
+
+
+def test_restore_history_drops_a_row_cut_short_and_repeated_epochs(tmp_path):
+    write_run(tmp_path, rows=2, backed_up=3)
+    with (tmp_path / "history.csv").open("a") as handle:
+        handle.write("2,0.9,0.9,0.9,0.9\n3,0.3")  # epoch 2 again, then a row the kill cut short
+    assert [r["epoch"] for r in restore_history(tmp_path)] == [0, 1]
+    assert (tmp_path / "history.csv").read_text().splitlines()[-1] == "2,0.2,1.9,0.3,2.9"
+
+
+def test_the_backup_survives_a_kill_at_any_instant_of_its_write(tmp_path):
+    import keras
+    import numpy as np
+
+    from kfactory.train.callbacks import AtomicBackupAndRestore
+
+    def model_with_backup():
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.compile(optimizer="sgd", loss="mse")
+        backup = AtomicBackupAndRestore(str(tmp_path / "backup"), delete_checkpoint=False)
+        backup.set_model(model)
+        return model, backup
+
+    model, backup = model_with_backup()
+    model.layers[0].kernel.assign(np.ones((2, 1)))
+    backup.on_epoch_end(0, {"loss": 1.0})
+    model.layers[0].kernel.assign(np.full((2, 1), 2.0))
+    backup.on_epoch_end(1, {"loss": float("nan")})  # a NaN epoch is not backed up
+    (tmp_path / "backup" / "partial-epoch2.weights.h5").write_bytes(b"cut short")  # killed mid-write
+    restored, backup = model_with_backup()
+    backup.on_train_begin()
+    assert restored._initial_epoch == 1
+    np.testing.assert_array_equal(restored.layers[0].kernel.numpy(), np.ones((2, 1)))
 
 
 def test_best_checkpoint_and_early_stopping_replay_the_finished_epochs(tmp_path):
@@ -107,7 +198,7 @@ def test_a_run_killed_after_its_first_epoch_resumes_and_finishes_all_epochs(tmp_
     assert resumed.returncode == 0, output[-3000:]
     assert "Resuming" in output
     epochs = [int(line.split(",")[0]) for line in (run_dir / "history.csv").read_text().splitlines()[1:]]
-    assert epochs == [0, 1, 2, 3]
+    assert epochs == [1, 2, 3, 4]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs_run"] == 4
     assert not (run_dir / "backup").exists()
@@ -160,6 +251,46 @@ def test_a_two_phase_run_killed_while_fine_tuning_resumes_in_that_phase(tmp_path
     assert resumed.returncode == 0, output[-3000:]
     assert "Phase 2/2" in output and "Phase 1/2" not in output  # the head phase is not trained again
     epochs = [int(line.split(",")[0]) for line in (run_dir / "history.csv").read_text().splitlines()[1:]]
-    assert epochs == [0, 1, 2, 3]
+    assert epochs == [1, 2, 3, 4]
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 4
     assert not (run_dir / "backup").exists()
+
+
+SMALL = ["model=mobilenet_v2", "model.input_size=[32,32]", "model.weights=null", *TINY, "trainer.epochs=3"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("point", "epoch"),
+    [
+        ("history_row", 0),  # no backup yet: starts again at epoch 1
+        ("history_row", 1),
+        ("weights_partial", 1),
+        ("before_metadata", 1),
+        ("after_metadata", 1),
+        ("before_metrics", 0),
+    ],
+)
+def test_a_run_killed_at_any_instant_around_an_epochs_end_resumes_to_all_its_epochs(tmp_path, point, epoch):
+    run_dir = tmp_path / "run"
+    args = [*SMALL, f"hydra.run.dir={run_dir}"]
+    killed = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_run.py"), point, str(epoch), *args],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+
+    refused = run_cli(args, timeout=120)  # the refusal names the command that continues the run: run it
+    refusal = refused.stdout + refused.stderr
+    assert refused.returncode == 2 and "add resume=true to continue that run" in refusal
+    assert "Taking over the lock" in refusal  # the killed process's lock
+    resumed = run_cli([*args, "resume=true"])
+    output = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, output[-3000:]
+    assert ("starting again at epoch 1" in output) == (point == "history_row" and epoch == 0)
+    epochs = [int(line.split(",")[0]) for line in (run_dir / "history.csv").read_text().splitlines()[1:]]
+    assert epochs == [1, 2, 3]
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 3
+    assert not (run_dir / "backup").exists() and not (run_dir / ".kfactory.lock").exists()
+
+    again = run_cli([*args, "resume=true"], timeout=120)  # idempotent: a requeue script may always pass it
+    assert again.returncode == 0 and "is complete" in again.stdout + again.stderr

@@ -22,7 +22,12 @@ TYPE_REFUSALS = [
     (["model.dropout=abc"], "model.dropout", "a number"),  # a string is not a float
     (["trainer.ema=fast"], "trainer.ema", "null or a number"),
     (["trainer.tensorboard.images=many"], "trainer.tensorboard.images", "an integer"),
-    (["resume=1"], "resume", "true or false"),  # an int is not a bool either
+    (["unsafe_load=1"], "unsafe_load", "true or false"),  # an int is not a bool either
+    (["resume=1"], "resume", "true, false or auto"),  # typed Any (a bool or auto), and 1 == True is no bool
+    (["resume=yes"], "resume", "true, false or auto"),
+    (["trainer.callbacks=5"], "trainer.callbacks", "a list"),
+    (["loss=custom", "loss._target_=x.y", "loss.labels=[1]"], "loss.labels", "a string"),
+    (["hparams_search.objectives=val_accuracy"], "hparams_search.objectives", "a list"),
     (["trainer.deterministic=yes"], "trainer.deterministic", "true or false"),
     (["data.val_split=[0.1]"], "data.val_split", "a number"),
     (["+trainer.epoch=3"], "trainer.epoch", "a key of trainer"),  # an unknown key under a typed group
@@ -96,3 +101,25 @@ def test_data_presets_are_packaged_under_data_except_digits():
     for preset in sorted((CONF_DIR / "data").glob("*.yaml")):
         first = preset.read_text().splitlines()[0]
         assert first == ("# @package _global_" if preset.stem == "digits" else "# @package data"), preset
+
+
+def test_the_keys_of_plug_ins_resume_and_search_are_typed_with_their_defaults():
+    cfg = validate(compose_config([]))
+    assert cfg.trainer.callbacks == [] and cfg.loss.labels is None and cfg.hparams_search.objectives is None
+    assert [cfg[group]._target_ for group in ("model", "loss", "optimizer", "data")] == [None] * 4
+    assert validate(compose_config(["resume=auto"])).resume == "auto"
+    search = validate(compose_config(["hparams_search=optuna", "hparams_search.objectives=[val_accuracy,params]"]))
+    assert search.hparams_search.objectives == ["val_accuracy", "params"]
+
+
+def test_a_named_loss_refuses_a_label_encoding_of_its_own():
+    with pytest.raises(ConfigError, match=r"^loss.labels=sparse is not accepted: null with loss=categorical_cross"):
+        validate(compose_config(["loss.labels=sparse"]))
+
+
+def test_a_group_target_is_given_only_the_keys_the_schema_does_not_declare():
+    from kfactory.schema import DataConfig
+    from kfactory.targets import build
+
+    cfg = apply_schema(compose_config(["data=custom", "data._target_=builtins.dict", "+data.root=/x"]))
+    assert build("data", cfg.data, dict, "a dict", schema=DataConfig) == {"root": "/x"}

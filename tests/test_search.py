@@ -7,6 +7,7 @@ import math
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
@@ -68,53 +69,146 @@ def test_the_basic_launcher_leaves_threads_alone(cfg_factory, tmp_path, monkeypa
     assert launcher_thread_budget() is None
 
 
-@pytest.mark.slow
-def test_optuna_search_records_failed_trials_and_returns_the_best_value(tmp_path: Path):
-    sweep_dir = tmp_path / "search"
-    # With seed=0 the seeded TPE sampler draws dropout 0.0, 1.5, 1.5: one trial trains, and
-    # two are refused by validation (dropout must be < 1), return None and must not stop the search.
-    args = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "seed=0", "model.dropout=choice(0.0,1.5)"]
-    result = run_cli([*args, *SWEEP_TINY, f"hydra.sweep.dir={sweep_dir}"])
-    output = result.stdout + result.stderr
-
-    jobs = job_dirs(sweep_dir)
-    assert len(jobs) == 3, output[-3000:]
-    failed = [job for job in jobs if (job / "error.txt").exists()]
-    assert failed and len(failed) < 3, "the seed no longer mixes good and bad trials; pick another"
-    assert all("model.dropout=1.5" in (job / ".hydra" / "overrides.yaml").read_text() for job in failed)
-    assert output.count("Failed experiment: Return value must be float-castable") == len(failed)  # told as FAIL
-
-    best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
-    assert best.best_params["model.dropout"] == 0.0
-    trained = [job for job in jobs if job not in failed]
-    best_values = [json.loads((job / "metrics.json").read_text())["best_val_accuracy"] for job in trained]
-    assert best.best_value == pytest.approx(max(best_values))
-    for job in trained:
-        assert_run_layout(job)
-    assert (sweep_dir / "summary.csv").exists()  # the sweep summary ranks the trials too
+SEARCH = ["-m", "hparams_search=optuna", "model.dropout=choice(0.0,0.1)", "optimizer.learning_rate=0.001"]
 
 
-@pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:Deprecated API features detected")  # optuna 2.x on SQLAlchemy 1.4
-def test_optuna_search_continues_from_its_sqlite_storage(tmp_path: Path):
-    sqlalchemy = pytest.importorskip("sqlalchemy")
-    if int(sqlalchemy.__version__.split(".")[0]) >= 2:
-        pytest.skip("optuna 2.x's RDB storage needs SQLAlchemy<2 (the sweep extra pins it)")
+def search(sweep_dir: Path, *args: str):
+    """Run a small Optuna search into ``sweep_dir``; returns the finished process."""
+    return run_cli([*SEARCH, *SWEEP_TINY, *args, f"hydra.sweep.dir={sweep_dir}"])
+
+
+def load_study(sweep_dir: Path):
     import optuna
 
+    from kfactory.config.search import open_storage
+
+    return optuna.load_study(study_name="kfactory", storage=open_storage(None, sweep_dir))
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_pruned_trials_are_complete_runs(sweep_dir: Path, output: str) -> None:
+    states = {t.user_attrs["job"]: t.state.name for t in load_study(sweep_dir).trials}
+    pruned = [job for job in job_dirs(sweep_dir) if states[int(job.name.split("_")[0])] == "PRUNED"]
+    assert pruned, "no trial was pruned; the seed no longer gives the pruner a weaker trial, pick another\n" + output
+    for job in pruned:
+        assert_run_layout(job)  # best model, metrics.json, TensorBoard: a complete run
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert metrics["pruned"] is True and metrics["pruned_epoch"] == metrics["epochs_run"] < 4
+    summary = pd.read_csv(sweep_dir / "summary.csv")
+    assert sorted(summary.loc[summary["status"] == "pruned", "job"]) == sorted(
+        int(j.name.split("_")[0]) for j in pruned
+    )
+
+
+PRUNING = [
+    "trainer.epochs=4",
+    "trainer.monitor=val_loss",  # continuous values: no ties for the pruner to let through
+    "hydra.sweeper.direction=minimize",
+    "hydra.sweeper.pruner=median",
+    "hydra.sweeper.pruner_args={n_startup_trials: 1, n_warmup_steps: 0}",
+    "optimizer.learning_rate=tag(log,interval(1e-5,1e-1))",
+]
+
+
+@pytest.mark.slow
+def test_a_pruned_trial_stops_early_as_a_complete_run(tmp_path: Path):
     sweep_dir = tmp_path / "search"
-    storage = "sqlite:///${hydra.sweep.dir}/optuna.db"  # as the README shows: in the sweep root
-    common = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=1", f"hydra.sweeper.storage={storage}"]
-    common += [*SWEEP_TINY, f"hydra.sweep.dir={sweep_dir}"]
-    first = run_cli([*common, "model.dropout=0.0"])
-    results = sweep_dir / "optimization_results.yaml"
-    assert results.exists(), first.stdout[-3000:] + first.stderr[-3000:]
-    best_first = OmegaConf.load(results).best_value
-    # The same command again adds one (refused, so cheap) trial to the stored study; its best stays the first.
-    run_cli([*common, "model.dropout=1.5"])
-    study = optuna.load_study(study_name="kfactory", storage=f"sqlite:///{sweep_dir}/optuna.db")
-    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"]
-    assert OmegaConf.load(results).best_value == pytest.approx(best_first)
+    result = search(sweep_dir, "hydra.sweeper.n_trials=3", *PRUNING)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_pruned_trials_are_complete_runs(sweep_dir, result.stdout[-3000:] + result.stderr[-3000:])
+
+
+@pytest.mark.slow
+def test_pruning_reaches_trials_in_joblib_workers(tmp_path: Path):
+    sweep_dir = tmp_path / "search"
+    parallel = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2"]
+    result = search(sweep_dir, "hydra.sweeper.n_trials=4", *PRUNING, *parallel)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_pruned_trials_are_complete_runs(sweep_dir, result.stdout[-3000:] + result.stderr[-3000:])
+
+
+@pytest.mark.slow
+def test_submitit_jobs_report_their_epochs_to_their_trials(tmp_path: Path):
+    import hydra_plugins.hydra_submitit_launcher  # noqa: F401  (the dev extra: a broken install fails)
+
+    sweep_dir = tmp_path / "search"
+    launcher = ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "trainer.threads=1"]
+    args = ["hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "trainer.epochs=2", "hydra.sweeper.pruner=median"]
+    result = search(sweep_dir, *args, *launcher)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = load_study(sweep_dir).trials
+    # Each job, in its own submitit process, found its trial through the journal file and reported every epoch
+    assert [sorted(t.intermediate_values) for t in trials] == [[1, 2], [1, 2]]
+
+
+@pytest.mark.slow
+def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path: Path):
+    sweep_dir = tmp_path / "search"
+    # The enqueued starting points run first: one refused by validation (dropout must be < 1), one good.
+    enqueue = "hydra.sweeper.enqueue=[{model.dropout: 1.5}, {model.dropout: 0.0}]"
+    result = search(sweep_dir, "hydra.sweeper.n_trials=2", "model.dropout=choice(0.0,1.5)", enqueue)
+    assert result.returncode == 1  # as for any sweep with a failed job
+    jobs = job_dirs(sweep_dir)
+    assert [j.name.split("_")[0] for j in jobs] == ["0", "1"]
+    assert (jobs[0] / "error.txt").exists() and "model.dropout=1.5" in jobs[0].name
+    assert_run_layout(jobs[1])
+    assert [t.state.name for t in load_study(sweep_dir).trials] == ["FAIL", "COMPLETE"]
+    best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert best.best_params["model.dropout"] == 0.0 and best.best_job == 1
+    best_value = json.loads((jobs[1] / "metrics.json").read_text())["best_val_accuracy"]
+    assert best.best_value == pytest.approx(best_value)
+    summary = pd.read_csv(sweep_dir / "summary.csv")
+    assert list(summary["status"]) == ["ok", "failed"]
+
+
+@pytest.mark.slow
+def test_a_search_whose_trials_all_fail_writes_its_summary_and_exits_nonzero(tmp_path: Path):
+    sweep_dir = tmp_path / "search"
+    result = search(sweep_dir, "hydra.sweeper.n_trials=2", "model.dropout=choice(1.5,2.0)")
+    assert result.returncode == 1
+    assert "Error: none of the study's 2 trials completed" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    summary = pd.read_csv(sweep_dir / "summary.csv")
+    assert list(summary["status"]) == ["failed", "failed"]
+    assert not (sweep_dir / "optimization_results.yaml").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("storage", [None, "sqlite:///${hydra.sweep.dir}/optuna.db"])
+def test_the_same_command_continues_the_study_in_new_folders(tmp_path: Path, storage):
+    sweep_dir = tmp_path / "search"
+    extra = [] if storage is None else [f"hydra.sweeper.storage={storage}"]
+    first = search(sweep_dir, "hydra.sweeper.n_trials=1", "model.dropout=0.0", *extra)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (job0,) = job_dirs(sweep_dir)
+    before = tree_bytes(job0)
+    # The same command again adds one trial; a refused one keeps it cheap and shows FAIL joins the study.
+    second = search(sweep_dir, "hydra.sweeper.n_trials=1", "model.dropout=1.5", *extra)
+    assert second.returncode == 1
+    jobs = job_dirs(sweep_dir)
+    assert [j.name.split("_")[0] for j in jobs] == ["0", "1"]
+    assert tree_bytes(job0) == before  # the first run's folder is untouched
+    if storage is None:
+        assert [t.state.name for t in load_study(sweep_dir).trials] == ["COMPLETE", "FAIL"]
+    best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert best.best_job == 0 and best.trials.complete == 1 and best.trials.fail == 1
+
+
+@pytest.mark.slow
+def test_several_objectives_list_the_pareto_front(tmp_path: Path):
+    sweep_dir = tmp_path / "search"
+    objectives = ["hparams_search.objectives=[val_accuracy,params]", "hydra.sweeper.directions=[maximize,minimize]"]
+    result = search(sweep_dir, "hydra.sweeper.n_trials=2", "model.dropout=choice(0.0,0.2)", *objectives)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert results.objectives == ["val_accuracy", "params"]
+    front = {s.job for s in results.solutions}
+    assert front and all(len(s["values"]) == 2 for s in results.solutions)
+    summary = pd.read_csv(sweep_dir / "summary.csv")
+    assert set(summary.loc[summary["pareto"], "job"]) == front
 
 
 @pytest.mark.slow
@@ -135,7 +229,8 @@ def test_joblib_runs_jobs_in_separate_processes_with_a_thread_budget(tmp_path: P
 
 @pytest.mark.slow
 def test_submitit_local_runs_a_two_job_sweep(tmp_path: Path):
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    import hydra_plugins.hydra_submitit_launcher  # noqa: F401  (the dev extra: a broken install fails)
+
     sweep_dir = tmp_path / "sweep"
     args = ["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "model.dropout=0.0,0.1"]
     result = run_cli([*args, *SWEEP_TINY, "trainer.threads=1", f"hydra.sweep.dir={sweep_dir}"])

@@ -74,3 +74,13 @@ def test_splits_are_stratified_disjoint_and_seeded():
     assert all(np.array_equal(a, b) for a, b in zip((train, val, test), again, strict=True))
     other = split_indices(labels, 0.1, 0.2, seed=8)
     assert not np.array_equal(test, other[2])
+
+
+@pytest.mark.parametrize(
+    ("reader", "key"), [(list_folder, "data.path"), (lambda p: read_csv(p, "path", "label"), "data.csv")]
+)
+def test_an_unset_variable_is_named_wherever_the_source_is_read(reader, key, monkeypatch):
+    # eval, predict and export read a training run's data.path here, after their own validation
+    monkeypatch.delenv("KF_UNSET_PHOTOS", raising=False)
+    with pytest.raises(ConfigError, match=rf"^{key}=\$KF_UNSET_PHOTOS/x is not accepted: .*\$KF_UNSET_PHOTOS is not"):
+        reader("$KF_UNSET_PHOTOS/x")

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from kfactory.config.resolvers import VARIED_KEYS_FILE, job_dirname, safe_dirname
+from kfactory.config.resolvers import VARIED_KEYS_FILE
 from kfactory.report.sweep import SweepSummary, summarize_sweep
 from tests.conftest import TINY, run_cli
 
@@ -33,22 +33,13 @@ SWEEP = [
 ]
 
 
-def test_safe_dirname_replaces_slashes_and_shortens():
-    assert safe_dirname("model=vgg16,optimizer=sgd") == "model=vgg16,optimizer=sgd"
-    assert safe_dirname("data.path=/home/me/my photos") == "data.path=_home_me_my_photos"
-    long_a, long_b = "x" * 200 + "a", "x" * 200 + "b"
-    assert len(safe_dirname(long_a)) == 80
-    assert safe_dirname(long_a) != safe_dirname(long_b)  # the hash keeps them apart
-    assert safe_dirname(long_a).startswith("x" * 71 + "-")  # a readable prefix, then the hash
+def test_varied_keys_are_the_sweeps_and_the_searched_params_not_fixed_on_the_command_line():
+    from kfactory.report.sweep import varied_keys
 
-
-def test_job_dirname_keeps_the_varied_keys(tmp_path: Path):
-    overrides = ["trainer=fast", "model.dropout=0.5", "seed=3", "+data.path=/x/y", "optimizer=sgd"]
-    everything = "+data.path=_x_y,model.dropout=0.5,optimizer=sgd,trainer=fast"  # no record of the sweep: all
-    assert job_dirname(overrides, ["seed"], str(tmp_path)) == everything
-    (tmp_path / VARIED_KEYS_FILE).write_text("model.dropout\noptimizer\ndata.path\n")
-    assert job_dirname(overrides, ["seed"], str(tmp_path)) == "+data.path=_x_y,model.dropout=0.5,optimizer=sgd"
-    assert job_dirname(["trainer=fast"], [], str(tmp_path)) == "trainer=fast"  # nothing varied: keep all
+    task = ["model=vgg16", "trainer.epochs=2,3", "model.dropout=choice(0.0,0.1)"]
+    params = {"model": "choice(a,b)", "optimizer": "choice(adam,sgd)", "model.dropout": "interval(0,1)"}
+    config = OmegaConf.create({"hydra": {"overrides": {"task": task}, "sweeper": {"params": params}}})
+    assert varied_keys(config) == ["trainer.epochs", "model.dropout", "optimizer"]
 
 
 def fake_job(root: Path, name: str, overrides: list[str], metrics: dict | None, error: bool = False) -> None:
@@ -77,6 +68,32 @@ def test_summary_sorts_by_monitor_and_marks_failures(tmp_path: Path, capsys):
     markdown = (tmp_path / "summary.md").read_text()
     assert "| job | lr | status |" in markdown and "model" not in markdown.split("\n")[4]  # shared keys left out
     assert f"tensorboard --logdir {tmp_path}" in capsys.readouterr().out
+
+
+def test_summary_ranks_by_the_whole_split_value_it_shows_first(tmp_path: Path):
+    # best_ comes from 2 validation batches per epoch, val_loss from the saved model on the whole split
+    fake_job(tmp_path, "0_a=1", ["a=1"], {"best_val_loss": 0.1, "val_loss": 0.5})
+    fake_job(tmp_path, "1_a=2", ["a=2"], {"best_val_loss": 0.4, "val_loss": 0.3})
+    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    table = pd.read_csv(tmp_path / "summary.csv")
+    assert table["job"].tolist() == [1, 0]
+    assert table.columns[:5].tolist() == ["job", "a", "status", "val_loss", "best_val_loss"]
+
+
+def test_summary_ranks_pruned_trials_after_finished_ones_and_marks_the_pareto_front(tmp_path: Path):
+    fake_job(tmp_path, "0_lr=0.1", ["lr=0.1"], {"best_val_loss": 0.5, "epochs_run": 4, "wall_time_s": 5.0})
+    pruned = {"best_val_loss": 0.3, "epochs_run": 1, "wall_time_s": 1.0, "pruned": True, "pruned_epoch": 1}
+    fake_job(tmp_path, "1_lr=0.01", ["lr=0.01"], pruned)
+    fake_job(tmp_path, "2_lr=9", ["lr=9"], None, error=True)
+    OmegaConf.save(
+        OmegaConf.create({"solutions": [{"job": 1, "values": [0.3, 5]}]}), tmp_path / "optimization_results.yaml"
+    )
+    table = summarize_sweep(tmp_path)
+    assert list(table["job"]) == [0, 1, 2]  # the pruned trial's better value does not put it first
+    assert list(table["status"]) == ["ok", "pruned", "failed"]
+    assert list(table["pareto"]) == [False, True, False]
+    assert table.loc[1, "pruned_epoch"] == 1
+    assert "| pruned |" in (tmp_path / "summary.md").read_text()
 
 
 def test_summary_of_an_all_ok_sweep_does_not_exit(tmp_path: Path):
@@ -189,7 +206,8 @@ def wait_for_runs(url: str, server: subprocess.Popen, expected: int, timeout: fl
 def test_tensorboard_serves_the_sweep(tensorboard_url):
     url = tensorboard_url
     runs = fetch(f"{url}/data/runs")
-    jobs = {run.split("/")[0] for run in runs}
+    assert "." in runs  # the sweep root: the one HParams experiment config
+    jobs = {run.split("/")[0] for run in runs if run != "."}
     assert len(jobs) == 2 and all("model.dropout=" in job for job in jobs)
     validation = [r for r in runs if r.endswith("tensorboard/validation")]
     assert len(validation) == 2
@@ -202,11 +220,16 @@ def test_tensorboard_serves_the_sweep(tensorboard_url):
     images = fetch(f"{url}/data/plugin/images/tags")
     assert all({"confusion_matrix", "validation_images"} <= set(images[r]) for r in own)
     experiment = fetch(f"{url}/data/plugin/hparams/experiment", {"experimentName": ""})
-    hparams = {h["name"] for h in experiment["hparamInfos"]}
-    assert {"model", "optimizer", "learning_rate", "dropout", "batch_size", "seed"} <= hparams
+    hparams = {h["name"]: h for h in experiment["hparamInfos"]}
+    assert {"model", "optimizer", "learning_rate", "dropout", "batch_size", "weights"} <= set(hparams)
+    assert {name for name, h in hparams.items() if h.get("differs")} == {"dropout", "weights"}  # shown by default
+    assert hparams["dropout"]["domainDiscrete"] == [0.0, 0.5]
+    assert sorted(hparams["weights"]["domainDiscrete"]) == ["/nonexistent/w.h5", "null"]
+    shown = [m["displayName"] for m in experiment["metricInfos"]]
+    assert len(shown) == len(set(shown)) and {"validation/loss", "train/loss", "final/test_accuracy"} <= set(shown)
     groups = fetch(
         f"{url}/data/plugin/hparams/session_groups",
         {"experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN"], "startIndex": 0, "sliceSize": 10},
     )
-    dropouts = sorted(g["hparams"]["dropout"] for g in groups["sessionGroups"])
-    assert dropouts == [0.0, 0.5]
+    by_name = {g["name"]: g["hparams"]["dropout"] for g in groups["sessionGroups"]}
+    assert by_name == {"0_model.dropout=0.0,model.weights=null": 0.0, "2_model.dropout=0.5,model.weights=null": 0.5}

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import math
 
+import keras
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-
-from kfactory.train.xla_probe import XlaProbe  # noqa: E402
+from kfactory.train.xla_probe import XlaProbe
 
 STEPS = 10  # 1 + 2 plain steps, 1 + 2 with XLA, then 4 with the choice
 

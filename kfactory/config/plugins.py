@@ -16,8 +16,9 @@ from kfactory.overrides import split_override
 
 # (config group, option) -> (plugin module, pip extra)
 PLUGINS: dict[tuple[str, str], tuple[str, str]] = {
-    ("hydra/sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "sweep"),
-    ("hparams_search", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "sweep"),
+    # kfactory ships its Optuna sweeper (hydra_plugins/kfactory_optuna_sweeper); it needs Optuna itself
+    ("hydra/sweeper", "kfactory_optuna"): ("optuna", "sweep"),
+    ("hparams_search", "optuna"): ("optuna", "sweep"),
     ("hydra/launcher", "joblib"): ("hydra_plugins.hydra_joblib_launcher", "sweep"),
     ("hydra/launcher", "submitit_local"): ("hydra_plugins.hydra_submitit_launcher", "slurm"),
     ("hydra/launcher", "submitit_slurm"): ("hydra_plugins.hydra_submitit_launcher", "slurm"),
@@ -38,8 +39,9 @@ def missing_plugin(overrides: Sequence[str]) -> str | None:
         module, extra = entry
         if not _installed(module):
             return (
-                f"{key}={value} needs the Hydra plugin {module.split('.')[-1]}, which is not installed: "
-                f"pip install -e '.[{extra}]' (or pip install 'kfactory[{extra}]')"
+                f"{key}={value} needs {describe(module)}, which is not installed: "
+                f"pip install -e '.[{extra}]' in the kfactory checkout"
+                f" (or pip install 'kfactory-<version>.whl[{extra}]')"
             )
     return None
 
@@ -50,6 +52,11 @@ def require_plugins(overrides: Sequence[str]) -> None:
     if message is not None:
         print(f"Error: {message}", file=sys.stderr)
         raise SystemExit(2)
+
+
+def describe(module: str) -> str:
+    """'the Hydra plugin hydra_ray_launcher' for a plugin module, else the package's name."""
+    return f"the Hydra plugin {module.split('.')[-1]}" if module.startswith("hydra_plugins.") else module
 
 
 def _installed(module: str) -> bool:

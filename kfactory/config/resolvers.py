@@ -16,7 +16,11 @@ from omegaconf import OmegaConf
 
 from kfactory.overrides import split_override
 
-MAX_DIRNAME = 80  # characters; longer names keep a prefix plus a short hash
+MAX_DIRNAME = 160  # characters; longer names shorten their values, then keep a prefix plus a short hash
+SIGNIFICANT_DIGITS = 4  # floats in job names: enough to tell trials apart, short enough to read
+MIN_VALUE = 3  # characters a shortened value keeps
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)")  # has a '.' or an exponent
 VARIED_KEYS_FILE = "varied_keys.txt"  # written at the sweep root by kfactory.report.sweep before the jobs run
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+@-]+")  # '/' and anything a shell or Windows would trip on
 
@@ -42,14 +46,44 @@ def read_varied_keys(sweep_dir: str | Path) -> set[str]:
 
 
 def job_dirname(overrides: Iterable[str], exclude_keys: Iterable[str], sweep_dir: str) -> str:
-    """A job's ``key=value`` overrides, sorted and comma-joined like Hydra's override_dirname,
-    keeping only the keys the sweep varies (all of them if none is known to vary)."""
+    """A job's ``key=value`` overrides, comma-joined like Hydra's override_dirname but in the order
+    written, floats rounded to ``SIGNIFICANT_DIGITS``, keeping only the keys the sweep varies (all of
+    them if none is known to vary); a long name shortens its values, never drops a key."""
     excluded = set(exclude_keys or ())
     kept = [str(o) for o in overrides if split_override(str(o))[0] not in excluded]
     varied = read_varied_keys(sweep_dir)
     if any(split_override(o)[0] in varied for o in kept):
         kept = [o for o in kept if split_override(o)[0] in varied]
-    return safe_dirname(",".join(sorted(kept)))
+    pairs = [(o.partition("=")[0].strip(), _UNSAFE.sub("_", round_float(split_override(o)[1]))) for o in kept]
+    return safe_dirname(",".join(f"{k}={v}" for k, v in shorten_values(pairs, MAX_DIRNAME)))
+
+
+def round_float(value: str, digits: int = SIGNIFICANT_DIGITS) -> str:
+    """``0.3005575058716044`` -> ``0.3006``; integers and non-numbers stay as written."""
+    if not _FLOAT.fullmatch(value):
+        return value
+    rounded = f"{float(value):.{digits}g}"
+    return value if float(rounded) == float(value) else rounded  # 0.0 and 1e-05 stay as written
+
+
+def shorten_values(pairs: list[tuple[str, str]], max_length: int) -> list[tuple[str, str]]:
+    """Cut the longest words, a character at a time, until ``key=value,...`` fits in ``max_length``.
+
+    Numbers are never cut (a cut number reads as another number) and words keep ``MIN_VALUE``
+    characters; a name still too long is left to safe_dirname's prefix and hash.
+    """
+    pairs = list(pairs)
+
+    def length() -> int:
+        return sum(len(k) + len(v) + 2 for k, v in pairs) - 1
+
+    while pairs and length() > max_length:
+        words = [j for j, (_, v) in enumerate(pairs) if len(v) > MIN_VALUE and not _NUMBER.fullmatch(v)]
+        if not words:
+            break
+        i = max(words, key=lambda j: len(pairs[j][1]))
+        pairs[i] = (pairs[i][0], pairs[i][1][:-1])
+    return pairs
 
 
 def register_resolvers() -> None:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from kfactory.errors import ConfigError
-from kfactory.paths import expand_path, unset_variables
+from kfactory.paths import check_variables, expand_path
 from kfactory.registry import (
     ACTIVATIONS,
     CROSSENTROPY_LOSSES,
@@ -27,11 +27,12 @@ from kfactory.registry import (
     metric_log_name,
 )
 from kfactory.schema import apply_schema
+from kfactory.targets import CUSTOM, LOSS_LABELS, check_custom_model, check_targets, is_custom_model, target_of
 
 TASKS = ("train", "eval", "predict", "export")
 CACHE_MODES = ("memory", "disk", "none")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-DATA_SOURCES = ("digits", "folder", "csv", "keras")
+DATA_SOURCES = ("digits", "folder", "csv", "keras", CUSTOM)
 EXPORT_FORMATS = ("keras", "saved_model", "tflite")
 KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 
@@ -57,13 +58,16 @@ def validate(cfg: DictConfig) -> DictConfig:
 def _validate(cfg: DictConfig) -> None:
     _check_choice("task", cfg.task, TASKS)
     _check_paths(cfg)
+    if not isinstance(cfg.resume, bool) and cfg.resume != "auto":  # 1 == True: compare types, not values
+        raise ConfigError("resume", cfg.resume, "true, false or auto (resume if there is a run to resume)")
     if cfg.task == "train":
-        _check_model(cfg.model)
+        _check_model(cfg.model, cfg.finetune)
         _check_loss(cfg.loss, cfg.model.activation)
         _check_optimizer(cfg.optimizer)
         _check_trainer(cfg.trainer)
         _check_data(cfg.data)
         _check_transfer(cfg)
+        check_targets(cfg)  # imports the modules of your own parts (see README, "Your own parts")
     else:
         _check_checkpoint(cfg)
     if cfg.task == "predict":
@@ -80,9 +84,7 @@ def _check_choice(key: str, value: Any, accepted: tuple | frozenset | dict) -> N
 def _check_paths(cfg: DictConfig) -> None:
     """Refuse a path whose ``$VARIABLE`` is not set, naming the variable (``~`` always expands)."""
     for key in PATH_KEYS:
-        value = OmegaConf.select(cfg, key, throw_on_missing=False)
-        if isinstance(value, str) and (unset := unset_variables(value)):
-            raise ConfigError(key, value, f"a path whose environment variables are set (${unset[0]} is not)")
+        check_variables(key, OmegaConf.select(cfg, key, throw_on_missing=False))
 
 
 def _check_number(key: str, value: float, low: float, high: float | None, what: str) -> None:
@@ -91,7 +93,11 @@ def _check_number(key: str, value: float, low: float, high: float | None, what: 
         raise ConfigError(key, value, what)
 
 
-def _check_model(model: DictConfig) -> None:
+def _check_model(model: DictConfig, finetune: DictConfig) -> None:
+    if is_custom_model(model):
+        input_size(model)  # required: a custom model has no size of its own
+        check_custom_model(model, finetune)
+        return
     _check_choice("model.name", model.name, MODELS)
     spec = MODELS[model.name]
     height, width = input_size(model)
@@ -119,7 +125,13 @@ def _check_model(model: DictConfig) -> None:
 
 def _check_loss(loss: DictConfig, activation: str) -> None:
     name = loss.name
+    if name == CUSTOM:
+        _check_choice("loss.labels", loss.labels, LOSS_LABELS)
+        return
     _check_choice("loss.name", name, LOSSES)
+    if loss.labels is not None:
+        accepted = f"null with loss={name}, whose name says how labels are encoded (one_hot or sparse: loss=custom)"
+        raise ConfigError("loss.labels", loss.labels, accepted)
     if name in CROSSENTROPY_LOSSES and activation not in PROBABILITY_ACTIVATIONS | {"linear"}:
         wanted = "sigmoid" if name.startswith("binary") else "softmax"
         raise ConfigError(
@@ -134,7 +146,8 @@ def _check_loss(loss: DictConfig, activation: str) -> None:
 
 
 def _check_optimizer(optimizer: DictConfig) -> None:
-    _check_choice("optimizer.name", optimizer.name, OPTIMIZERS)
+    if optimizer.name != CUSTOM:
+        _check_choice("optimizer.name", optimizer.name, OPTIMIZERS)
     if optimizer.learning_rate <= 0:
         raise ConfigError("optimizer.learning_rate", optimizer.learning_rate, "a number > 0")
 
@@ -144,7 +157,8 @@ def _check_trainer(t: DictConfig) -> None:
         raise ConfigError("trainer.epochs", t.epochs, "an integer >= 1")
     _check_choice("trainer.verbose", t.verbose, (0, 1, 2))
     for metric in t.metrics:
-        _check_choice("trainer.metrics", metric, METRICS)
+        if target_of(metric) is None:  # a _target_ entry is resolved by check_targets
+            _check_choice("trainer.metrics", metric, METRICS)
     for key in ("steps_per_epoch", "validation_steps", "early_stopping", "threads"):
         if t[key] is not None and t[key] < 1:
             raise ConfigError(f"trainer.{key}", t[key], "null or an integer >= 1")
@@ -200,7 +214,7 @@ def _check_transfer(cfg: DictConfig) -> None:
     from kfactory.train.schedules import check_schedule
 
     check_finetune(cfg.model, cfg.finetune, cfg.trainer.epochs)
-    check_augment(cfg.data, cfg.loss.name)
+    check_augment(cfg.data, cfg.loss)
     check_schedule(cfg.optimizer.schedule, cfg.trainer.epochs)
     check_class_weight(cfg.data)
     ema = cfg.trainer.ema

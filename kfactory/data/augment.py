@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from kfactory.errors import ConfigError
-from kfactory.registry import input_size, sparse_labels
+from kfactory.registry import input_size, label_loss, sparse_labels
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -47,16 +47,16 @@ def augment_entries(data: DictConfig) -> list[dict[str, Any]]:
     return [OmegaConf.to_container(e) if OmegaConf.is_config(e) else e for e in data.augment]
 
 
-def check_augment(data: DictConfig, loss_name: str) -> None:
+def check_augment(data: DictConfig, loss: DictConfig) -> None:
     """Refuse unknown layers and label-mixing layers with integer labels (no TensorFlow)."""
     for index, entry in enumerate(augment_entries(data)):  # the schema has made data.augment a list
         name = entry.get("name") if isinstance(entry, dict) else None
         if name not in AUGMENTATIONS:
             raise ConfigError(f"data.augment[{index}].name", name, "one of " + ", ".join(AUGMENTATIONS))
-        if name in LABEL_MIXING and sparse_labels(loss_name):
+        if name in LABEL_MIXING and sparse_labels(label_loss(loss)):
             raise ConfigError(
                 "loss.name",
-                loss_name,
+                loss.name,
                 f"data.augment uses {name}, which mixes labels and needs one-hot labels: "
                 "use loss=categorical_crossentropy",
             )

@@ -118,7 +118,7 @@ def drop_unreadable(
         return replace(source, images=images), []
     skipped = [source.paths[i] for i in bad]
     if len(bad) == len(source):
-        key = "data.csv" if data.source == "csv" else "data.path"
+        key = {"csv": "data.csv", "custom": "data._target_"}.get(data.source, "data.path")
         raise ConfigError(
             key, data[key.split(".")[1]], f"readable images: none of its {len(source)} files decodes, e.g. {skipped[0]}"
         )

@@ -20,7 +20,7 @@ from kfactory.data.augment import build_augmenter
 from kfactory.data.image_check import drop_unreadable, read_image
 from kfactory.data.sources import ImageSource, describe_source, split_indices
 from kfactory.model.build import output_units
-from kfactory.registry import input_size, sparse_labels
+from kfactory.registry import input_size, label_loss, sparse_labels
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -106,7 +106,7 @@ def make_dataset(
     if source.images is not None:
         pixels = tf.convert_to_tensor(source.images)  # a no-op for a tensor
         ds = ds.map(lambda i, y: (tf.gather(pixels, i), y), num_parallel_calls=AUTOTUNE)
-    encode = label_encoder(cfg.loss.name, len(source.class_names))
+    encode = label_encoder(label_loss(cfg.loss), len(source.class_names))
     ds = ds.map(
         lambda x, y: (to_rgb_float(x, size if resize_batches else None), encode(y)), num_parallel_calls=AUTOTUNE
     )
@@ -114,6 +114,23 @@ def make_dataset(
     if augment is not None:
         ds = ds.map(augment, num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
+
+
+def epoch_inputs(
+    splits: Splits, steps_per_epoch: int | None, validation_steps: int | None
+) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
+    """The training and validation data ``fit`` gets, so that every epoch is whole.
+
+    With ``steps_per_epoch`` the training data repeats (reshuffled each pass), so
+    every epoch runs all its steps instead of running out of data part-way. With
+    ``validation_steps`` every epoch validates on the same first batches (a
+    finite ``take``, read afresh each epoch).
+    """
+    train = splits.train.repeat() if steps_per_epoch else splits.train
+    val = splits.val
+    if val is not None and validation_steps:
+        val = val.take(validation_steps)
+    return train, val
 
 
 def to_rgb_float(images: tf.Tensor, size: tuple[int, int] | None) -> tf.Tensor:

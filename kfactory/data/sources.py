@@ -15,7 +15,9 @@ import numpy as np
 from omegaconf import DictConfig
 
 from kfactory.errors import ConfigError
-from kfactory.paths import expand_path
+from kfactory.paths import check_variables, expand_path
+from kfactory.schema import DataConfig
+from kfactory.targets import CUSTOM, build
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -34,14 +36,16 @@ class ImageSource:
 
 
 def describe_source(data: DictConfig) -> ImageSource:
-    """The images and labels ``data`` names (``digits``, ``folder`` or ``csv``)."""
+    """The images and labels ``data`` names (``digits``, ``folder``, ``csv`` or ``custom``)."""
     if data.source == "digits":
         return load_digits()
     if data.source == "folder":
         return list_folder(data.path)
     if data.source == "csv":
         return read_csv(data.csv, data.path_column, data.label_column)
-    raise ConfigError("data.source", data.source, "digits, folder or csv here (keras is loaded by the pipeline)")
+    if data.source == CUSTOM:
+        return load_custom(data)
+    raise ConfigError("data.source", data.source, "digits, folder, csv or custom (keras is loaded by the pipeline)")
 
 
 def load_digits() -> ImageSource:
@@ -53,6 +57,65 @@ def load_digits() -> ImageSource:
     return ImageSource([str(i) for i in range(10)], digits.target.astype(np.int64), images=images)
 
 
+def load_custom(data: DictConfig) -> ImageSource:
+    """Your own source: ``data._target_`` called with the data group's extra keys (not the schema's).
+
+    It returns ``(paths, labels)`` or ``(paths, labels, class_names)``, where ``paths``
+    may instead be a uint8 array (N, H, W, 1 or 3); labels are class indices or names.
+    """
+    kind = "a tuple (image paths or a uint8 array (N, H, W, C), labels[, class_names])"
+    loaded = build("data", data, (tuple, list, ImageSource), kind, schema=DataConfig)
+    if isinstance(loaded, ImageSource):
+        return loaded
+    if len(loaded) not in (2, 3):
+        raise ConfigError("data._target_", data._target_, f"{kind}; it returned {len(loaded)} items")
+    images, labels = loaded[0], np.asarray(loaded[1])
+    paths = None if isinstance(images, np.ndarray) else [str(p) for p in images]
+    if len(labels) != (len(images) if paths is None else len(paths)) or not len(labels):
+        raise ConfigError("data._target_", data._target_, f"{kind}: at least one image, and one label per image")
+    names = [str(n) for n in loaded[2]] if len(loaded) == 3 else None
+    labels, names = _index_labels(data._target_, labels, names)
+    if paths is not None:
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+            raise ConfigError(
+                "data._target_", data._target_, f"paths of existing images ({len(missing)} missing: {shown})"
+            )
+        return ImageSource(names, labels, paths=paths)
+    return ImageSource(names, labels, images=_pixels(data._target_, images))
+
+
+def _index_labels(target: str, labels: np.ndarray, names: list[str] | None) -> tuple[np.ndarray, list[str]]:
+    """Labels as int64 indices into the class names (given, or the sorted distinct names or 0..max)."""
+    if labels.dtype.kind in "iu":
+        names = names or [str(i) for i in range(int(labels.max()) + 1)]
+        if labels.min() < 0 or labels.max() >= len(names):
+            raise ConfigError("data._target_", target, f"labels in 0..{len(names) - 1}, one per class name")
+        return labels.astype(np.int64), names
+    text = labels.astype(str)
+    names = names or sorted(set(text))
+    index = {name: i for i, name in enumerate(names)}
+    unknown = sorted(set(text) - set(index))
+    if unknown:
+        raise ConfigError("data._target_", target, f"labels among its class names (not: {', '.join(unknown[:3])})")
+    return np.asarray([index[t] for t in text], dtype=np.int64), names
+
+
+def _pixels(target: str, images: np.ndarray) -> np.ndarray:
+    """An image array as uint8 (N, H, W, C), refusing values outside [0, 255] and [0, 1]-scaled floats."""
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ConfigError("data._target_", target, f"images as (N, H, W, 1 or 3), not {images.shape}")
+    if images.dtype != np.uint8:
+        low, high = float(images.min()), float(images.max())
+        if low < 0 or high > 255 or (images.dtype.kind == "f" and high <= 1.0):
+            raise ConfigError("data._target_", target, f"pixels in [0, 255] (they span [{low:g}, {high:g}])")
+        images = images.astype(np.uint8)
+    return images
+
+
 def is_image_file(name: str) -> bool:
     """Whether a file name has an image extension kfactory reads."""
     return name.lower().endswith(IMAGE_EXTENSIONS)
@@ -60,6 +123,7 @@ def is_image_file(name: str) -> bool:
 
 def list_folder(path: str) -> ImageSource:
     """A folder with one sub-folder of images per class (names sorted)."""
+    check_variables("data.path", path)  # also for eval/predict of a run trained on data.path=$PHOTOS
     root = expand_path(path)
     if not root.exists():
         raise ConfigError("data.path", path, "an existing folder with one sub-folder of images per class")
@@ -89,6 +153,7 @@ def read_csv(csv: str, path_column: str, label_column: str) -> ImageSource:
     """A CSV of image paths (relative to the CSV's folder) and labels."""
     import pandas as pd
 
+    check_variables("data.csv", csv)
     csv_path = expand_path(csv)
     if not csv_path.is_file():
         raise ConfigError("data.csv", csv, "an existing CSV file with an image-path column and a label column")

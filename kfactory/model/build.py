@@ -14,7 +14,9 @@ from omegaconf import DictConfig
 
 from kfactory.errors import ConfigError
 from kfactory.paths import expand_path
-from kfactory.registry import MODELS, PROBABILITY_ACTIVATIONS, input_size
+from kfactory.registry import MODELS, PROBABILITY_ACTIVATIONS, input_size, label_loss
+from kfactory.schema import ModelConfig
+from kfactory.targets import build, is_custom_model
 
 if TYPE_CHECKING:
     import keras
@@ -47,9 +49,11 @@ def to_probabilities(outputs: np.ndarray, activation: str) -> np.ndarray:
 
 
 def build_model(cfg: DictConfig, num_classes: int) -> keras.Model:
-    """The application named by ``cfg.model`` with ``num_classes`` outputs."""
+    """The application named by ``cfg.model`` (or your own, model=custom) with ``num_classes`` outputs."""
     import keras
 
+    if is_custom_model(cfg.model):
+        return build_custom_model(cfg, num_classes)
     spec = MODELS[cfg.model.name]
     height, width = input_size(cfg.model)
     inputs = keras.Input((height, width, 3), name="image")
@@ -67,12 +71,38 @@ def build_model(cfg: DictConfig, num_classes: int) -> keras.Model:
         return keras.Model(inputs, x, name=cfg.model.name)
     if cfg.model.dropout > 0:
         x = keras.layers.Dropout(cfg.model.dropout, name="head_dropout")(x)
-    units = output_units(cfg.loss.name, num_classes)
+    units = output_units(label_loss(cfg.loss), num_classes)
     activation = cfg.model.activation
     if activation == "softmax" and units == 1:
         activation = "sigmoid"
     outputs = keras.layers.Dense(units, activation=activation, dtype="float32", name="predictions")(x)
     return keras.Model(inputs, outputs, name=cfg.model.name)
+
+
+def build_custom_model(cfg: DictConfig, num_classes: int) -> keras.Model:
+    """``model._target_`` called with ``input_shape``, ``num_classes`` and the group's extra keys; checked as is."""
+    import keras
+
+    height, width = input_size(cfg.model)
+    kind = "an uncompiled keras.Model"
+    model = build(
+        "model",
+        cfg.model,
+        keras.Model,
+        kind,
+        schema=ModelConfig,
+        input_shape=(height, width, 3),
+        num_classes=num_classes,
+    )
+    units = output_units(label_loss(cfg.loss), num_classes)
+    try:
+        shapes = (tuple(model.input_shape), tuple(model.output_shape))
+    except (AttributeError, ValueError):  # a subclassed model that was never built
+        shapes = ("unbuilt", "unbuilt")
+    if shapes[0] != (None, height, width, 3) or shapes[1] not in ((None, units), (None, num_classes)):
+        wanted = f"{kind} from (None, {height}, {width}, 3) to (None, {units}); it maps {shapes[0]} to {shapes[1]}"
+        raise ConfigError("model._target_", cfg.model._target_, wanted)
+    return model
 
 
 def build_backbone(cfg: DictConfig, num_classes: int) -> keras.Model:

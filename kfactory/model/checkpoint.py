@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
+import sys
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,12 +94,59 @@ def find_model_file(ckpt_path: str | None) -> Path:
     return path
 
 
+def import_registered_modules(path: Path) -> list[str]:
+    """Import the modules that define a ``.keras`` file's registered custom classes; return those imported.
+
+    Keras finds a class saved with ``keras.saving.register_keras_serializable`` only
+    once its module has run. Only modules that are installed or on PYTHONPATH, and
+    not part of Python itself, are imported; nothing stored in the file runs.
+    """
+    if path.is_dir() or not zipfile.is_zipfile(path):
+        return []
+    with zipfile.ZipFile(path) as archive:
+        if KERAS_ENTRY not in archive.namelist():
+            return []
+        modules = sorted(_registered_modules(json.loads(archive.read(KERAS_ENTRY))))
+    imported = []
+    for module in modules:
+        top = module.split(".")[0]
+        if module in sys.modules or top in sys.stdlib_module_names or top == "keras":
+            continue
+        try:
+            if importlib.util.find_spec(module) is not None:
+                importlib.import_module(module)
+                imported.append(module)
+        except ImportError:  # Keras then names the class it cannot find
+            continue
+    return imported
+
+
+def _registered_modules(node: Any) -> set[str]:
+    """The ``module`` of every serialized object with a registered name (``package>Class``)."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        if isinstance(node.get("module"), str) and ">" in str(node.get("registered_name") or ""):
+            found.add(node["module"])
+        for value in node.values():
+            found |= _registered_modules(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= _registered_modules(value)
+    return found
+
+
 def load_model(path: Path, safe_mode: bool = True) -> keras.Model:
     """Load a saved model; safe mode refuses code embedded in the file (``unsafe_load=true`` allows it)."""
     import keras
 
+    import_registered_modules(path)
     try:
         return keras.models.load_model(path, compile=False, safe_mode=safe_mode)
+    except TypeError as error:  # a registered class whose module did not import
+        if "Could not locate" not in str(error):
+            raise
+        accepted = f"a model whose custom classes import: {str(error).splitlines()[0]} (see README, 'Your own parts')"
+        raise ConfigError("ckpt_path", str(path), accepted) from error
     except ValueError as error:
         if safe_mode and "safe_mode" in str(error):
             first_line = str(error).splitlines()[0]

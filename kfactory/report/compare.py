@@ -1,7 +1,7 @@
 """Compare runs outside TensorBoard: every scalar of every run in one DataFrame.
 
     python -m kfactory.report.compare outputs/multiruns/<sweep> outputs/runs/<run> --csv scalars.csv
-    python -m kfactory.report.compare outputs/ --plot validation/epoch_accuracy --png accuracy.png
+    python -m kfactory.compare outputs/ --plot validation/epoch_accuracy --png accuracy.png
 
 Event files are read with TensorBoard's own reader. A run is a directory that
 holds event files; its name is the path below the given directory, and for a
@@ -87,7 +87,7 @@ def leaderboard(scalars: pd.DataFrame, sort: str | None = None) -> pd.DataFrame:
         return pd.DataFrame()
     scalars = scalars[~scalars.tag.str.endswith("_vs_iterations")]  # Keras' evaluate() logs, not per epoch
     last = scalars.sort_values("step").groupby(["job", "metric"]).last()["value"].unstack("metric")
-    epochs = scalars[scalars.tag.str.startswith("epoch_")].groupby("job")["step"].max() + 1
+    epochs = scalars[scalars.tag.str.startswith("epoch_")].groupby("job")["step"].max()  # steps count epochs from 1
     last.insert(0, "epochs", epochs.reindex(last.index))
     sort = sort or next((c for c in DEFAULT_SORT if c in last.columns), None)
     if sort is not None:
@@ -114,7 +114,7 @@ def plot_metric(scalars: pd.DataFrame, metric: str, png: Path) -> None:
         points = points.sort_values("step")
         label = job if chosen.series.nunique() == 1 else f"{job} {series}"
         axes.plot(points.step, points.value, marker="o", markersize=3, label=label)
-    axes.set_xlabel("epoch (from 0)" if chosen.tag.str.startswith("epoch_").all() else "step")
+    axes.set_xlabel("epoch" if chosen.tag.str.startswith("epoch_").all() else "step")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylabel(metric)
     axes.legend(fontsize=7)

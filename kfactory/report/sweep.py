@@ -22,6 +22,8 @@ from kfactory.registry import monitor_mode
 ERROR_FILE = "error.txt"  # kfactory.app writes it in a failed job's directory
 METRICS_FILES = ("metrics.json", "eval_metrics.json")  # task=train, task=eval
 SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
+OPTUNA_RESULTS = "optimization_results.yaml"  # the Optuna sweeper's; with several objectives it lists the Pareto front
+STATUS_ORDER = {"ok": 0, "pruned": 1, "failed": 2}  # how the table ranks jobs before their metric
 TOP_ROWS = 10
 
 
@@ -33,6 +35,10 @@ class SweepSummary(Callback):
         root = Path(str(config.hydra.sweep.dir))
         root.mkdir(parents=True, exist_ok=True)
         (root / VARIED_KEYS_FILE).write_text("".join(f"{key}\n" for key in varied_keys(config)))
+        if config.task == "train" and config.trainer.tensorboard.hparams:
+            from kfactory.train.hparams import sweep_experiment, write_summary
+
+            write_summary(root, sweep_experiment(config))  # the HParams dashboard's one config for all jobs
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         root = Path(str(config.hydra.sweep.dir))
@@ -40,7 +46,9 @@ class SweepSummary(Callback):
         if table.empty:
             return
         failed = int((table["status"] == "failed").sum())
-        print(f"\nSweep summary ({len(table)} jobs, {failed} failed): {root / SUMMARY_CSV}")
+        pruned = int((table["status"] == "pruned").sum())
+        counts = f"{failed} failed" + (f", {pruned} pruned" if pruned else "")
+        print(f"\nSweep summary ({len(table)} jobs, {counts}): {root / SUMMARY_CSV}")
         print(table.attrs["shown"].head(TOP_ROWS).to_string(index=False))
         print(f"\nView: tensorboard --logdir {root}\n")
         if failed:
@@ -53,8 +61,9 @@ def varied_keys(config: DictConfig) -> list[str]:
 
     overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
     keys = [o.key_or_group for o in overrides if o.is_sweep_override()]
+    fixed = {o.key_or_group for o in overrides if not o.is_sweep_override()}  # a plain value stops a search
     params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-    return list(dict.fromkeys([*keys, *params]))
+    return list(dict.fromkeys([*keys, *(key for key in params if key not in fixed)]))
 
 
 def summarize_sweep(root: Path):
@@ -68,6 +77,9 @@ def summarize_sweep(root: Path):
     rows = [read_job(job, overrides[job]) for job in jobs]
     monitor = next((m for m in (read_monitor(job) for job in jobs) if m), "val_accuracy")
     table = pd.DataFrame(rows)
+    pareto = pareto_jobs(root)
+    if pareto is not None:  # a multi-objective search: mark its Pareto-optimal trials
+        table["pareto"] = table["job"].isin(pareto)
     override_keys = list(dict.fromkeys(key for job in jobs for key, _ in overrides[job]))
     lead = leading_columns(table, override_keys, monitor)
     table = sort_by_monitor(table[lead + [c for c in table.columns if c not in lead]], monitor)
@@ -86,13 +98,23 @@ def read_job(job: Path, overrides: list[tuple[str, str]]) -> dict[str, Any]:
     row.update(overrides)
     metrics = read_metrics(job)
     failed = (job / ERROR_FILE).exists() or metrics is None
-    row.update(status="failed" if failed else "ok", **(metrics or {}))
+    status = "failed" if failed else "pruned" if metrics.get("pruned") else "ok"  # pruned: stopped by the search
+    row.update(status=status, **(metrics or {}))
     if "epochs_run" not in row:  # metrics.json has both for a finished job
         row["epochs_run"] = count_epochs(job)
     if "wall_time_s" not in row:
         row["wall_time_s"] = elapsed(job)
     row.update(overrides=" ".join(f"{k}={v}" for k, v in overrides), dir=job.name)
     return row
+
+
+def pareto_jobs(root: Path) -> list[int] | None:
+    """The job numbers of a multi-objective Optuna search's Pareto front; None for any other sweep."""
+    path = root / OPTUNA_RESULTS
+    if not path.exists():
+        return None
+    solutions = OmegaConf.select(OmegaConf.load(path), "solutions", default=None)
+    return None if solutions is None else [s.job for s in solutions if s.get("job") is not None]
 
 
 def read_overrides(job: Path) -> list[tuple[str, str]]:
@@ -132,7 +154,16 @@ def elapsed(job: Path) -> float:
 def leading_columns(table, override_keys: list[str], monitor: str) -> list[str]:
     """Job, the override keys that differ between jobs (all if none differ), status, the monitored value."""
     varying = [k for k in override_keys if table[k].nunique(dropna=False) > 1] or override_keys
-    return ["job", *varying, "status"] + [c for c in (f"best_{monitor}", monitor) if c in table.columns]
+    lead = ["job", *varying, "status", *(["pareto"] if "pareto" in table.columns else [])]
+    return lead + [c for c in ranking_columns(monitor) if c in table.columns]
+
+
+def ranking_columns(monitor: str) -> tuple[str, str]:
+    """What the summary ranks by: the saved model's ``monitor`` on the whole split, else the best epoch's value.
+
+    They differ when ``trainer.validation_steps`` limits the per-epoch validation to a few batches.
+    """
+    return monitor, f"best_{monitor}"
 
 
 def markdown_table(table) -> str:
@@ -149,10 +180,10 @@ def markdown_table(table) -> str:
 
 
 def sort_by_monitor(table, monitor: str):
-    """Best first by ``monitor`` (lower is better for a loss); failed jobs last."""
-    column = next((c for c in (f"best_{monitor}", monitor) if c in table.columns), None)
+    """Best first by ``monitor`` (lower is better for a loss); pruned jobs after finished ones, failed jobs last."""
+    column = next((c for c in ranking_columns(monitor) if c in table.columns), None)
     if column is None:
         return table.sort_values("job").reset_index(drop=True)
     ascending = monitor_mode(monitor) == "min"
     table = table.sort_values(column, ascending=ascending, na_position="last", kind="stable")
-    return table.sort_values("status", key=lambda s: s != "ok", kind="stable").reset_index(drop=True)
+    return table.sort_values("status", key=lambda s: s.map(STATUS_ORDER), kind="stable").reset_index(drop=True)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,12 +15,16 @@ import keras
 from omegaconf import DictConfig
 
 from kfactory.errors import RunStopped
-from kfactory.model.checkpoint import save_model
+from kfactory.model.checkpoint import save_model, write_json_atomic
 from kfactory.registry import monitor_mode
-from kfactory.train.resume import backup_dir
+from kfactory.targets import build
+from kfactory.train.pruning import trial_pruning
+from kfactory.train.resume import BACKUP_METADATA, backup_dir, read_backup_metadata
 
 if TYPE_CHECKING:
     from kfactory.data.pipeline import Splits
+
+log = logging.getLogger(__name__)
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):
@@ -50,6 +59,20 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         if self.improved(value):
             self.best, self.best_epoch = value, epoch
             save_model(self.model, self.path, {**self.metadata, "best_epoch": epoch + 1, self.monitor: value})
+
+
+class HistoryCSV(keras.callbacks.CSVLogger):
+    """history.csv with epochs counted from 1, as the progress bar, the logs and ``best_epoch`` count them."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        super().on_epoch_end(epoch + 1, logs)
+
+
+class EpochTensorBoard(keras.callbacks.TensorBoard):
+    """Keras's TensorBoard callback with epochs counted from 1 as steps (``histogram_freq=N``: epochs N, 2N, …)."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        super().on_epoch_end(epoch + 1, logs)
 
 
 def finite_loss(logs: dict | None) -> bool:
@@ -113,6 +136,14 @@ def stop_if_diverged(
     )
 
 
+def user_callbacks(trainer: DictConfig) -> list[keras.callbacks.Callback]:
+    """Your own callbacks, from the ``_target_`` entries of ``trainer.callbacks``."""
+    return [
+        build(f"trainer.callbacks[{index}]", entry, keras.callbacks.Callback, "a keras.callbacks.Callback")
+        for index, entry in enumerate(trainer.callbacks)
+    ]
+
+
 def make_callbacks(
     cfg: DictConfig,
     run_dir: Path,
@@ -128,14 +159,15 @@ def make_callbacks(
     board = cfg.trainer.tensorboard
     callbacks: list[keras.callbacks.Callback] = [
         checkpoint,
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-        keras.callbacks.TensorBoard(
+        HistoryCSV(str(run_dir / "history.csv"), append=True),
+        EpochTensorBoard(
             log_dir=str(run_dir / "tensorboard"),
             histogram_freq=board.histogram_freq,
             write_graph=board.write_graph,
             update_freq="epoch",
         ),
         StopOnNaN(),
+        *trial_pruning(cfg.trainer.monitor),  # only in a trial of a pruning Optuna search
     ]
     if splits is not None:
         from kfactory.train.tensorboard import ValidationSummaries  # matplotlib, TensorBoard plugins
@@ -151,6 +183,106 @@ def make_callbacks(
                 restore_best_weights=False,
             )
         )
-    # Last, so an epoch counts as done only once history.csv and model.keras have it.
-    callbacks.append(keras.callbacks.BackupAndRestore(str(backup_dir(run_dir))))
+    callbacks += user_callbacks(cfg.trainer)
+    # Last, so an epoch counts as done only once history.csv and model.keras have it. Kept after training
+    # (delete_checkpoint=False) until metrics.json is written: a kill in between still resumes.
+    callbacks.append(AtomicBackupAndRestore(str(backup_dir(run_dir)), delete_checkpoint=False))
+    callbacks.append(RequeueAtEpochEnd(requeue_hold_s()))  # after the backup: the epoch is kept
     return callbacks
+
+
+def requeue_hold_s() -> float:
+    """How long a requeue signal may wait for the epoch's end: half the launcher's ``signal_delay_s``."""
+    from hydra.core.hydra_config import HydraConfig
+
+    delay = HydraConfig.get().launcher.get("signal_delay_s") if HydraConfig.initialized() else None
+    return (delay or 120) / 2
+
+
+class RequeueAtEpochEnd(keras.callbacks.Callback):
+    """Hold a Slurm job's requeue signal (SIGUSR2: time limit near, or preemption) until the epoch is backed up.
+
+    submitit answers SIGUSR2 by requeueing the job and exiting at once, so the
+    epoch in progress would be trained again. Held, the signal is passed on to
+    submitit's handler once this epoch's backup is written, or after ``hold_s``
+    seconds wherever training is (an epoch too long to wait for), so the job is
+    always requeued before Slurm's kill. Only where a handler (submitit's) is installed.
+    """
+
+    def __init__(self, hold_s: float) -> None:
+        super().__init__()
+        self.hold_s = hold_s
+        self.handler: Any = None
+        self.since: float | None = None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        handler = signal.getsignal(signal.SIGUSR2)
+        if callable(handler) and threading.current_thread() is threading.main_thread():
+            self.handler = handler
+            signal.signal(signal.SIGUSR2, self._hold)
+
+    def _hold(self, signum: int, frame: Any) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning(
+                "SIGUSR2: the job is requeued once this epoch is backed up (at most %.0f s from now)", self.hold_s
+            )
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.since is not None and time.monotonic() - self.since > self.hold_s:
+            self._pass_on()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.since is not None:
+            self._pass_on()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.since is not None:  # the signal came in the last epoch's end: still requeue (evaluation is left)
+            self._pass_on()
+        elif self.handler is not None:
+            signal.signal(signal.SIGUSR2, self.handler)
+
+    def _pass_on(self) -> None:
+        handler, self.since = self.handler, None
+        signal.signal(signal.SIGUSR2, handler)
+        log.warning("Passing SIGUSR2 on: requeueing the job")
+        handler(signal.SIGUSR2, None)  # submitit: checkpoint, scontrol requeue, exit
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore whose backup is never half-written, whenever the process is killed.
+
+    Keras writes the weights and then the epoch counter in place, so a kill
+    during the write leaves a corrupt weights file or a counter that does not
+    match the weights. Here each epoch's weights go to their own file, renamed
+    into place once whole; the metadata, renamed into place last, names that
+    file. A kill at any instant leaves the previous epoch's backup intact.
+    """
+
+    def _save_model(self) -> None:
+        os.makedirs(self.backup_dir, exist_ok=True)
+        name = f"epoch{self._current_epoch}.weights.h5"
+        tmp = os.path.join(self.backup_dir, f"partial-{name}")
+        self.model.save_weights(tmp, overwrite=True)
+        os.replace(tmp, os.path.join(self.backup_dir, name))
+        metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name}
+        write_json_atomic(Path(self._training_metadata_path), metadata)
+        for other in os.listdir(self.backup_dir):  # the earlier epochs' weights
+            if other.endswith(".weights.h5") and other != name:
+                os.remove(os.path.join(self.backup_dir, other))
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if finite_loss(logs):  # an epoch StopOnNaN cut short is not backed up: a resume starts before it
+            super().on_epoch_end(epoch, logs)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._load_model()
+
+    def _load_model(self) -> None:
+        metadata = read_backup_metadata(Path(self.backup_dir) / BACKUP_METADATA)
+        if metadata is None:  # no epoch backed up yet: start at the phase's first epoch
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)  # its state is in the backup too
+        self.model.load_weights(os.path.join(self.backup_dir, metadata.get("weights", "latest.weights.h5")))
+        self.model._initial_epoch = metadata["epoch"]

@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 
 from kfactory.errors import ConfigError
 from kfactory.registry import monitor_mode
+from kfactory.targets import is_custom_model
 
 if TYPE_CHECKING:
     import keras
@@ -152,6 +153,7 @@ def fit_in_phases(
 
     Returns the last phase's History with the epochs and logs of all phases.
     """
+    from kfactory.data.pipeline import epoch_inputs
     from kfactory.train.schedules import learning_rate_logger, make_learning_rate, schedule_callbacks, schedule_of
 
     schedule = schedule_of(cfg.optimizer)
@@ -159,24 +161,26 @@ def fit_in_phases(
     before = [learning_rate_logger(), *_ema_callbacks(cfg.trainer.ema)]  # before CSVLogger and the checkpoint
     after = schedule_callbacks(schedule, cfg.trainer.monitor, mode)
     phases = plan_phases(cfg.finetune, cfg.model.freeze, cfg.optimizer.learning_rate, cfg.trainer.epochs)
-    base, pretrained = find_base(model), cfg.model.weights is not None
+    pretrained = cfg.model.weights is not None
+    base = None if is_custom_model(cfg.model) else find_base(model)  # your own model trains as you built it
     epochs, logs, history = [], {}, None
     first = _resumed_phase(callbacks, len(phases))
+    train, val = epoch_inputs(splits, cfg.trainer.steps_per_epoch, cfg.trainer.validation_steps)
     for number, phase in enumerate(phases, start=1):
         if number < first:
             continue
-        apply_freeze(base, phase.freeze, pretrained, cfg.model.bn_trainable)
+        if base is not None:
+            apply_freeze(base, phase.freeze, pretrained, cfg.model.bn_trainable)
         epochs_in_phase = phase.epochs - phase.initial_epoch
         compile_phase(make_learning_rate(schedule, phase.learning_rate, epochs_in_phase, steps_per_epoch))
         log.info("%s", describe_phase(model, phase, number, len(phases), pretrained))
         model._initial_epoch = None  # a BackupAndRestore of an earlier phase must not move this phase's start
         history = model.fit(
-            splits.train,
-            validation_data=splits.val,
+            train,
+            validation_data=val,
             initial_epoch=phase.initial_epoch,
             epochs=phase.epochs,
             steps_per_epoch=cfg.trainer.steps_per_epoch,
-            validation_steps=cfg.trainer.validation_steps,
             callbacks=[*before, *_for_phase(callbacks, number, len(phases), phase.initial_epoch), *after],
             class_weight=class_weight,
             verbose=cfg.trainer.verbose,
@@ -187,6 +191,8 @@ def fit_in_phases(
             logs.setdefault(key, []).extend(values)
         if not all(math.isfinite(v) for v in history.history.get("loss", [])):
             break  # StopOnNaN stopped it; a later phase would start from diverged weights
+        if any(getattr(c, "pruned_epoch", None) for c in callbacks):
+            break  # the Optuna trial was pruned: the run ends here (kfactory.train.pruning)
     history.epoch, history.history = epochs, logs
     return history
 
@@ -211,7 +217,7 @@ def _for_phase(callbacks: list, number: int, total: int, first_epoch: int) -> li
         if isinstance(callback, ResumableEarlyStopping):
             callback.phase_start = first_epoch
         if isinstance(callback, keras.callbacks.BackupAndRestore):
-            callback = keras.callbacks.BackupAndRestore(
+            callback = type(callback)(
                 os.path.join(callback.backup_dir, f"phase{number}"),
                 save_freq=callback.save_freq,
                 delete_checkpoint=callback.delete_checkpoint,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,15 @@ from kfactory.data.pipeline import Splits, make_dataset, make_splits
 from kfactory.errors import ConfigError, RunStopped
 from kfactory.model.build import build_model, output_units
 from kfactory.model.checkpoint import MODEL_FILE, load_model, write_json_atomic
-from kfactory.registry import LOSSES, OPTIMIZERS, input_size, metric_log_name, sparse_labels
+from kfactory.registry import LOSSES, OPTIMIZERS, input_size, label_loss, metric_log_name, sparse_labels
 from kfactory.schema import LossConfig, OptimizerConfig, extra_keys
+from kfactory.targets import TARGET, build, is_custom_model, target_of
 from kfactory.train.callbacks import BestModelCheckpoint, make_callbacks, stop_if_diverged
 from kfactory.train.compute import choose_jit_compile, configure_tensorflow
 from kfactory.train.distribute import make_strategy
 from kfactory.train.finetune import fit_in_phases
-from kfactory.train.resume import drop_empty_backup, restore_history
+from kfactory.train.pruning import pruned_epoch
+from kfactory.train.resume import drop_backup, restore_history
 from kfactory.train.tensorboard import write_final_summaries
 from kfactory.train.xla_probe import XlaProbe
 
@@ -36,6 +39,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     configure_tensorflow(cfg.trainer, cfg.seed)
     splits = make_splits(cfg, run_dir)
     log.info("Data: %s", ", ".join(f"{k} {len(v)}" for k, v in splits.indices.items()))
+    if note := weights_note(cfg.model):
+        log.info("%s", note)
     steps = cfg.trainer.steps_per_epoch or -(-len(splits.indices["train"]) // cfg.data.batch_size)
     strategy = make_strategy(cfg.trainer)
     xla = choose_jit_compile(
@@ -62,7 +67,6 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     callbacks = [*([probe] if probe else []), *make_callbacks(cfg, run_dir, checkpoint, splits, past)]
     weights = describe_training(cfg, splits, run_dir)
     history = fit_in_phases(model, cfg, splits, steps, callbacks, compile_phase, weights)
-    drop_empty_backup(run_dir)  # a two-phase run leaves backup/ empty: the run is complete
     stop_if_diverged(callbacks, cfg, checkpoint)
     if checkpoint.best is None:
         monitor = cfg.trainer.monitor
@@ -71,12 +75,28 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     epochs_run = len(past) + len(history.epoch)
     metrics.update(best_epoch=checkpoint.best_epoch + 1, epochs_run=epochs_run, wall_time_s=time.time() - started)
     metrics[f"best_{cfg.trainer.monitor}"] = checkpoint.best
-    write_json_atomic(run_dir / "metrics.json", metrics)
+    metrics["params"] = model.count_params()  # a search can weigh accuracy against size
+    if pruned := pruned_epoch(callbacks):
+        metrics.update(pruned=True, pruned_epoch=pruned)
     write_final_summaries(cfg, run_dir / "tensorboard", metrics)
+    write_json_atomic(run_dir / "metrics.json", metrics)  # last: the run is complete
+    drop_backup(run_dir)
     report(cfg, run_dir, metrics)
     if splits.skipped:
         log.warning("Skipped %d unreadable images; the list: %s", len(splits.skipped), run_dir / SKIPPED_FILE)
-    return checkpoint.best
+    # The saved model's value on the whole split, as the sweep summary ranks runs; the best epoch's when absent.
+    return metrics.get(cfg.trainer.monitor, checkpoint.best)
+
+
+def weights_note(model: DictConfig) -> str | None:
+    """Say so when a run starts from ImageNet weights, at which size, and how to train from scratch instead."""
+    if model.weights != "imagenet":
+        return None
+    height, width = input_size(model)
+    return (
+        f"Model: {model.name} from ImageNet weights at {height}x{width} px; to train from scratch "
+        "at your images' size instead: model.weights=null model.input_size=[H,W]"
+    )
 
 
 def describe_training(cfg: DictConfig, splits: Splits, run_dir: Path) -> dict[int, float] | None:
@@ -90,15 +110,15 @@ def describe_training(cfg: DictConfig, splits: Splits, run_dir: Path) -> dict[in
     return weights
 
 
-def resume_history(resume: bool, epochs: int, run_dir: Path) -> list[dict[str, float]]:
-    """With ``resume=true``, the finished epochs' history rows (BackupAndRestore restores the rest)."""
+def resume_history(resume: bool | str, epochs: int, run_dir: Path) -> list[dict[str, float]]:
+    """With ``resume=true|auto``, the finished epochs' history rows (the backup restores the rest)."""
     if not resume:
         return []
     past = restore_history(run_dir)
     if past:
         log.info("Resuming %s after epoch %d of %d", run_dir, len(past), epochs)
     else:
-        log.info("resume=true: no finished epoch in %s; starting at epoch 1", run_dir)
+        log.info("resume=%s: no finished epoch in %s; starting at epoch 1", str(resume).lower(), run_dir)
     return past
 
 
@@ -109,7 +129,7 @@ def compile_model(
     model.compile(
         optimizer=make_optimizer(cfg.optimizer, learning_rate, cfg.trainer.ema),
         loss=make_loss(cfg.loss, cfg.model.activation),
-        metrics=make_metrics(cfg.trainer, cfg.loss.name, num_classes),
+        metrics=make_metrics(cfg.trainer, label_loss(cfg.loss), num_classes),
         jit_compile=jit_compile,
     )
 
@@ -117,11 +137,14 @@ def compile_model(
 def make_optimizer(
     optimizer: DictConfig, learning_rate: Any = None, ema: float | None = None
 ) -> keras.optimizers.Optimizer:
-    """A keras optimizer from ``optimizer.name`` and its arguments; ``ema``: keep an EMA of the weights."""
+    """A keras optimizer from ``optimizer.name`` (or ``_target_``) and its arguments; ``ema``: an EMA of the weights."""
     kwargs = {"learning_rate": optimizer.learning_rate if learning_rate is None else learning_rate}
     kwargs.update(OmegaConf.to_container(OmegaConf.create(extra_keys(optimizer, OptimizerConfig))))
     if ema is not None:
         kwargs.update(use_ema=True, ema_momentum=ema)
+    if optimizer._target_ is not None:
+        kind = "a keras.optimizers.Optimizer"
+        return build("optimizer", {TARGET: optimizer[TARGET]}, keras.optimizers.Optimizer, kind, **kwargs)
     cls = getattr(keras.optimizers, OPTIMIZERS[optimizer.name])
     try:
         return cls(**kwargs)
@@ -132,7 +155,10 @@ def make_optimizer(
 
 
 def make_loss(loss: DictConfig, activation: str) -> keras.losses.Loss:
-    """A keras loss; after a linear output, crossentropies take logits."""
+    """A keras loss (or your own, by ``_target_``); after a linear output, named crossentropies take logits."""
+    if loss._target_ is not None:
+        kind = "a keras.losses.Loss or a function (y_true, y_pred)"
+        return build("loss", loss, (keras.losses.Loss, Callable), kind, schema=LossConfig)
     kwargs = OmegaConf.to_container(OmegaConf.create(extra_keys(loss, LossConfig)))
     if activation == "linear" and "crossentropy" in loss.name:
         kwargs["from_logits"] = True
@@ -150,9 +176,11 @@ def make_metrics(trainer: DictConfig, loss: str, num_classes: int) -> list[keras
     sparse = sparse_labels(loss)
     single_unit = output_units(loss, num_classes) == 1
     built = []
-    for name in trainer.metrics:
+    for index, name in enumerate(trainer.metrics):
         log_name = metric_log_name(name)
-        if name == "accuracy":
+        if target_of(name) is not None:
+            built.append(make_target_metric(f"trainer.metrics[{index}]", name, log_name))
+        elif name == "accuracy":
             cls = (
                 keras.metrics.BinaryAccuracy
                 if single_unit
@@ -177,13 +205,20 @@ def make_metrics(trainer: DictConfig, loss: str, num_classes: int) -> list[keras
     return built
 
 
+def make_target_metric(key: str, entry: DictConfig, log_name: str) -> keras.metrics.Metric:
+    """Your own metric from a ``_target_`` entry, logged as ``log_name`` (its ``name`` key is kfactory's)."""
+    metric = build(key, entry, keras.metrics.Metric, "a keras.metrics.Metric", drop=("name",))
+    metric.name = log_name  # a fixed name, so trainer.monitor and history.csv can rely on it
+    return metric
+
+
 def model_metadata(cfg: DictConfig, splits: Splits) -> dict[str, Any]:
     """What travels inside model.keras: enough to predict without the config."""
     return {
         "class_names": splits.class_names,
-        "model": cfg.model.name,
+        "model": cfg.model._target_ if is_custom_model(cfg.model) else cfg.model.name,
         "input_size": list(input_size(cfg.model)),
-        "loss": cfg.loss.name,
+        "loss": cfg.loss._target_ or cfg.loss.name,
         "activation": cfg.model.activation,
     }
 

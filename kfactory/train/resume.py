@@ -1,12 +1,19 @@
-"""Continue an interrupted training run in its own directory (``resume=true``).
+"""Continue an interrupted training run in its own directory (``resume=true|auto``).
 
-``keras.callbacks.BackupAndRestore`` keeps the weights, the optimizer state and
-the epoch counter in ``<run dir>/backup`` after every epoch, and deletes the
-backup when training ends. The rest of a run's state is rebuilt from the
-epochs that finished, as ``history.csv`` records them: the best-so-far metric
-(``BestModelCheckpoint``) and early stopping's patience count are replayed
-from its rows. Rows written for an epoch the backup does not include (the
-process died between the two writes) are dropped, so every epoch is listed once.
+``AtomicBackupAndRestore`` (kfactory.train.callbacks) keeps the weights, the
+optimizer state and the epoch counter in ``<run dir>/backup`` after every
+epoch, each file written whole and renamed into place, and the backup stays
+until ``metrics.json`` is written. The rest of a run's state is rebuilt from
+the epochs that finished, as ``history.csv`` records them: the best-so-far
+metric (``BestModelCheckpoint``) and early stopping's patience count are
+replayed from its rows. Rows written for an epoch the backup does not include
+(the process died between the two writes) are dropped, so every epoch is
+listed once.
+
+A run killed at any instant can be resumed: with a backup it continues after
+the backup's last epoch; without one (killed in its first epoch, or before the
+first backup was complete) it starts again at epoch 1 with a warning; a
+finished run (``metrics.json``) is reported complete and exits 0.
 
 No TensorFlow here: the run directory is checked before any heavy import.
 """
@@ -15,66 +22,118 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
 from kfactory.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 BACKUP_DIR = "backup"
 HISTORY_FILE = "history.csv"
-BACKUP_METADATA = "training_metadata.json"  # BackupAndRestore's record of the epochs done
-RUN_FILES = (HISTORY_FILE, "model.keras", BACKUP_DIR)  # what a started training run leaves
+METRICS_FILE = "metrics.json"  # written last: the run is complete
+TENSORBOARD_DIR = "tensorboard"
+BACKUP_METADATA = "training_metadata.json"  # the backup's record of the epochs done
+RUN_FILES = (HISTORY_FILE, "model.keras", BACKUP_DIR, METRICS_FILE)  # what a started training run leaves
+RESUME_VALUES = (False, True, "auto")
+
+# What check_run_dir finds, and so what the run does.
+FRESH = "fresh"  # nothing there yet: train from epoch 1
+RESUME = "resume"  # a backup: continue after its last epoch
+RESTART = "restart"  # a started run without a usable backup: train again from epoch 1
+COMPLETE = "complete"  # metrics.json: nothing left to do
 
 
 def backup_dir(run_dir: Path) -> Path:
-    """Where BackupAndRestore keeps this run's state (a sub-folder per fine-tuning phase)."""
+    """Where the backup keeps this run's state (a sub-folder per fine-tuning phase)."""
     return run_dir / BACKUP_DIR
 
 
-def drop_empty_backup(run_dir: Path) -> None:
-    """Remove ``backup/`` once every phase's BackupAndRestore has deleted its own folder in it."""
-    folder = backup_dir(run_dir)
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
+def drop_backup(run_dir: Path) -> None:
+    """Remove ``backup/`` once the run is complete (after metrics.json is written)."""
+    shutil.rmtree(backup_dir(run_dir), ignore_errors=True)
+
+
+def read_backup_metadata(path: Path) -> dict[str, Any] | None:
+    """A backup's metadata, or None if missing or unreadable (a write cut short)."""
+    try:
+        metadata = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return metadata if isinstance(metadata, dict) and isinstance(metadata.get("epoch"), int) else None
 
 
 def finished_epochs(run_dir: Path) -> int:
     """How many epochs the run's backup holds (the latest phase's count), 0 if none."""
-    counts = [json.loads(p.read_text())["epoch"] for p in backup_dir(run_dir).rglob(BACKUP_METADATA)]
-    return max(counts, default=0)
+    found = (read_backup_metadata(p) for p in backup_dir(run_dir).rglob(BACKUP_METADATA))
+    return max((m["epoch"] for m in found if m is not None), default=0)
 
 
-def check_run_dir(cfg: DictConfig, run_dir: Path, dir_key: str = "hydra.run.dir") -> None:
-    """Refuse to overwrite a training run, or to resume one that has nothing to resume."""
+def resume_mode(cfg: DictConfig, launcher_target: str | None = None, overrides: list[str] | None = None) -> Any:
+    """``cfg.resume``, or ``auto`` under a launcher that requeues jobs (submitit_slurm) unless set by the user."""
+    given = any(str(o).split("=", 1)[0].lstrip("+~") == "resume" for o in overrides or [])
+    if not given and launcher_target and launcher_target.endswith("SlurmLauncher"):
+        return "auto"
+    return cfg.resume
+
+
+def check_run_dir(cfg: DictConfig, run_dir: Path, dir_key: str = "hydra.run.dir", resume: Any = None) -> str:
+    """What a training run in ``run_dir`` does: FRESH, RESUME, RESTART or COMPLETE.
+
+    Without resume, a directory that holds a run is refused (never overwritten);
+    with ``resume=true`` or ``auto`` nothing is refused.
+    """
+    resume = cfg.resume if resume is None else resume
     if cfg.task != "train":
-        return
+        return FRESH
     found = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if not cfg.resume:
-        if found:
-            raise ConfigError(
-                dir_key,
-                str(run_dir),
-                f"a directory without a training run (it holds {', '.join(found)}): add resume=true to "
-                "continue that run, or choose another directory",
-            )
-        return
-    if found and not backup_dir(run_dir).is_dir():
-        state = (
-            "finished (metrics.json)"
-            if (run_dir / "metrics.json").exists()
-            else "stopped before its first epoch ended, or stopped on an error"
-        )
-        raise ConfigError(
-            "resume",
-            True,
-            f"a run directory with a backup to resume from; {run_dir} has no {BACKUP_DIR}/: its run {state}",
-        )
+    if not found:
+        return FRESH
+    if not resume:
+        held = ", ".join(found)
+        if METRICS_FILE in found:
+            hint = "its run is complete: choose another directory (resume=true would only report it complete)"
+        else:
+            hint = "add resume=true to continue that run, or choose another directory"
+        raise ConfigError(dir_key, str(run_dir), f"a directory without a training run (it holds {held}): {hint}")
+    if (run_dir / METRICS_FILE).exists():
+        return COMPLETE
+    return RESUME if finished_epochs(run_dir) else RESTART
+
+
+def prepare_restart(run_dir: Path) -> None:
+    """Clear what an attempt that finished no epoch left, so the run starts again at epoch 1."""
+    log.warning(
+        "%s holds a run that finished no backed-up epoch (killed in its first epoch?); starting again at epoch 1 "
+        "(its history.csv rows, backup/ and tensorboard/ are dropped)",
+        run_dir,
+    )
+    drop_backup(run_dir)
+    shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
+    (run_dir / HISTORY_FILE).unlink(missing_ok=True)
+
+
+def complete_run_metric(run_dir: Path, monitor: str) -> float | None:
+    """Log that the run in ``run_dir`` is complete; return its best monitored value (for a sweeper)."""
+    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    drop_backup(run_dir)  # killed between metrics.json and the backup's removal
+    log.info(
+        "%s is complete (%s epochs, %s); nothing to resume",
+        run_dir,
+        metrics.get("epochs_run", "all"),
+        METRICS_FILE,
+    )
+    return metrics.get(f"best_{monitor}")
 
 
 def restore_history(run_dir: Path) -> list[dict[str, float]]:
-    """The rows of history.csv for the epochs the backup holds; later rows are removed from the file."""
+    """The rows of history.csv for the epochs the backup holds (later rows are removed from the file),
+    with ``epoch`` counted from 0 as Keras's callbacks count it."""
     path = run_dir / HISTORY_FILE
     if not path.is_file():
         return []
@@ -82,14 +141,20 @@ def restore_history(run_dir: Path) -> list[dict[str, float]]:
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
         fields = reader.fieldnames or []
-        rows = [row for row in reader if int(row["epoch"]) < done]
+        rows = {}
+        for row in reader:  # a row cut short by a kill has missing fields; each epoch is kept once
+            if None not in row.values() and row["epoch"].isdigit() and 1 <= int(row["epoch"]) <= done:
+                rows.setdefault(int(row["epoch"]), row)
     if not fields:  # empty: CSVLogger must write the header again
         path.unlink()
         return []
+    kept = [rows[epoch] for epoch in sorted(rows)]
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(kept)
     os.replace(tmp, path)
-    return [{key: float(value) for key, value in row.items() if value not in ("", None)} for row in rows]
+    # history.csv counts epochs from 1; the callbacks that replay these rows count them as Keras does, from 0
+    restored = [{key: float(value) for key, value in row.items() if value not in ("", None)} for row in kept]
+    return [{**row, "epoch": row["epoch"] - 1} for row in restored]

@@ -18,27 +18,13 @@ import numpy as np
 import tensorflow as tf
 from hydra.core.hydra_config import HydraConfig
 from matplotlib.figure import Figure
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from tensorboard.plugins.hparams import api as hp
 from tensorboard.plugins.pr_curve import summary as pr_summary
 
 from kfactory.model.build import to_probabilities
-from kfactory.overrides import split_override
-from kfactory.registry import input_size, metric_log_name
+from kfactory.train.hparams import hparam_metrics, run_hparams
 
-# Overridden keys that are already logged under a shorter name.
-_HPARAM_ALIASES = {
-    "model": "model",
-    "model.weights": "weights",
-    "optimizer": "optimizer",
-    "optimizer.learning_rate": "learning_rate",
-    "loss": "loss",
-    "data.batch_size": "batch_size",
-    "model.input_size": "input_size",
-    "model.dropout": "dropout",
-}
-# Overridden keys that do not change what a run learns.
-_NOT_HPARAMS = ("hydra.", "trainer.verbose", "trainer.tensorboard.")
 MAX_TEXT_CLASSES = 50  # the confusion matrix is also logged as a text table up to this many classes
 
 
@@ -57,7 +43,8 @@ class ValidationSummaries(keras.callbacks.Callback):
         self.log_dir, self.val_data, self.class_names = Path(log_dir), val_data, list(class_names)
         self.settings = cfg.trainer.tensorboard
         self.activation = cfg.model.activation
-        self.hparams = run_hparams(cfg) if self.settings.hparams else None
+        self.hparams = run_hparams(cfg, task_overrides(cfg)) if self.settings.hparams else None
+        self.session = self.log_dir.parent.name  # the run directory: HParams names the session after it
         self.writer: Any = None
 
     def on_train_begin(self, logs: dict | None = None) -> None:
@@ -65,7 +52,7 @@ class ValidationSummaries(keras.callbacks.Callback):
             self.writer = tf.summary.create_file_writer(str(self.log_dir))
             if self.hparams is not None:
                 with self.writer.as_default():
-                    hp.hparams(self.hparams)
+                    hp.hparams(self.hparams, trial_id=self.session)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         freq = self.settings.summary_freq
@@ -76,13 +63,14 @@ class ValidationSummaries(keras.callbacks.Callback):
         images, labels, probs = collect_predictions(
             self.model, self.val_data, self.settings.max_samples, self.activation, wants_images
         )
-        with self.writer.as_default(step=epoch):
+        step = epoch + 1  # epochs count from 1 in every file a run writes
+        with self.writer.as_default(step=step):
             if self.settings.pr_curves:
-                write_pr_curves(labels, probs, self.class_names, self.settings.pr_thresholds, epoch)
+                write_pr_curves(labels, probs, self.class_names, self.settings.pr_thresholds, step)
             if self.settings.confusion_matrix:
-                write_confusion_matrix(labels, probs.argmax(axis=1), self.class_names, epoch)
+                write_confusion_matrix(labels, probs.argmax(axis=1), self.class_names, step)
             if wants_images:
-                write_image_grid(images, labels, probs.argmax(axis=1), self.class_names, self.settings.images, epoch)
+                write_image_grid(images, labels, probs.argmax(axis=1), self.class_names, self.settings.images, step)
         self.writer.flush()
 
     def on_train_end(self, logs: dict | None = None) -> None:
@@ -147,22 +135,39 @@ def write_confusion_matrix(labels: np.ndarray, predicted: np.ndarray, class_name
         tf.summary.text("confusion_matrix_counts", table, step=step)
 
 
+CARD_PIXELS = 400  # about the width TensorBoard's Time Series card shows an image at
+DPI = 100
+
+
+def confusion_layout(num_classes: int) -> tuple[float, float]:
+    """Figure side (inches) and label size (points) for a confusion matrix of ``num_classes``.
+
+    Up to 20 classes the figure stays small, so text is still legible once the
+    card shrinks it to ``CARD_PIXELS``; beyond that each class keeps enough room
+    for a readable label in the full-size view (100 classes: about 2,000 px).
+    """
+    cell = 0.5 if num_classes <= 20 else 0.3 if num_classes <= 50 else 0.2  # inches per class
+    side = max(4.0, cell * num_classes + 2.0)
+    return side, float(min(14.0, max(6.0, cell * 72 * 0.6)))
+
+
 def confusion_figure(counts: np.ndarray, class_names: list[str]) -> bytes:
     """A PNG of the confusion matrix: class names on the axes, colour = share of the true class."""
     n = len(class_names)
-    side = min(max(4.0, 0.45 * n + 2), 24.0)
-    figure = Figure(figsize=(side, side), dpi=80)
+    side, font = confusion_layout(n)
+    figure = Figure(figsize=(side, side), dpi=DPI)
     axes = figure.add_subplot()
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     axes.set_xticks(range(n), class_names, rotation=90 if n > 10 else 45, ha="right" if n <= 10 else "center")
     axes.set_yticks(range(n), class_names)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
+    axes.tick_params(labelsize=font)
+    axes.set_xlabel("predicted", fontsize=font)
+    axes.set_ylabel("true", fontsize=font)
     if n <= 30:  # numbers stay readable up to about this many classes
         for (row, col), count in np.ndenumerate(counts):
             colour = "white" if rates[row, col] > 0.5 else "black"
-            axes.text(col, row, str(count), ha="center", va="center", color=colour, fontsize=8)
+            axes.text(col, row, str(count), ha="center", va="center", color=colour, fontsize=font * 0.85)
     figure.tight_layout()
     return figure_png(figure)
 
@@ -202,28 +207,6 @@ def png_to_batch(png: bytes) -> tf.Tensor:
     return tf.expand_dims(tf.io.decode_png(png, channels=3), 0)
 
 
-def run_hparams(cfg: DictConfig) -> dict[str, bool | int | float | str]:
-    """The run's hyperparameters for the HParams dashboard, every overridden key included."""
-    height, width = input_size(cfg.model)
-    values: dict[str, bool | int | float | str] = {
-        "model": cfg.model.name,
-        "weights": hparam_value(cfg.model.weights),
-        "optimizer": cfg.optimizer.name,
-        "learning_rate": float(cfg.optimizer.learning_rate),
-        "loss": cfg.loss.name,
-        "batch_size": int(cfg.data.batch_size),
-        "input_size": f"{height}x{width}",
-        "dropout": float(cfg.model.dropout),
-    }
-    for override in task_overrides(cfg):
-        key, given = split_override(override)
-        if key.startswith(_NOT_HPARAMS) or _HPARAM_ALIASES.get(key) in values:
-            continue
-        value = OmegaConf.select(cfg, key, default=given)
-        values[key] = hparam_value(given if isinstance(value, (DictConfig, ListConfig)) else value)
-    return values
-
-
 def task_overrides(cfg: DictConfig) -> list[str]:
     """The command-line overrides of this job (one sweep point in a multirun)."""
     if HydraConfig.initialized():
@@ -231,32 +214,27 @@ def task_overrides(cfg: DictConfig) -> list[str]:
     return list(OmegaConf.select(cfg, "hydra.overrides.task", default=[]) or [])
 
 
-def hparam_value(value: Any) -> bool | float | str:
-    """Numbers as floats (so 0 and 0.5 share a type across runs), other values as text."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)):
-        return float(value)
-    return "null" if value is None else str(value)
+def in_multirun() -> bool:
+    """Whether this run is one job of a sweep (whose root holds the HParams experiment config)."""
+    from hydra.types import RunMode
 
-
-def hparam_metrics(cfg: DictConfig, final_keys: list[str]) -> list[hp.Metric]:
-    """Metrics the HParams table shows: last train/validation epoch values and the final ones."""
-    names = ["loss", *(metric_log_name(m) for m in cfg.trainer.metrics)]
-    metrics = [hp.Metric(f"epoch_{n}", group="validation", display_name=f"val_{n}") for n in names]
-    metrics += [hp.Metric(f"epoch_{n}", group="train", display_name=f"train_{n}") for n in names]
-    return metrics + [hp.Metric(f"final/{key}", display_name=key) for key in final_keys]
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def write_final_summaries(cfg: DictConfig, log_dir: Path, metrics: dict[str, Any]) -> None:
-    """After training: the final metrics as ``final/*`` scalars and the HParams experiment config."""
+    """After training: the final metrics as ``final/*`` scalars; a single run's HParams experiment config.
+
+    A sweep's jobs write no experiment config: TensorBoard would keep one of them;
+    the sweep root holds the one config for all of them (kfactory.report.sweep).
+    """
     if not cfg.trainer.tensorboard.hparams:
         return
     final = {k: float(v) for k, v in metrics.items() if k.startswith(("val_", "test_", "best_"))}
     writer = tf.summary.create_file_writer(str(log_dir))
-    with writer.as_default(step=int(metrics.get("epochs_run", 1)) - 1):
+    with writer.as_default(step=int(metrics.get("epochs_run", 1))):  # the last epoch, counted from 1
         for key, value in final.items():
             tf.summary.scalar(f"final/{key}", value)
-        hparams = [hp.HParam(name) for name in run_hparams(cfg)]
-        hp.hparams_config(hparams=hparams, metrics=hparam_metrics(cfg, list(final)))
+        if not in_multirun():
+            hparams = [hp.HParam(name) for name in run_hparams(cfg, task_overrides(cfg))]
+            hp.hparams_config(hparams=hparams, metrics=hparam_metrics(cfg.trainer, list(final)))
     writer.close()

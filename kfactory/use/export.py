@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,8 @@ from kfactory.use.predict import list_inputs
 log = logging.getLogger(__name__)
 
 TFLITE_FILE = "model.tflite"
-CHECK_IMAGES = 8  # images the TFLite model is compared with Keras on
+RANDOM_IMAGES = 8  # random images the TFLite model is compared with Keras on when export.check_input is null
+CHECK_BATCH = 32  # export.check_input images compared at a time (all of them are compared)
 
 
 def export(cfg: DictConfig, run_dir: Path) -> None:
@@ -111,27 +113,36 @@ def export_tflite(model: keras.Model, target: Path, export_cfg: DictConfig) -> d
     tolerance = export_cfg.tolerance
     if tolerance is None:
         tolerance = 0.1 if export_cfg.quantize else 1e-4
-    images = check_images(export_cfg.check_input, tuple(model.input_shape[1:3]))
-    difference = float(np.max(np.abs(run_tflite(target, images) - model.predict_on_batch(images))))
-    log.info(
-        "TFLite vs Keras on %d images: max abs difference %.3g (tolerance %.3g)", len(images), difference, tolerance
-    )
+    count, difference = tflite_difference(target, model, export_cfg.check_input)
+    log.info("TFLite vs Keras on %d images: max abs difference %.3g (tolerance %.3g)", count, difference, tolerance)
     if not difference <= tolerance:
         target.unlink()  # a file that fails its check is not kept
         raise RuntimeError(
             f"TFLite outputs differ from Keras by {difference:.3g} > export.tolerance={tolerance}; {target} is suspect"
         )
-    checks = {"quantized": bool(export_cfg.quantize), "images": len(images), "max_abs_difference": difference}
+    checks = {"quantized": bool(export_cfg.quantize), "images": count, "max_abs_difference": difference}
     return {**checks, "tolerance": tolerance, "size_bytes": target.stat().st_size}
 
 
-def check_images(check_input: str | None, size: tuple[int, int]) -> np.ndarray:
-    """Up to ``CHECK_IMAGES`` images from ``check_input`` as float32 pixels, or seeded random pixels."""
+def tflite_difference(target: Path, model: keras.Model, check_input: str | None) -> tuple[int, float]:
+    """How many images were compared, and the largest absolute output difference (NaN if any output is NaN)."""
+    differences, count = [], 0
+    for images in check_batches(check_input, tuple(model.input_shape[1:3])):
+        differences.append(np.max(np.abs(run_tflite(target, images) - model.predict_on_batch(images))))
+        count += len(images)
+    return count, float(np.max(differences))
+
+
+def check_batches(check_input: str | None, size: tuple[int, int]) -> Iterator[np.ndarray]:
+    """Every image of ``check_input`` as float32 pixels, ``CHECK_BATCH`` at a time; else seeded random pixels."""
     if check_input is None:
         rng = np.random.default_rng(0)
-        return rng.integers(0, 256, (CHECK_IMAGES, *size, 3)).astype(np.float32)
+        yield rng.integers(0, 256, (RANDOM_IMAGES, *size, 3)).astype(np.float32)
+        return
     files, _ = list_inputs(check_input)
-    return np.stack([read_image(tf.constant(f), size).numpy() for f in files[:CHECK_IMAGES]]).astype(np.float32)
+    for start in range(0, len(files), CHECK_BATCH):
+        batch = files[start : start + CHECK_BATCH]
+        yield np.stack([read_image(tf.constant(f), size).numpy() for f in batch]).astype(np.float32)
 
 
 def run_tflite(path: Path, images: np.ndarray) -> np.ndarray:

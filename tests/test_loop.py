@@ -25,7 +25,8 @@ def test_train_writes_model_metrics_history_tensorboard_and_config(trained_run):
     for key in ("val_accuracy", "val_loss", "test_accuracy", "test_loss"):
         assert isinstance(metrics[key], float) and np.isfinite(metrics[key])
     history = pd.read_csv(run_dir / "history.csv")
-    assert history["epoch"].tolist() == [0, 1]
+    assert history["epoch"].tolist() == [1, 2]  # epochs count from 1, as in the logs and best_epoch
+    assert 1 <= metrics["best_epoch"] <= 2
     assert {"accuracy", "loss", "val_accuracy", "val_loss"} <= set(history.columns)
     assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
     assert (run_dir / ".hydra" / "config.yaml").is_file()
@@ -77,3 +78,12 @@ def test_predict_writes_top_k_labels_and_probabilities(trained_run, tmp_path):
     assert {"file", "label_1", "prob_1", "label_3", "prob_3", "true_label", "correct"} <= set(table.columns)
     assert (table["prob_1"] >= table["prob_2"]).all() and (table["prob_2"] >= table["prob_3"]).all()
     assert table["correct"].tolist() == (table["label_1"] == table["true_label"]).tolist()
+
+
+def test_a_run_from_imagenet_weights_says_so_and_how_to_change_it(cfg_factory):
+    from kfactory.train.loop import weights_note
+
+    note = weights_note(cfg_factory(["data=folder", "data.path=/x"]).model)  # the folder preset keeps ImageNet
+    assert note.startswith("Model: mobilenet_v2 from ImageNet weights at 224x224 px")
+    assert "model.weights=null model.input_size=[H,W]" in note
+    assert weights_note(cfg_factory([]).model) is None  # digits: from scratch at 32 px, nothing to say

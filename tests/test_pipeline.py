@@ -65,3 +65,24 @@ def test_binary_crossentropy_on_two_classes_gets_one_float_target(tmp_path):
         ]  # fmt: skip
     )
     assert labels.shape == (4, 1) and set(labels[:, 0]) <= {0.0, 1.0}
+
+
+def test_with_steps_per_epoch_every_epoch_runs_all_its_steps(recwarn):
+    import keras
+
+    from kfactory.data.pipeline import epoch_inputs, make_splits
+
+    # 1437 training digits in batches of 512: 3 batches; 3 epochs of 2 steps need 6.
+    splits = make_splits(compose_config(["data.batch_size=512", "model.input_size=[32,32]"]))
+    train, val = epoch_inputs(splits, steps_per_epoch=2, validation_steps=1)
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    model.compile(optimizer="sgd", loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    steps: list[int] = []
+    counter = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: steps.append(0),
+        on_train_batch_end=lambda batch, logs: steps.__setitem__(-1, steps[-1] + 1),
+    )
+    history = model.fit(train, validation_data=val, epochs=3, steps_per_epoch=2, callbacks=[counter], verbose=0)
+    assert steps == [2, 2, 2]
+    assert len(history.history["val_loss"]) == 3
+    assert not [w for w in recwarn if "ran out of data" in str(w.message)]

@@ -5,25 +5,22 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import plugin_event_accumulator as accumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.util import tensor_util
 
-from tests.conftest import TINY, compose_config
-
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
-
-from tensorboard.backend.event_processing import plugin_event_accumulator as accumulator  # noqa: E402
-from tensorboard.plugins.hparams import metadata as hparams_metadata  # noqa: E402
-from tensorboard.util import tensor_util  # noqa: E402
-
-from kfactory.train.tensorboard import (  # noqa: E402
+from kfactory.train.tensorboard import (
     ValidationSummaries,
     decode_labels,
     grid_order,
     to_probabilities,
     write_final_summaries,
 )
+from tests.conftest import TINY, compose_config
 
 CLASSES = ["cat", "dog", "owl"]
 VAL_SIZE = 30
@@ -63,7 +60,7 @@ def test_pr_curves_per_class_and_micro_average(written):
     events = read_events(log_dir)
     for index, name in enumerate([*CLASSES, "micro_average"]):
         curves = tensors(events, f"pr_curve/{name}/pr_curves")
-        assert [step for step, _ in curves] == [0, 1]  # every epoch
+        assert [step for step, _ in curves] == [1, 2]  # every epoch, counted from 1
         data = curves[-1][1]  # rows: TP, FP, TN, FN, precision, recall; columns: thresholds 0..1
         positives = VAL_SIZE if name == "micro_average" else int((labels == index).sum())
         assert np.all(data[0] + data[3] == positives)  # TP + FN: the positives, at every threshold
@@ -77,7 +74,7 @@ def test_confusion_matrix_counts_add_up_to_the_validation_size(written):
     log_dir, labels = written
     events = read_events(log_dir)
     steps = [step for step, _ in tensors(events, "confusion_matrix")]
-    assert steps == [0, 1]
+    assert steps == [1, 2]  # epochs count from 1 in TensorBoard too
     table = tensors(events, "confusion_matrix_counts")[-1][1].item().decode()
     rows = [line.strip("|").split("|") for line in table.splitlines()[2:]]
     counts = np.array([[int(c) for c in row[1:]] for row in rows])
@@ -146,3 +143,17 @@ def test_bad_settings_are_refused_before_training(override: str, accepted: str):
 
     with pytest.raises(ConfigError, match=accepted):
         validate(compose_config([override]))
+
+
+@pytest.mark.parametrize("classes", [10, 30, 100])
+def test_the_confusion_matrix_text_is_legible_at_card_size_or_full_size(classes):
+    from kfactory.train.tensorboard import CARD_PIXELS, DPI, confusion_figure, confusion_layout
+
+    side, font = confusion_layout(classes)
+    png = confusion_figure(np.eye(classes, dtype=np.int64) * 3, [f"class_{i}" for i in range(classes)])
+    width = int.from_bytes(png[16:20], "big")  # the PNG header's width
+    assert width == pytest.approx(side * DPI, abs=2)
+    font_pixels = font * DPI / 72
+    shown = font_pixels * min(1.0, CARD_PIXELS / width) if classes <= 20 else font_pixels  # card, else full size
+    assert shown >= 8  # pixels: the smallest text still read without zooming
+    assert side * DPI / classes >= 1.2 * font_pixels  # a label fits its row

@@ -1,0 +1,1 @@
+"""kfactory's Optuna sweeper for Hydra (Optuna >= 4): pruning, journal storage, continuation."""

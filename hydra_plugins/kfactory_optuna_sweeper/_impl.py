@@ -1,0 +1,322 @@
+"""The search loop: Hydra's override grammar as Optuna distributions, batches of trials as Hydra jobs.
+
+Imported only when a sweep runs (Hydra's plugin discovery skips ``_`` modules).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, Transformer
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from kfactory.config.search import JOB_ATTR, PRUNED_ATTR, make_pruner, open_storage, trial_link
+from kfactory.errors import ConfigError
+
+from .config import SAMPLERS
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "optimization_results.yaml"
+METRICS_FILE = "metrics.json"  # where a job's objectives are read from (hparams_search.objectives)
+FIXED_ATTR = "fixed"  # trial user attribute: the command-line values the trial ran with besides its params
+DIRECTIONS = ("minimize", "maximize")
+
+
+# The search space ---------------------------------------------------------------------------------
+
+
+def search_space(overrides: Sequence[str]) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
+    """(searched key -> distribution, fixed key -> value) from overrides; a later one for a key wins."""
+    space: dict[str, BaseDistribution] = {}
+    fixed: dict[str, str] = {}
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key = override.get_key_element()
+        space.pop(key, None)
+        fixed.pop(key, None)
+        if override.is_sweep_override():
+            space[key] = distribution(override)
+        else:
+            fixed[key] = override.get_value_element_as_str()
+    return space, fixed
+
+
+def distribution(override: Override) -> BaseDistribution:
+    """An Optuna distribution for ``choice``, ``range`` or ``interval``, log-scaled with ``tag(log, ...)``."""
+    value = override.value()
+    key, text = override.get_key_element(), override.input_line or str(value)
+    use_log = "log" in getattr(value, "tags", set())
+    if override.is_choice_sweep() or (override.is_range_sweep() and value.shuffle):
+        return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
+    if override.is_interval_sweep():
+        return FloatDistribution(float(value.start), float(value.end), log=use_log)
+    if override.is_range_sweep():
+        values = list(override.sweep_iterator())  # stop excluded, as Hydra's range counts
+        if not values:
+            raise ConfigError(key, text, "a range with at least one value")
+        if all(isinstance(v, int) for v in (value.start, value.stop, value.step)):
+            if use_log and value.step != 1:
+                raise ConfigError(key, text, "a log-scaled range with step 1")
+            return IntDistribution(values[0], values[-1], log=use_log, step=value.step)
+        if use_log:
+            raise ConfigError(key, text, "tag(log, interval(...)) for a log-scaled float")
+        return FloatDistribution(float(values[0]), float(values[-1]), step=float(value.step))
+    raise ConfigError(key, text, "choice(...), range(...), interval(...) or tag(log, interval(...))")
+
+
+def grid_values(key: str, dist: BaseDistribution) -> list[Any]:
+    """Every value of a discrete distribution, for the grid sampler."""
+    if isinstance(dist, CategoricalDistribution):
+        return list(dist.choices)
+    if isinstance(dist, IntDistribution):
+        return list(range(dist.low, dist.high + 1, dist.step))
+    if isinstance(dist, FloatDistribution) and dist.step is not None:
+        count = round((dist.high - dist.low) / dist.step) + 1
+        return [round(dist.low + i * dist.step, 12) for i in range(count)]
+    raise ConfigError(key, "interval(...)", "choice(...) or range(...) with sampler=grid")
+
+
+def make_sampler(name: str, seed: int | None, args: dict[str, Any], space: dict[str, BaseDistribution]) -> Any:
+    """The Optuna sampler ``name``, seeded."""
+    if name == "grid":
+        grid = {key: grid_values(key, dist) for key, dist in space.items()}
+        return optuna.samplers.GridSampler(grid, seed=seed, **args)
+    samplers = {
+        "tpe": optuna.samplers.TPESampler,
+        "random": optuna.samplers.RandomSampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
+    }
+    try:
+        return samplers[name](seed=seed, **args)
+    except TypeError as error:
+        raise ConfigError("hydra.sweeper.sampler_args", args, f"arguments of the {name} sampler: {error}") from error
+
+
+# The sweeper --------------------------------------------------------------------------------------
+
+
+class OptunaSearch:
+    """Ask ``n_jobs`` trials, launch them as one batch of jobs, tell their results; ``n_trials`` in all."""
+
+    def __init__(
+        self,
+        params: DictConfig | None,
+        sampler: str,
+        seed: int | None,
+        sampler_args: DictConfig,
+        pruner: str,
+        pruner_args: DictConfig,
+        direction: str,
+        directions: Sequence[str] | None,
+        study_name: str,
+        storage: str | None,
+        n_trials: int,
+        n_jobs: int,
+        enqueue: Sequence[DictConfig],
+    ) -> None:
+        if sampler not in SAMPLERS:
+            raise ConfigError("hydra.sweeper.sampler", sampler, "one of " + ", ".join(SAMPLERS))
+        self.directions = [str(d) for d in (directions or [direction])]
+        for value in self.directions:
+            if value not in DIRECTIONS:
+                raise ConfigError("hydra.sweeper.directions", self.directions, "minimize or maximize each")
+        self.params = {str(k): v for k, v in (params or {}).items()}
+        self.sampler_name, self.seed, self.sampler_args = sampler, seed, to_dict(sampler_args)
+        self.pruner = make_pruner(pruner, to_dict(pruner_args))
+        self.pruning = pruner != "none" and len(self.directions) == 1  # Optuna prunes single objectives only
+        self.study_name, self.storage = study_name, storage
+        self.n_trials, self.n_jobs = n_trials, max(int(n_jobs), 1)
+        self.enqueue = [to_dict(entry) for entry in enqueue or []]
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
+        objectives = config.hparams_search.objectives  # kfactory's schema: null unless set
+        self.objectives = [str(o) for o in objectives] if objectives else None
+        if self.objectives and len(self.objectives) != len(self.directions):
+            accepted = f"one objective per direction in hydra.sweeper.directions ({len(self.directions)})"
+            raise ConfigError("hparams_search.objectives", self.objectives, accepted)
+        if len(self.directions) > 1 and not self.objectives:
+            accepted = "a metrics.json key per direction, e.g. [val_accuracy, params]"
+            raise ConfigError("hparams_search.objectives", None, accepted)
+
+    def sweep(self, arguments: list[str]) -> None:
+        space, fixed = search_space([f"{key}={value}" for key, value in self.params.items()] + list(arguments))
+        study = self.open_study(space)
+        self.enqueue_starts(study, space, fixed)
+        job = next_job_number(self.sweep_dir, study.get_trials(deepcopy=False))
+        remaining = self.trials_to_run(study, space)
+        so_far = len(study.trials)
+        log.info("Study %s: %d trials so far, %d to run, first job %d", study.study_name, so_far, remaining, job)
+        while remaining > 0:
+            batch = [study.ask(fixed_distributions=space) for _ in range(min(self.n_jobs, remaining))]
+            remaining -= len(batch)
+            for trial in batch:
+                trial.set_user_attr(FIXED_ATTR, fixed)
+            new = [trial for trial in batch if not answer_from_earlier(study, trial, fixed)]
+            for number, trial in enumerate(new, start=job):
+                trial.set_user_attr(JOB_ATTR, number)
+            if not new:
+                continue
+            returns = self.launcher.launch([self.job_overrides(study, t, fixed) for t in new], initial_job_idx=job)
+            job += len(returns)
+            for trial, ret in zip(new, returns, strict=True):
+                self.record(study, trial, ret)
+        write_results(study, self.sweep_dir, self.objectives)
+
+    def open_study(self, space: dict[str, BaseDistribution]) -> optuna.Study:
+        """Create the study, or load it with its trials; seed the sampler past the trials it already has."""
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        study = optuna.create_study(
+            study_name=self.study_name,
+            storage=open_storage(self.storage, self.sweep_dir),
+            directions=self.directions,
+            pruner=self.pruner,
+            load_if_exists=True,
+        )
+        # The same seed again would propose the first run's parameters again
+        seed = None if self.seed is None else self.seed + len(study.trials)
+        study.sampler = make_sampler(self.sampler_name, seed, self.sampler_args, space)
+        return study
+
+    def enqueue_starts(self, study: optuna.Study, space: dict[str, BaseDistribution], fixed: dict[str, str]) -> None:
+        """Queue the known-good starting points (``hydra.sweeper.enqueue``) unless a trial already ran them.
+
+        A key fixed on the command line keeps its fixed value.
+        """
+        for entry in self.enqueue:
+            entry = {key: value for key, value in entry.items() if key not in fixed}
+            if any(key not in space for key in entry):
+                raise ConfigError("hydra.sweeper.enqueue", entry, "keys of the search space: " + ", ".join(space))
+            study.enqueue_trial(entry, skip_if_exists=True)
+
+    def trials_to_run(self, study: optuna.Study, space: dict[str, BaseDistribution]) -> int:
+        """``n_trials``, or fewer when a grid has fewer points left."""
+        if self.sampler_name != "grid":
+            return self.n_trials
+        points = math.prod(len(grid_values(key, dist)) for key, dist in space.items())
+        done = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+        return max(min(self.n_trials, points - done), 0)
+
+    def job_overrides(self, study: optuna.Study, trial: optuna.Trial, fixed: dict[str, str]) -> list[str]:
+        """The job's command line: the trial's parameters, the fixed values, and its trial link if pruning."""
+        overrides = [f"{key}={value}" for key, value in trial.params.items()]
+        overrides += [f"{key}={value}" for key, value in fixed.items()]
+        return overrides + (trial_link(trial._trial_id, study.study_name) if self.pruning else [])
+
+    def record(self, study: optuna.Study, trial: optuna.Trial, ret: JobReturn) -> None:
+        """Tell the study how the trial's job ended: COMPLETE, PRUNED (the job stopped early) or FAIL."""
+        job = trial.user_attrs.get(JOB_ATTR)
+        try:
+            values = job_values(ret, self.objectives)
+        except Exception as error:  # noqa: BLE001 - any failure of the job is the trial's FAIL
+            log.warning("Trial %d (job %s) failed: %s", trial.number, job, error)
+            tell(study, trial, state=TrialState.FAIL)
+            return
+        stored = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+        if PRUNED_ATTR in stored.user_attrs:
+            log.info("Trial %d (job %s) pruned after epoch %d", trial.number, job, stored.user_attrs[PRUNED_ATTR])
+            tell(study, trial, state=TrialState.PRUNED)
+        else:
+            tell(study, trial, values=values)
+
+
+def to_dict(node: Any) -> dict[str, Any]:
+    if isinstance(node, DictConfig):
+        return OmegaConf.to_container(node, resolve=True)
+    return dict(node or {})
+
+
+def next_job_number(sweep_dir: Path, trials: Iterable[FrozenTrial]) -> int:
+    """One past the highest job number in the sweep directory or the study, so no folder is reused."""
+    numbers = [int(m.group(1)) for p in sweep_dir.iterdir() if (m := re.match(r"(\d+)(_|$)", p.name))]
+    numbers += [int(t.user_attrs[JOB_ATTR]) for t in trials if JOB_ATTR in t.user_attrs]
+    return max(numbers, default=-1) + 1
+
+
+def answer_from_earlier(study: optuna.Study, trial: optuna.Trial, fixed: dict[str, str]) -> bool:
+    """Tell ``trial`` the result of an earlier finished trial with the same values, if there is one."""
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    params = trial.params
+    earlier = next((t for t in finished if t.params == params and t.user_attrs.get(FIXED_ATTR) == fixed), None)
+    if earlier is None:
+        return False
+    log.info(
+        "Trial %d repeats trial %d (job %s): its result, not a new run",
+        trial.number,
+        earlier.number,
+        earlier.user_attrs.get(JOB_ATTR),
+    )
+    trial.set_user_attr("same_as_trial", earlier.number)
+    if earlier.state == TrialState.PRUNED:
+        tell(study, trial, state=TrialState.PRUNED)
+    else:
+        tell(study, trial, values=earlier.values)
+    return True
+
+
+def job_values(ret: JobReturn, objectives: list[str] | None) -> list[float]:
+    """The objective values of a finished job; raises when the job failed or has no finite value."""
+    if ret.status == JobStatus.FAILED:
+        raise ret._return_value  # the job's own exception (Hydra keeps it there)
+    if ret.return_value is None:
+        raise ValueError("the job returned no value (see error.txt in its directory)")
+    if not objectives:
+        values = [float(ret.return_value)]
+    else:
+        metrics = json.loads((Path(ret.hydra_cfg.hydra.runtime.output_dir) / METRICS_FILE).read_text())
+        missing = [name for name in objectives if name not in metrics]
+        if missing:
+            raise ValueError(f"{METRICS_FILE} has no {', '.join(missing)}; it has {', '.join(metrics)}")
+        values = [float(metrics[name]) for name in objectives]
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"the job's value is not finite: {values}")
+    return values
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, **kwargs: Any) -> None:
+    try:
+        study.tell(trial, **kwargs)
+    except RuntimeError as error:  # the grid sampler stops the study once every point ran; nothing to stop here
+        if "Study.stop" not in str(error):
+            raise
+
+
+def write_results(study: optuna.Study, sweep_dir: Path, objectives: list[str] | None) -> None:
+    """optimization_results.yaml: the best trial, or the Pareto-optimal ones; one error line if none finished."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState if state.is_finished()}
+    if not counts.get("complete"):
+        log.error("Error: none of the study's %d trials completed (%s); no best trial", len(trials), counts)
+        return
+    results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name, "trials": counts}
+    if len(study.directions) == 1:
+        best = study.best_trial
+        results.update(best_job=best.user_attrs.get(JOB_ATTR), best_params=best.params, best_value=best.value)
+        log.info("Best trial %d (job %s): %s = %s", best.number, best.user_attrs.get(JOB_ATTR), best.params, best.value)
+    else:
+        results["objectives"] = objectives
+        results["directions"] = [d.name.lower() for d in study.directions]
+        results["solutions"] = [
+            {"job": t.user_attrs.get(JOB_ATTR), "params": t.params, "values": list(t.values)}
+            for t in sorted(study.best_trials, key=lambda t: t.number)
+        ]
+        log.info("Pareto-optimal trials: %s", ", ".join(str(t.number) for t in study.best_trials))
+    OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)

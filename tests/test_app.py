@@ -1,0 +1,224 @@
+"""The task function: exit statuses, error.txt in a multirun job, SIGTERM as Ctrl-C, and the task dispatch."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import types
+from pathlib import Path
+
+import pytest
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, open_dict
+
+from kfactory import app
+from kfactory.errors import ConfigError, RunStopped, Terminated
+from tests.conftest import compose_config, run_cli
+
+REFUSAL = ConfigError("model.dropout", 2, "a number in [0, 1)")
+DROPOUT_REFUSAL = "model.dropout=2 is not accepted: a number in [0, 1)"
+
+
+@pytest.fixture
+def hydra_job(monkeypatch, tmp_path):
+    """``start(overrides, multirun=False)``: a composed config set as Hydra's current job in ``tmp_path/job``.
+
+    Hydra's config and the SIGTERM handler that ``kfactory()`` installs are restored after the test.
+    """
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def start(overrides: list[str] | None = None, multirun: bool = False) -> tuple[DictConfig, Path]:
+        run_dir = tmp_path / "job"
+        run_dir.mkdir(exist_ok=True)
+        cfg = compose_config(overrides or [], run_dir=run_dir)
+        with open_dict(cfg):
+            cfg.hydra.mode = RunMode.MULTIRUN if multirun else RunMode.RUN
+            cfg.hydra.job.num = 0  # a multirun job's number (kfactory gives each parallel job its own GPU)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]  # the task function sees the job's config without the hydra node, as under @hydra.main
+        return cfg, run_dir
+
+    yield start
+    signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture
+def default_sigterm():
+    """SIGTERM back to its default before and after the test (kfactory() installs its own handler)."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def fail_with(monkeypatch, error: BaseException) -> None:
+    """Make the task itself raise ``error`` (validation and the run-directory check still run first)."""
+
+    def run_task(cfg, run_dir):
+        raise error
+
+    monkeypatch.setattr(app, "run_task", run_task)
+
+
+def test_a_bad_value_exits_2_with_one_line_naming_it(hydra_job, monkeypatch, caplog):
+    cfg, _ = hydra_job()
+    fail_with(monkeypatch, REFUSAL)  # wherever the check sits, validate() or a task's own
+    with caplog.at_level(logging.ERROR, logger="kfactory"), pytest.raises(SystemExit) as stopped:
+        app.kfactory(cfg)
+    assert stopped.value.code == 2
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [DROPOUT_REFUSAL]
+
+
+def test_a_run_stopped_for_a_named_reason_exits_1(hydra_job, monkeypatch, caplog):
+    cfg, _ = hydra_job()
+    fail_with(monkeypatch, RunStopped("Training loss became NaN or infinite in epoch 3"))
+    with caplog.at_level(logging.ERROR, logger="kfactory"), pytest.raises(SystemExit) as stopped:
+        app.kfactory(cfg)
+    assert stopped.value.code == 1
+    assert "Training loss became NaN or infinite in epoch 3" in caplog.text
+
+
+def test_an_existing_training_run_is_not_overwritten(hydra_job):
+    cfg, run_dir = hydra_job()
+    (run_dir / "history.csv").write_text("epoch,loss\n0,1.0\n")
+    with pytest.raises(SystemExit) as stopped:
+        app.kfactory(cfg)
+    assert stopped.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("interrupt", "status", "word"), [(KeyboardInterrupt(), 130, "Interrupted"), (Terminated(), 143, "Terminated")]
+)
+def test_ctrl_c_and_sigterm_exit_with_the_resume_command(hydra_job, monkeypatch, caplog, interrupt, status, word):
+    cfg, run_dir = hydra_job()
+    fail_with(monkeypatch, interrupt)
+    with caplog.at_level(logging.ERROR, logger="kfactory"), pytest.raises(SystemExit) as stopped:
+        app.kfactory(cfg)
+    assert stopped.value.code == status
+    assert f"{word}. Finished epochs are kept; continue with: hydra.run.dir={run_dir} resume=true" in caplog.text
+
+
+def test_a_multirun_job_that_is_refused_writes_error_txt_and_lets_the_sweep_go_on(hydra_job, monkeypatch):
+    cfg, run_dir = hydra_job(multirun=True)
+    fail_with(monkeypatch, REFUSAL)
+    assert app.kfactory(cfg) is None  # no SystemExit: the next job runs
+    assert (run_dir / app.ERROR_FILE).read_text() == DROPOUT_REFUSAL + "\n"
+
+
+def test_a_multirun_job_that_crashes_writes_its_traceback_and_returns_none(hydra_job, monkeypatch, caplog):
+    cfg, run_dir = hydra_job(multirun=True)
+    fail_with(monkeypatch, RuntimeError("out of memory in conv2"))
+    with caplog.at_level(logging.ERROR, logger="kfactory"):
+        assert app.kfactory(cfg) is None
+    error = (run_dir / app.ERROR_FILE).read_text()
+    assert error.startswith("Traceback") and "RuntimeError: out of memory in conv2" in error
+    assert "Job failed: RuntimeError: out of memory in conv2" in caplog.text
+
+
+def test_a_single_run_that_crashes_keeps_its_traceback(hydra_job, monkeypatch):
+    cfg, run_dir = hydra_job()
+    fail_with(monkeypatch, RuntimeError("out of memory in conv2"))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        app.kfactory(cfg)
+    assert not (run_dir / app.ERROR_FILE).exists()
+
+
+def test_ctrl_c_stops_a_whole_multirun(hydra_job, monkeypatch):
+    cfg, run_dir = hydra_job(multirun=True)
+    fail_with(monkeypatch, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        app.kfactory(cfg)
+    assert not (run_dir / app.ERROR_FILE).exists()
+
+
+def test_sigterm_during_the_task_ends_the_run_as_terminated(hydra_job, monkeypatch, default_sigterm):
+    cfg, _ = hydra_job()
+
+    def run_task(cfg, run_dir):
+        # Without kfactory's handler SIGTERM would kill the test process: fail cleanly instead.
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL, "kfactory() installed no SIGTERM handler"
+        os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's stop, delivered while the task runs
+        raise AssertionError("SIGTERM did not interrupt the task")
+
+    monkeypatch.setattr(app, "run_task", run_task)
+    with pytest.raises(SystemExit) as stopped:
+        app.kfactory(cfg)
+    assert stopped.value.code == 143
+
+
+def test_sigterm_handling_leaves_a_launchers_own_handler_alone(default_sigterm):
+    app.stop_on_sigterm()
+    handler = signal.getsignal(signal.SIGTERM)
+    assert callable(handler)
+    with pytest.raises(Terminated):
+        handler(signal.SIGTERM, None)
+
+    def launcher_handler(signum, frame):
+        pass
+
+    signal.signal(signal.SIGTERM, launcher_handler)
+    app.stop_on_sigterm()
+    assert signal.getsignal(signal.SIGTERM) is launcher_handler
+
+
+def test_sigterm_handling_is_not_installed_from_another_thread(default_sigterm):
+    errors = []
+
+    def install():
+        try:
+            app.stop_on_sigterm()
+        except ValueError as error:  # what signal.signal raises outside the main thread
+            errors.append(error)
+
+    worker = threading.Thread(target=install)  # e.g. a launcher running the job in a thread
+    worker.start()
+    worker.join()
+    assert errors == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+@pytest.mark.parametrize(
+    ("task", "module", "function"),
+    [
+        ("train", "kfactory.train.loop", "train"),
+        ("eval", "kfactory.use.evaluate", "evaluate"),
+        ("export", "kfactory.use.export", "export"),
+        ("predict", "kfactory.use.predict", "predict"),
+    ],
+)
+def test_run_task_calls_the_tasks_own_module(monkeypatch, tmp_path, task, module, function):
+    calls = []
+    for name, attribute in [
+        ("kfactory.train.loop", "train"),
+        ("kfactory.use.evaluate", "evaluate"),
+        ("kfactory.use.export", "export"),
+        ("kfactory.use.predict", "predict"),
+    ]:
+        fake = types.ModuleType(name)  # stands in for the module, so no TensorFlow is imported
+        setattr(fake, attribute, lambda cfg, run_dir, name=name: calls.append((name, cfg.task, run_dir)) or 0.75)
+        monkeypatch.setitem(sys.modules, name, fake)
+    cfg = compose_config([f"task={task}"])
+    assert app.run_task(cfg, tmp_path) == 0.75
+    assert calls == [(module, task, tmp_path)]
+
+
+CLI_REFUSALS = [
+    (["model=resnet9000"], 1, "model"),  # Hydra's own message, with the list of options
+    (["trainer.epochs=0"], 2, "trainer.epochs"),
+    (["data=folder", "data.path=/nonexistent/kf"], 2, "data.path"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "code", "key"), CLI_REFUSALS, ids=[o[0] for o, _, _ in CLI_REFUSALS])
+def test_cli_refuses_without_traceback_or_tensorflow(tmp_path, overrides, code, key):
+    result = run_cli([*overrides, f"hydra.run.dir={tmp_path / 'run'}"], timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == code, output
+    assert "Traceback" not in output
+    assert key in output
+    assert "tensorflow" not in output.lower()

@@ -1,0 +1,110 @@
+"""Sweeps on a real single-node Slurm (tests/slurm.py): jobs land in their directories, and a
+requeued or preempted job continues its run to exactly trainer.epochs epochs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kfactory.train.resume import BACKUP_METADATA
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["trainer=fast", "trainer.verbose=0", "model.input_size=[32,32]", "model.weights=null", "trainer.threads=1"]
+
+
+def slurm_sweep(cluster, sweep_dir: Path, args: list[str]) -> subprocess.Popen:
+    """Start ``run.py -m hydra/launcher=submitit_slurm`` on the test cluster; it waits for its jobs."""
+    command = [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=submitit_slurm",
+               f"hydra.launcher.partition={cluster.partition}", "hydra.launcher.cpus_per_task=1",
+               "hydra.launcher.timeout_min=30", f"hydra.sweep.dir={sweep_dir}", *SMALL, *args]  # fmt: skip
+    env = {**os.environ, "SLURM_CONF": str(cluster.conf), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.Popen(command, cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def history_epochs(job_dir: Path) -> list[int]:
+    return [int(line.split(",")[0]) for line in (job_dir / "history.csv").read_text().splitlines()[1:]]
+
+
+def test_a_slurm_sweep_runs_each_job_in_its_directory_and_sums_them_up(slurm_cluster, tmp_path):
+    sweep = slurm_sweep(slurm_cluster, tmp_path, ["model.dropout=0.0,0.5"])
+    output, _ = sweep.communicate(timeout=900)
+    assert sweep.returncode == 0, output[-4000:]
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [p.name for p in jobs] == ["0_model.dropout=0.0", "1_model.dropout=0.5"]
+    for job in jobs:
+        assert history_epochs(job) == [1, 2]
+        assert json.loads((job / "metrics.json").read_text())["epochs_run"] == 2
+    table = pd.read_csv(tmp_path / "summary.csv")
+    assert sorted(table["job"]) == [0, 1] and set(table["status"]) == {"ok"}
+    assert list((tmp_path / ".submitit").glob("*/*_log.out"))  # submitit's own logs
+
+
+def job_id(cluster) -> str:
+    """The id of the one job of the sweep (an array task, e.g. 12_0), once it runs."""
+    listed = cluster.run("squeue", "-h", "-t", "RUNNING", "-o", "%i").stdout.split()
+    assert len(listed) == 1, listed
+    return listed[0]
+
+
+def wait_for_epoch(sweep_dir: Path, sweep: subprocess.Popen, timeout: float = 600) -> Path:
+    """The directory of the sweep's job 0, once its first epoch is backed up."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for metadata in sweep_dir.glob(f"0_*/backup/{BACKUP_METADATA}"):
+            return metadata.parent.parent
+        assert sweep.poll() is None, sweep.stdout.read()[-4000:]
+        time.sleep(0.5)
+    raise TimeoutError("no epoch finished in time")
+
+
+def start_requeued_job_now(cluster, job: str, timeout: float = 120) -> None:
+    """Slurm holds a requeued batch job for about two minutes (its begin time); lift that."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if "Reason=BeginTime" in cluster.run("scontrol", "show", "job", job).stdout:
+            cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"job {job} was not requeued")
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [
+        ["scontrol", "requeue"],  # what an admin or a requeue script does: SIGTERM, SIGKILL, start again
+        ["scancel", "--signal=USR2"],  # Slurm's signal before the time limit, or on preemption (submitit requeues)
+    ],
+)
+def test_a_job_stopped_mid_run_is_requeued_and_continues_to_exactly_its_epochs(slurm_cluster, tmp_path, stop):
+    sweep = slurm_sweep(slurm_cluster, tmp_path, ["trainer.epochs=5"])
+    try:
+        job_dir = wait_for_epoch(tmp_path, sweep)
+        job = job_id(slurm_cluster)
+        stopped = slurm_cluster.run(*stop, job)
+        assert stopped.returncode == 0, stopped.stderr
+        start_requeued_job_now(slurm_cluster, job)
+        output, _ = sweep.communicate(timeout=1200)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0, output[-4000:]
+    assert history_epochs(job_dir) == [1, 2, 3, 4, 5]  # one continuous history
+    assert json.loads((job_dir / "metrics.json").read_text())["epochs_run"] == 5
+    log = (job_dir / "kfactory.log").read_text()
+    assert "Resuming" in log
+    if "--signal=USR2" in stop:  # held until the epoch's backup, then passed on to submitit, which requeued
+        assert "SIGUSR2: the job is requeued once this epoch is backed up" in log and "Passing SIGUSR2 on" in log
+        assert "Taking over the lock" not in log  # the job exited cleanly, releasing it
+    else:  # SIGKILLed: the requeued start of the same Slurm job takes its lock over
+        assert "Taking over the lock" in log
+    runs = sorted(p.name for p in (job_dir / "tensorboard").iterdir() if p.is_dir())
+    assert runs == ["train", "validation"]  # one TensorBoard run, continued
+    assert "Restarts=1" in slurm_cluster.run("scontrol", "show", "job", job.split("_")[0]).stdout
