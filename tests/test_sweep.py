@@ -233,3 +233,19 @@ def test_tensorboard_serves_the_sweep(tensorboard_url):
     )
     by_name = {g["name"]: g["hparams"]["dropout"] for g in groups["sessionGroups"]}
     assert by_name == {"0_model.dropout=0.0,model.weights=null": 0.0, "2_model.dropout=0.5,model.weights=null": 0.5}
+
+
+def test_a_sweep_run_again_into_its_folder_adds_jobs_and_leaves_the_earlier_ones_untouched(tmp_path: Path):
+    root = tmp_path / "sweep"
+    args = ["-m", "trainer=fast", "model.dropout=0.1,0.2", "model.weights=/no/such/w.h5", f"hydra.sweep.dir={root}"]
+    first = run_cli(args)  # both jobs are refused before TensorFlow: quick, and each leaves error.txt
+    assert first.returncode == 1, first.stderr[-2000:]
+    earlier = {str(p.relative_to(root)): p.read_bytes() for p in root.glob("[0-9]*/**/*") if p.is_file()}
+    second = run_cli(args)
+    assert second.returncode == 1, second.stderr[-2000:]
+    jobs = sorted(p.name for p in root.iterdir() if p.is_dir())
+    assert jobs == ["0_model.dropout=0.1", "1_model.dropout=0.2", "2_model.dropout=0.1", "3_model.dropout=0.2"]
+    assert {str(p.relative_to(root)): p.read_bytes() for p in root.glob("[0-1]_*/**/*") if p.is_file()} == earlier
+    assert pd.read_csv(root / "summary.csv")["job"].tolist() == [0, 1, 2, 3]  # the summary lists both calls
+    resumed = run_cli([*args, "resume=true"])  # resuming sends each job back to its own folder
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == jobs, resumed.stderr[-2000:]

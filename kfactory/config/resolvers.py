@@ -19,9 +19,11 @@ from kfactory.overrides import split_override
 MAX_DIRNAME = 160  # characters; longer names shorten their values, then keep a prefix plus a short hash
 SIGNIFICANT_DIGITS = 4  # floats in job names: enough to tell trials apart, short enough to read
 MIN_VALUE = 3  # characters a shortened value keeps
+_JOB = re.compile(r"(\d+)(_|$)")  # a job folder: its number, then its name
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)")  # has a '.' or an exponent
 VARIED_KEYS_FILE = "varied_keys.txt"  # written at the sweep root by kfactory.report.sweep before the jobs run
+JOB_OFFSET_FILE = "job_offset.txt"  # likewise: where this multirun's job numbers start (earlier jobs kept)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+@-]+")  # '/' and anything a shell or Windows would trip on
 
 
@@ -86,10 +88,26 @@ def shorten_values(pairs: list[tuple[str, str]], max_length: int) -> list[tuple[
     return pairs
 
 
+def job_number(num: int, sweep_dir: str) -> int:
+    """Hydra's job number plus this multirun's offset: a multirun into a sweep folder that already
+    holds jobs numbers its jobs after them, so no earlier job's folder is written into."""
+    path = Path(str(sweep_dir)) / JOB_OFFSET_FILE
+    return int(num) + (int(path.read_text()) if path.exists() else 0)
+
+
+def next_job_number(sweep_dir: str | Path) -> int:
+    """One past the highest job number among the folders of ``sweep_dir`` (0 if none)."""
+    root = Path(str(sweep_dir))
+    numbers = [int(m.group(1)) for p in root.iterdir() if (m := _JOB.match(p.name))] if root.is_dir() else []
+    return max(numbers, default=-1) + 1
+
+
 def register_resolvers() -> None:
     """Register kfactory's resolvers once (importing this module does it)."""
     if not OmegaConf.has_resolver("kf_job_dirname"):
         OmegaConf.register_new_resolver("kf_job_dirname", job_dirname)
+    if not OmegaConf.has_resolver("kf_job_number"):
+        OmegaConf.register_new_resolver("kf_job_number", job_number)
 
 
 register_resolvers()

@@ -15,7 +15,11 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from kfactory.config.resolvers import VARIED_KEYS_FILE  # registers the resolvers (also in launcher workers)
+from kfactory.config.resolvers import (  # registers the resolvers (also in launcher workers)
+    JOB_OFFSET_FILE,
+    VARIED_KEYS_FILE,
+    next_job_number,
+)
 from kfactory.overrides import split_override
 from kfactory.registry import monitor_mode
 
@@ -35,6 +39,7 @@ class SweepSummary(Callback):
         root = Path(str(config.hydra.sweep.dir))
         root.mkdir(parents=True, exist_ok=True)
         (root / VARIED_KEYS_FILE).write_text("".join(f"{key}\n" for key in varied_keys(config)))
+        (root / JOB_OFFSET_FILE).write_text(f"{first_job_number(config, root)}\n")
         if config.task == "train" and config.trainer.tensorboard.hparams:
             from kfactory.train.hparams import sweep_experiment, write_summary
 
@@ -53,6 +58,25 @@ class SweepSummary(Callback):
         print(f"\nView: tensorboard --logdir {root}\n")
         if failed:
             raise SystemExit(1)  # so the multirun's exit status says that some jobs failed
+
+
+def first_job_number(config: DictConfig, root: Path) -> int:
+    """Where this multirun's job numbers start.
+
+    Hydra's basic sweeper numbers jobs from 0, so running a sweep again into the
+    same folder would land its jobs in the earlier ones' folders. They continue
+    after the highest number instead, unless the command line resumes
+    (``resume=true|auto``: each job goes back to its own folder). kfactory's
+    Optuna sweeper numbers its trials after the earlier ones itself.
+    """
+    basic = str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).endswith(".BasicSweeper")
+    resumes = any(split_override(o)[0] == "resume" and split_override(o)[1] != "false" for o in overrides_of(config))
+    return next_job_number(root) if basic and not resumes else 0
+
+
+def overrides_of(config: DictConfig) -> list[str]:
+    """The multirun's command-line overrides."""
+    return [str(o) for o in config.hydra.overrides.task]
 
 
 def varied_keys(config: DictConfig) -> list[str]:
