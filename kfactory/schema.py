@@ -212,7 +212,7 @@ class ExportConfig:
 class HparamsSearchConfig:
     """``hparams_search``: what an Optuna search (``-m hparams_search=optuna``) optimises."""
 
-    # null: the trial's best trainer.monitor; else keys of a run's metrics.json, one per
+    # null: the value the trial returns (its best model's trainer.monitor); else keys of a run's metrics.json, one per
     # hydra.sweeper.directions entry, e.g. [val_accuracy, params]
     objectives: Optional[list[str]] = None
 
