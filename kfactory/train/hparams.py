@@ -72,6 +72,15 @@ def run_hparams(cfg: DictConfig, overrides: Iterable[str]) -> dict[str, bool | f
     return values
 
 
+def task_overrides(cfg: DictConfig) -> list[str]:
+    """The command-line overrides of this job (one sweep point in a multirun)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return list(HydraConfig.get().overrides.task)
+    return list(OmegaConf.select(cfg, "hydra.overrides.task", default=[]) or [])
+
+
 def metric_names(trainer: DictConfig) -> list[str]:
     """The names Keras logs the loss and each ``trainer.metrics`` entry under."""
     return ["loss", *(metric_log_name(m) for m in trainer.metrics)]
