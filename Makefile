@@ -5,7 +5,7 @@ test:
 	pytest
 
 test-slow:
-	pytest -m slow
+	pytest -m "slow and not ray"
 
 lint:
 	ruff check . && ruff format --check .

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import shlex
+
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from kfactory.errors import RunStopped
 from tests.conftest import TINY, compose_config, run_cli
@@ -33,13 +36,22 @@ def test_nan_loss_stops_training_keeps_the_best_model_and_names_the_epoch(tmp_pa
 
 @pytest.mark.slow
 def test_cli_exits_non_zero_with_one_line_when_the_loss_becomes_nan(tmp_path):
-    args = ["model=vgg16", *TINY, "optimizer=sgd", "optimizer.learning_rate=1e30", f"hydra.run.dir={tmp_path}"]
+    run_dir = tmp_path / "nan"
+    args = ["model=vgg16", *TINY, "optimizer=sgd", "optimizer.learning_rate=1e30", f"hydra.run.dir={run_dir}"]
     result = run_cli(args)
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-3000:]
-    assert "Traceback" not in output
+    assert "Traceback" not in output and "RuntimeWarning" not in output  # one line, nothing else
     assert "Training loss became NaN or infinite in epoch 1" in output
-    assert "lower optimizer.learning_rate" in output
+    # The message's command starts over in a new directory with a tenth of the learning rate: run it.
+    command = output.split("start over in a new run directory: ", 1)[1].splitlines()[0]
+    assert command.startswith("python run.py ") and "hydra.run.dir" not in command
+    before = {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    retry_dir = tmp_path / "retry"  # the command leaves the folder to Hydra; here under tmp_path
+    retried = run_cli([*shlex.split(command)[2:], f"hydra.run.dir={retry_dir}"])
+    assert OmegaConf.load(retry_dir / ".hydra" / "config.yaml").optimizer.learning_rate == 1e29, retried.stderr[-2000:]
+    assert "(now 1e+29)" in retried.stdout + retried.stderr  # still too high here: it says so again, one step lower
+    assert {p.name: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.parametrize(("hold_s", "expected"), [(600, ["backup 0", "requeue"]), (0, ["requeue", "backup 0"])])

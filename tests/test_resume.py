@@ -282,10 +282,11 @@ def test_a_run_killed_at_any_instant_around_an_epochs_end_resumes_to_all_its_epo
     refused = run_cli(args, timeout=120)  # the refusal names the command that continues the run: run it
     refusal = refused.stdout + refused.stderr
     assert refused.returncode == 2 and "add resume=true to continue that run" in refusal
-    assert "Taking over the lock" in refusal  # the killed process's lock
+    assert (run_dir / ".kfactory.lock").exists()  # the refusal wrote nothing, not even a takeover of the lock
     resumed = run_cli([*args, "resume=true"])
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, output[-3000:]
+    assert "Taking over the lock" in output  # the killed process's lock: the resumed run takes it over
     assert ("starting again at epoch 1" in output) == (point == "history_row" and epoch == 0)
     epochs = [int(line.split(",")[0]) for line in (run_dir / "history.csv").read_text().splitlines()[1:]]
     assert epochs == [1, 2, 3]

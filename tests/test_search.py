@@ -158,8 +158,9 @@ def test_a_failed_trial_is_recorded_and_the_search_goes_on(tmp_path: Path):
     assert [t.state.name for t in load_study(sweep_dir).trials] == ["FAIL", "COMPLETE"]
     best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
     assert best.best_params["model.dropout"] == 0.0 and best.best_job == 1
-    # what the run returns: its saved model's val_accuracy on the whole split (README, "The sweep leaderboard")
-    best_value = json.loads((jobs[1] / "metrics.json").read_text())["val_accuracy"]
+    best_value = json.loads((jobs[1] / "metrics.json").read_text())[
+        "val_accuracy"
+    ]  # what a run returns: the saved model on the whole split
     assert best.best_value == pytest.approx(best_value)
     summary = pd.read_csv(sweep_dir / "summary.csv")
     assert list(summary["status"]) == ["ok", "failed"]

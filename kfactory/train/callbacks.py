@@ -16,8 +16,10 @@ from omegaconf import DictConfig
 
 from kfactory.errors import RunStopped
 from kfactory.model.checkpoint import save_model, write_json_atomic
+from kfactory.overrides import rerun_command
 from kfactory.registry import monitor_mode
 from kfactory.targets import build
+from kfactory.train.hparams import task_overrides
 from kfactory.train.pruning import trial_pruning
 from kfactory.train.resume import BACKUP_METADATA, backup_dir, read_backup_metadata
 
@@ -130,9 +132,14 @@ def stop_if_diverged(
         kept = "no epoch finished with a finite loss, so no model was saved"
     else:
         kept = f"{checkpoint.path} keeps the best model so far (epoch {checkpoint.best_epoch + 1})"
+    retry = rerun_command(
+        task_overrides(cfg),
+        ("hydra.run.dir", "resume", "optimizer.learning_rate"),
+        [f"optimizer.learning_rate={lr / 10:g}"],
+    )
     raise RunStopped(
         f"Training loss became NaN or infinite in epoch {epoch + 1} (batch {batch + 1}); training stopped and "
-        f"{kept}. Hint: lower optimizer.learning_rate (now {lr:g}), e.g. optimizer.learning_rate={lr / 10:g}"
+        f"{kept}. Hint: lower optimizer.learning_rate (now {lr:g}) and start over in a new run directory: {retry}"
     )
 
 

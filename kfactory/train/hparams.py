@@ -12,6 +12,9 @@ the sweep's part runs in the launcher.
 
 from __future__ import annotations
 
+import os
+import socket
+import struct
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -70,6 +73,15 @@ def run_hparams(cfg: DictConfig, overrides: Iterable[str]) -> dict[str, bool | f
         value = OmegaConf.select(cfg, key, default=given)
         values[key] = hparam_value(given if isinstance(value, (DictConfig, ListConfig)) else value)
     return values
+
+
+def task_overrides(cfg: DictConfig) -> list[str]:
+    """The command-line overrides of this job (one sweep point in a multirun)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return list(HydraConfig.get().overrides.task)
+    return list(OmegaConf.select(cfg, "hydra.overrides.task", default=[]) or [])
 
 
 def metric_names(trainer: DictConfig) -> list[str]:
@@ -156,11 +168,27 @@ def _plugin_data(experiment: Any) -> Any:
     return plugin_data_pb2.HParamsPluginData(experiment=experiment)
 
 
-def write_summary(log_dir: Path, summary: Any) -> None:
-    """Write one summary protobuf to a new event file in ``log_dir``."""
-    from tensorboard.compat.proto import event_pb2
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+def write_summary(log_dir: Path, summary: Any) -> Path:
+    """Write one summary protobuf to a new event file in ``log_dir``; return its path.
 
-    writer = EventFileWriter(str(log_dir))
-    writer.add_event(event_pb2.Event(summary=summary, wall_time=time.time(), step=0))
-    writer.close()
+    The records are framed here (TFRecord: length, masked CRC-32C, data, CRC) because
+    TensorBoard's own writer imports TensorFlow when it is installed, and this runs
+    in the launcher, before any job.
+    """
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    now = time.time()
+    events = [
+        event_pb2.Event(wall_time=now, file_version="brain.Event:2"),
+        event_pb2.Event(wall_time=now, summary=summary),
+    ]
+    path = Path(log_dir) / f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}.kfactory"
+    with path.open("wb") as handle:
+        for event in events:
+            data = event.SerializeToString()
+            length = struct.pack("<Q", len(data))
+            handle.write(
+                length + struct.pack("<I", masked_crc32c(length)) + data + struct.pack("<I", masked_crc32c(data))
+            )
+    return path

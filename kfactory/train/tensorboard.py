@@ -18,12 +18,12 @@ import numpy as np
 import tensorflow as tf
 from hydra.core.hydra_config import HydraConfig
 from matplotlib.figure import Figure
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tensorboard.plugins.hparams import api as hp
 from tensorboard.plugins.pr_curve import summary as pr_summary
 
 from kfactory.model.build import to_probabilities
-from kfactory.train.hparams import hparam_metrics, run_hparams
+from kfactory.train.hparams import hparam_metrics, run_hparams, task_overrides
 
 MAX_TEXT_CLASSES = 50  # the confusion matrix is also logged as a text table up to this many classes
 
@@ -63,6 +63,8 @@ class ValidationSummaries(keras.callbacks.Callback):
         images, labels, probs = collect_predictions(
             self.model, self.val_data, self.settings.max_samples, self.activation, wants_images
         )
+        if not np.isfinite(probs).all():  # a diverged model (NaN loss): nothing to draw, and no curve to skew
+            return
         step = epoch + 1  # epochs count from 1 in every file a run writes
         with self.writer.as_default(step=step):
             if self.settings.pr_curves:
@@ -205,13 +207,6 @@ def figure_png(figure: Figure) -> bytes:
 def png_to_batch(png: bytes) -> tf.Tensor:
     """A PNG as a batch of one image, as tf.summary.image wants it."""
     return tf.expand_dims(tf.io.decode_png(png, channels=3), 0)
-
-
-def task_overrides(cfg: DictConfig) -> list[str]:
-    """The command-line overrides of this job (one sweep point in a multirun)."""
-    if HydraConfig.initialized():
-        return list(HydraConfig.get().overrides.task)
-    return list(OmegaConf.select(cfg, "hydra.overrides.task", default=[]) or [])
 
 
 def in_multirun() -> bool:
