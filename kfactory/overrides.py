@@ -10,8 +10,8 @@ def split_override(override: str) -> tuple[str, str]:
 
 
 def rerun_command(overrides: list[str], drop: tuple[str, ...], extra: list[str]) -> str:
-    """``python run.py`` with ``overrides`` less the ``drop`` keys, plus ``extra``: a command a message can suggest."""
-    kept = [o for o in overrides if split_override(o)[0] not in drop]
+    """``python run.py`` with ``overrides`` less the ``drop`` keys and ``hydra.*`` settings, plus ``extra``."""
+    kept = [o for o in overrides if (key := split_override(o)[0]) not in drop and not key.startswith("hydra.")]
     return " ".join(["python run.py", *(_quoted(o) for o in [*kept, *extra])])
 
 

@@ -137,3 +137,5 @@ def test_a_run_trained_without_a_test_split_is_scored_on_its_validation_split(ru
     assert run_eval(copy / "model.keras", tmp_path / "eval") == pytest.approx(accuracy)
     report = pd.read_csv(tmp_path / "eval" / "class_report.csv", index_col=0)
     assert report.loc["macro avg", "support"] == size == 6
+    metrics = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
+    assert set(metrics) == {"val_accuracy", "val_loss"}  # named for the split they come from

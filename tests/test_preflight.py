@@ -67,7 +67,7 @@ def test_resume_on_a_complete_run_says_so_in_one_line_and_changes_nothing(finish
     before = snapshot(tmp_path)
     result = run_cli(["resume=true", f"hydra.run.dir={finished_run}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stderr.strip().endswith(f"{finished_run} is complete (metrics.json); nothing to resume")
+    assert result.stderr.strip().endswith(f"{finished_run} is complete (2 epochs, metrics.json); nothing to resume")
     assert len(result.stderr.strip().splitlines()) == 1
     assert snapshot(tmp_path) == before
 

@@ -11,6 +11,7 @@ refused with exit 2; ``resume=true`` on a complete run says so and exits 0.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from omegaconf import DictConfig, open_dict, read_write
 from kfactory.config.validate import validate
 from kfactory.errors import ConfigError
 from kfactory.train import run_lock
-from kfactory.train.resume import COMPLETE, METRICS_FILE, check_run_dir, resume_mode
+from kfactory.train.resume import COMPLETE, METRICS_FILE, check_run_dir, complete_message, resume_mode
 
 FORMAT = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")  # Hydra's job_logging format
 
@@ -44,7 +45,7 @@ class Preflight(Callback):
         except ConfigError as error:
             refuse(error)
         if state == COMPLETE:
-            say(logging.INFO, f"{run_dir} is complete ({METRICS_FILE}); nothing to resume")
+            say(logging.INFO, complete_message(run_dir, json.loads((run_dir / METRICS_FILE).read_text())))
             raise SystemExit(0)
 
 

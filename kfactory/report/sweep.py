@@ -22,6 +22,7 @@ from kfactory.config.resolvers import (  # registers the resolvers (also in laun
 )
 from kfactory.overrides import split_override
 from kfactory.registry import monitor_mode
+from kfactory.schema import TrainerConfig
 
 ERROR_FILE = "error.txt"  # kfactory.app writes it in a failed job's directory
 METRICS_FILES = ("metrics.json", "eval_metrics.json")  # task=train, task=eval
@@ -99,7 +100,7 @@ def summarize_sweep(root: Path):
         return pd.DataFrame()
     overrides = {job: read_overrides(job) for job in jobs}
     rows = [read_job(job, overrides[job]) for job in jobs]
-    monitor = next((m for m in (read_monitor(job) for job in jobs) if m), "val_accuracy")
+    monitor = next((m for m in (read_monitor(job) for job in jobs) if m), TrainerConfig.monitor)
     table = pd.DataFrame(rows)
     pareto = pareto_jobs(root)
     if pareto is not None:  # a multi-objective search: mark its Pareto-optimal trials
@@ -142,8 +143,10 @@ def pareto_jobs(root: Path) -> list[int] | None:
 
 
 def read_overrides(job: Path) -> list[tuple[str, str]]:
-    """The job's command-line overrides as (key, value) pairs."""
-    return [split_override(str(o)) for o in OmegaConf.load(job / ".hydra" / "overrides.yaml")]
+    """The job's command-line overrides as (key, value) pairs; ``hydra.*`` settings (a sweeper's per-job
+    environment, say) are not hyperparameters and are left out."""
+    pairs = [split_override(str(o)) for o in OmegaConf.load(job / ".hydra" / "overrides.yaml")]
+    return [(key, value) for key, value in pairs if not key.startswith("hydra.")]
 
 
 def read_metrics(job: Path) -> dict[str, Any] | None:

@@ -119,16 +119,16 @@ def prepare_restart(run_dir: Path) -> None:
 
 
 def complete_run_metric(run_dir: Path, monitor: str) -> float | None:
-    """Log that the run in ``run_dir`` is complete; return its best monitored value (for a sweeper)."""
+    """Log that the run in ``run_dir`` is complete; return its monitored value as the run returned it."""
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
     drop_backup(run_dir)  # killed between metrics.json and the backup's removal
-    log.info(
-        "%s is complete (%s epochs, %s); nothing to resume",
-        run_dir,
-        metrics.get("epochs_run", "all"),
-        METRICS_FILE,
-    )
-    return metrics.get(f"best_{monitor}")
+    log.info("%s", complete_message(run_dir, metrics))
+    return metrics.get(monitor, metrics.get(f"best_{monitor}"))
+
+
+def complete_message(run_dir: Path, metrics: dict[str, Any]) -> str:
+    """The one line that says a run is complete."""
+    return f"{run_dir} is complete ({metrics.get('epochs_run', 'all')} epochs, {METRICS_FILE}); nothing to resume"
 
 
 def restore_history(run_dir: Path) -> list[dict[str, float]]:

@@ -32,7 +32,7 @@ def training_config(model_path: Path, fallback: DictConfig) -> DictConfig:
 
 
 def evaluate(cfg: DictConfig, run_dir: Path) -> float:
-    """Evaluate ``cfg.ckpt_path`` on its test split; write and log the results."""
+    """Evaluate ``cfg.ckpt_path`` on its test split (its validation split if it has none: ``val_*`` keys)."""
     model_path = find_model_file(cfg.ckpt_path)
     train_cfg = training_config(model_path, cfg)
     splits = make_splits(train_cfg)
@@ -42,14 +42,15 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> float:
     compile_model(model, train_cfg, len(class_names), jit_compile=False)
     split = "test" if splits.test is not None else "val"  # a run trained with data.test_split=0
     data, labels = getattr(splits, split), splits.source.labels[splits.indices[split]]
-    values = {f"test_{k}": float(v) for k, v in model.evaluate(data, verbose=0, return_dict=True).items()}
+    values = {f"{split}_{k}": float(v) for k, v in model.evaluate(data, verbose=0, return_dict=True).items()}
     probabilities = to_probabilities(model.predict(data, verbose=0), metadata.get("activation", "softmax"))
     report = class_report(probabilities, labels, class_names)
     write_json_atomic(run_dir / "eval_metrics.json", values)
     report.to_csv(run_dir / "class_report.csv")
-    log.info("Test metrics of %s: %s", model_path, ", ".join(f"{k}={v:.4f}" for k, v in values.items()))
+    shown = ", ".join(f"{k}={v:.4f}" for k, v in values.items())
+    log.info("%s metrics of %s: %s", "Test" if split == "test" else "Validation", model_path, shown)
     log.info("Per-class report:\n%s", report.to_string(float_format=lambda v: f"{v:.3f}"))
-    return values.get("test_accuracy", values.get("test_loss", float("nan")))
+    return values.get(f"{split}_accuracy", values.get(f"{split}_loss", float("nan")))
 
 
 def class_report(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> pd.DataFrame:

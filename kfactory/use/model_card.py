@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
+from kfactory.schema import RunConfig
+
 if TYPE_CHECKING:
     import keras
 
@@ -100,6 +102,6 @@ def _metrics_lines(path: Path, metadata: dict[str, Any]) -> list[str]:
 def _config_lines(path: Path) -> list[str]:
     """The training run's composed config, when the model sits in its run directory."""
     config = OmegaConf.load(path) if path.is_file() else None
-    if config is None or config.get("task", "train") != "train":
+    if config is None or config.get("task", RunConfig.task) != "train":  # a config saved before ``task`` existed
         return ["", "## Training config", "", "Not found: the model is not in its training run's directory."]
     return ["", "## Training config", "", "```yaml", OmegaConf.to_yaml(config).rstrip(), "```"]
