@@ -139,19 +139,13 @@ def make_optimizer(
 ) -> keras.optimizers.Optimizer:
     """A keras optimizer from ``optimizer.name`` (or ``_target_``) and its arguments; ``ema``: an EMA of the weights."""
     kwargs = {"learning_rate": optimizer.learning_rate if learning_rate is None else learning_rate}
-    kwargs.update(OmegaConf.to_container(OmegaConf.create(extra_keys(optimizer, OptimizerConfig))))
+    kwargs.update(keras_kwargs(optimizer, OptimizerConfig))
     if ema is not None:
         kwargs.update(use_ema=True, ema_momentum=ema)
     if optimizer._target_ is not None:
         kind = "a keras.optimizers.Optimizer"
         return build("optimizer", {TARGET: optimizer[TARGET]}, keras.optimizers.Optimizer, kind, **kwargs)
-    cls = getattr(keras.optimizers, OPTIMIZERS[optimizer.name])
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(
-            f"optimizer ({optimizer.name})", kwargs, f"arguments of keras.optimizers.{cls.__name__}: {error}"
-        ) from error
+    return construct("optimizer", optimizer.name, keras.optimizers, OPTIMIZERS[optimizer.name], kwargs)
 
 
 def make_loss(loss: DictConfig, activation: str) -> keras.losses.Loss:
@@ -159,15 +153,25 @@ def make_loss(loss: DictConfig, activation: str) -> keras.losses.Loss:
     if loss._target_ is not None:
         kind = "a keras.losses.Loss or a function (y_true, y_pred)"
         return build("loss", loss, (keras.losses.Loss, Callable), kind, schema=LossConfig)
-    kwargs = OmegaConf.to_container(OmegaConf.create(extra_keys(loss, LossConfig)))
+    kwargs = keras_kwargs(loss, LossConfig)
     if activation == "linear" and "crossentropy" in loss.name:
         kwargs["from_logits"] = True
-    cls = getattr(keras.losses, LOSSES[loss.name])
+    return construct("loss", loss.name, keras.losses, LOSSES[loss.name], kwargs)
+
+
+def keras_kwargs(group: DictConfig, schema: type) -> dict[str, Any]:
+    """The group's keys the schema does not declare, as plain values: the Keras class's own arguments."""
+    return OmegaConf.to_container(OmegaConf.create(extra_keys(group, schema)))
+
+
+def construct(group: str, name: str, module: Any, class_name: str, kwargs: dict[str, Any]) -> Any:
+    """``module.class_name(**kwargs)``; arguments Keras refuses become one ConfigError line."""
+    cls = getattr(module, class_name)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as error:
         raise ConfigError(
-            f"loss ({loss.name})", kwargs, f"arguments of keras.losses.{cls.__name__}: {error}"
+            f"{group} ({name})", kwargs, f"arguments of {module.__name__}.{class_name}: {error}"
         ) from error
 
 
