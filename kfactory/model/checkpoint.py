@@ -8,6 +8,8 @@ import json
 import os
 import sys
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,10 +36,34 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+@contextmanager
+def _without_training_state(model: keras.Model) -> Iterator[None]:
+    """Hide the optimizer and compile settings from Keras's saver while the ``with`` block runs.
+
+    The saver writes every variable it can reach, and the optimizer's slots are
+    twice the weights for Adam; resuming reads them from the backup instead.
+    Set without Keras's attribute tracking, and put back whatever happens.
+    """
+    optimizer, compiled = model.__dict__.get("optimizer"), model.__dict__.get("compiled", False)
+    object.__setattr__(model, "optimizer", None)
+    object.__setattr__(model, "compiled", False)
+    try:
+        yield
+    finally:
+        object.__setattr__(model, "optimizer", optimizer)
+        object.__setattr__(model, "compiled", compiled)
+
+
 def save_model(model: keras.Model, path: Path, metadata: dict[str, Any]) -> None:
-    """Save ``model`` with ``metadata`` (class names, …) atomically to ``path``."""
+    """Save ``model`` for use (architecture and weights, with ``metadata``) atomically to ``path``.
+
+    The file holds no optimizer state and no compile settings: it is about the
+    size of the weights, loads with plain ``keras.models.load_model`` without
+    warnings and predicts; kfactory compiles it again where it evaluates.
+    """
     tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
+    with _without_training_state(model):
+        model.save(tmp)
     with zipfile.ZipFile(tmp, "a") as archive:
         archive.writestr(METADATA_ENTRY, json.dumps(metadata, indent=2))
     os.replace(tmp, path)
