@@ -157,3 +157,30 @@ def test_the_confusion_matrix_text_is_legible_at_card_size_or_full_size(classes)
     shown = font_pixels * min(1.0, CARD_PIXELS / width) if classes <= 20 else font_pixels  # card, else full size
     assert shown >= 8  # pixels: the smallest text still read without zooming
     assert side * DPI / classes >= 1.2 * font_pixels  # a label fits its row
+
+
+def test_weight_histograms_match_tensorflows_and_cover_every_weight(tmp_path):
+    from kfactory.train.callbacks import EpochTensorBoard, histogram_buckets
+
+    rng = np.random.default_rng(1)
+    samples = {"normal": rng.normal(size=5000), "constant": np.full(40, 0.5), "two": np.array([0.0, 1.0])}
+    writer = tf.summary.create_file_writer(str(tmp_path / "tf"))
+    with writer.as_default(step=0):
+        for name, data in samples.items():
+            tf.summary.histogram(name, data)
+    writer.close()
+    theirs = read_events(tmp_path / "tf")
+    for name, data in samples.items():
+        np.testing.assert_allclose(histogram_buckets(data), tensors(theirs, name)[0][1], rtol=1e-6, atol=1e-9)
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization()])
+    model.compile(optimizer="adam", loss="mse")
+    board = EpochTensorBoard(log_dir=str(tmp_path / "run"), histogram_freq=1, write_graph=False)
+    model.fit(np.ones((8, 4)), np.ones((8, 3)), epochs=2, verbose=0, callbacks=[board])
+    events = read_events(tmp_path / "run" / "train")
+    written_tags = {tag for tag in events.Tags()["tensors"] if tag.endswith("/histogram")}
+    assert written_tags == {f"{w.path}/histogram" for w in model.weights}  # kernel, bias, BN's four
+    assert set(events.PluginTagToContent("histograms")) == written_tags
+    kernel = tensors(events, f"{model.layers[0].kernel.path}/histogram")
+    assert [step for step, _ in kernel] == [1, 2]  # epochs counted from 1
+    np.testing.assert_allclose(kernel[-1][1], histogram_buckets(model.layers[0].kernel.numpy()), rtol=1e-6)
