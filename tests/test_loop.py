@@ -87,3 +87,44 @@ def test_a_run_from_imagenet_weights_says_so_and_how_to_change_it(cfg_factory):
     assert note.startswith("Model: mobilenet_v2 from ImageNet weights at 224x224 px")
     assert "model.weights=null model.input_size=[H,W]" in note
     assert weights_note(cfg_factory([]).model) is None  # digits: from scratch at 32 px, nothing to say
+
+
+def test_the_best_model_is_evaluated_from_memory_as_the_saved_file_would_be(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from kfactory.model.checkpoint import load_model
+    from kfactory.train.callbacks import BestModelCheckpoint
+    from kfactory.train.loop import compile_model, evaluate_best
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["trainer.validation_steps=null"])
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(48, 6)).astype("float32"), np.eye(3, dtype="float32")[np.arange(48) % 3]
+    val = tf.data.Dataset.from_tensor_slices((x[:24], y[:24])).batch(8)
+    test = tf.data.Dataset.from_tensor_slices((x[24:], y[24:])).batch(8)
+    splits = type("Splits", (), {"val": val, "test": test, "class_names": ["a", "b", "c"]})()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3, activation="softmax")])
+    compile_model(model, cfg, 3, jit_compile=False)
+    checkpoint = BestModelCheckpoint(tmp_path / "model.keras", "val_accuracy", {})
+    model.fit(x[24:], y[24:], validation_data=val, epochs=1, verbose=0, callbacks=[checkpoint])
+    model.layers[0].kernel.assign(model.layers[0].kernel * -3.0)  # later epochs moved away from the best
+
+    saved = load_model(checkpoint.path)
+    compile_model(saved, cfg, 3, jit_compile=False)
+    expected = {
+        f"{split}_{k}": v
+        for split, ds in (("val", val), ("test", test))
+        for k, v in saved.evaluate(ds, verbose=0, return_dict=True).items()
+    }
+    from_memory = evaluate_best(cfg, model, checkpoint, splits)
+    assert from_memory.keys() == expected.keys()
+    for key, value in expected.items():
+        assert from_memory[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+    checkpoint.best_weights = checkpoint.best_logs = None  # resumed after its best epoch: the file is read
+    model.layers[0].kernel.assign(model.layers[0].kernel * 2.0)
+    from_file = evaluate_best(cfg, model, checkpoint, splits)
+    for key, value in expected.items():
+        assert from_file[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key

@@ -71,7 +71,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     if checkpoint.best is None:
         monitor = cfg.trainer.monitor
         raise RunStopped(f"no epoch produced a finite {monitor}; nothing to save (try a lower learning rate)")
-    metrics = evaluate_best(cfg, run_dir / MODEL_FILE, splits, len(splits.class_names))
+    metrics = evaluate_best(cfg, model, checkpoint, splits)
     epochs_run = len(past) + len(history.epoch)
     metrics.update(best_epoch=checkpoint.best_epoch + 1, epochs_run=epochs_run, wall_time_s=time.time() - started)
     metrics[f"best_{cfg.trainer.monitor}"] = checkpoint.best
@@ -227,15 +227,32 @@ def model_metadata(cfg: DictConfig, splits: Splits) -> dict[str, Any]:
     }
 
 
-def evaluate_best(cfg: DictConfig, model_path: Path, splits: Splits, num_classes: int) -> dict[str, float]:
-    """Validation and test metrics of the saved best model, as flat floats."""
-    model = load_model(model_path)
-    compile_model(model, cfg, num_classes, jit_compile=False)
+def evaluate_best(
+    cfg: DictConfig, model: keras.Model, checkpoint: BestModelCheckpoint, splits: Splits
+) -> dict[str, float]:
+    """Validation and test metrics of the best model (the one in model.keras), as flat floats.
+
+    The trained model takes the best epoch's weights from memory and evaluates
+    with the functions fit already built. Its validation metrics are that epoch's
+    logs when they covered the whole split (fit validates with the same model,
+    data and metrics). After a resume whose best epoch came before the restart,
+    the model is loaded from the file.
+    """
+    if checkpoint.best_weights is None:
+        model = load_model(checkpoint.path)
+        compile_model(model, cfg, len(splits.class_names), jit_compile=False)
+    else:
+        model.set_weights(checkpoint.best_weights)
     metrics: dict[str, float] = {}
+    known = checkpoint.best_logs if cfg.trainer.validation_steps is None else None
     for split, ds in (("val", splits.val), ("test", splits.test)):
-        if ds is not None:
-            values = model.evaluate(ds, verbose=0, return_dict=True)
-            metrics.update({f"{split}_{k}": float(v) for k, v in values.items()})
+        if ds is None:
+            continue
+        if split == "val" and known is not None and any(key.startswith("val_") for key in known):
+            metrics.update({key: value for key, value in known.items() if key.startswith("val_")})
+            continue
+        values = model.evaluate(ds, verbose=0, return_dict=True)
+        metrics.update({f"{split}_{k}": float(v) for k, v in values.items()})
     return metrics
 
 
