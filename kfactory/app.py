@@ -77,7 +77,8 @@ def kfactory(cfg: DictConfig) -> float | None:
     finally:
         if lock is not None:
             run_lock.release(lock)
-        release_memory()
+        if multirun:  # the next job runs in this process (basic launcher); a single run's process ends here
+            release_memory()
     return None
 
 
