@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from kfactory.config.resolvers import VARIED_KEYS_FILE
 from kfactory.report.sweep import SweepSummary, summarize_sweep
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, hparams_session_groups, run_cli
 
 # Two jobs train (dropout 0 and 0.5); two are refused before TensorFlow (a weights file that does not exist).
 SWEEP = [
@@ -123,22 +123,6 @@ def test_summary_groups_jobs_that_differ_only_in_the_fold(tmp_path: Path, capsys
 
 
 FOLDS = [*SWEEP[:8], "data.folds=2", "data.fold=range(2)"]  # SWEEP's tiny run, without its dropout/weights sweeps
-
-
-def hparams_session_groups(logdir: Path) -> list:
-    """What TensorBoard's HParams dashboard lists for ``logdir``: its session groups, as its backend builds them."""
-    from tensorboard import context
-    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
-    from tensorboard.plugins import base_plugin
-    from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
-
-    multiplexer = plugin_event_multiplexer.EventMultiplexer()
-    multiplexer.AddRunsFromDirectory(str(logdir))
-    multiplexer.Reload()
-    provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
-    tb = backend_context.Context(base_plugin.TBContext(logdir=str(logdir), data_provider=provider))
-    request = api_pb2.ListSessionGroupsRequest(allowed_statuses=[api_pb2.STATUS_UNKNOWN], start_index=0, slice_size=50)
-    return list(list_session_groups.Handler(context.RequestContext(), tb, "", request).run().session_groups)
 
 
 @pytest.mark.slow  # about a minute on 2 cores
