@@ -70,7 +70,7 @@ REFUSALS = [
     (["data=folder", "data.path={tmp}/images", "data.folds=4"], "data.folds"),  # 3 images a class
     (["hparams_search.cv_folds=1"], "hparams_search.cv_folds"),
     (["hparams_search.cv_folds=3", "data.folds=3"], "data.folds"),
-    (["data=folder", "data.path={tmp}/images", "hparams_search.cv_folds=4"], "data.folds"),
+    (["data=folder", "data.path={tmp}/images", "hparams_search.cv_folds=4"], "hparams_search.cv_folds"),
     (["resume=maybe"], "resume"),
     (["unsafe_load=1"], "unsafe_load"),
 ]

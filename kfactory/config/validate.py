@@ -66,7 +66,7 @@ def _validate(cfg: DictConfig) -> None:
         _check_optimizer(cfg.optimizer)
         _check_trainer(cfg.trainer)
         _check_cross_validation(cfg.data, cfg.hparams_search)
-        _check_data(cfg.data, cfg.data.folds or cfg.hparams_search.cv_folds)
+        _check_data(cfg.data, cfg.hparams_search.cv_folds)
         _check_transfer(cfg)
         check_targets(cfg)  # imports the modules of your own parts (see README, "Your own parts")
     else:
@@ -205,8 +205,9 @@ def _check_cross_validation(data: DictConfig, search: DictConfig) -> None:
         raise ConfigError("data.fold", data.fold, f"an integer from 0 to {data.folds - 1} (data.folds={data.folds})")
 
 
-def _check_data(data: DictConfig, folds: int) -> None:
-    """``folds``: the folds the run will deal (data.folds, or hparams_search.cv_folds), 0 for none."""
+def _check_data(data: DictConfig, cv_folds: int) -> None:
+    """``cv_folds``: hparams_search.cv_folds, the folds the run deals when data.folds does not."""
+    folds, folds_key = (cv_folds, "hparams_search.cv_folds") if cv_folds else (data.folds, "data.folds")
     _check_choice("data.source", data.source, DATA_SOURCES)
     if data.batch_size < 1:
         raise ConfigError("data.batch_size", data.batch_size, "an integer >= 1")
@@ -226,7 +227,7 @@ def _check_data(data: DictConfig, folds: int) -> None:
 
         source = describe_source(data)
         if folds:
-            check_fold_sizes(source.labels, folds, data.test_split, source.class_names)
+            check_fold_sizes(source.labels, folds, data.test_split, source.class_names, folds_key)
 
 
 def _check_transfer(cfg: DictConfig) -> None:

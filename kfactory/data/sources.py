@@ -235,14 +235,16 @@ def fold_indices(
     return tuple(rng.permutation(np.concatenate(part)) for part in (train, val, test))  # type: ignore[return-value]
 
 
-def check_fold_sizes(labels: np.ndarray, folds: int, test_split: float, class_names: list[str] | None = None) -> None:
-    """Refuse ``folds`` when a class has fewer images than folds once the test split is drawn."""
+def check_fold_sizes(
+    labels: np.ndarray, folds: int, test_split: float, class_names: list[str] | None = None, key: str = "data.folds"
+) -> None:
+    """Refuse ``folds`` (set by ``key``) when a class has fewer images than folds once the test split is drawn."""
     for label, count in zip(*np.unique(labels, return_counts=True), strict=True):
         pool = int(count) - int(round(int(count) * test_split))
         if pool < folds:
             name = class_names[label] if class_names is not None else str(label)
             accepted = f"at most the images each class has for training and validation (class {name!r} has {pool})"
-            raise ConfigError("data.folds", folds, accepted)
+            raise ConfigError(key, folds, accepted)
 
 
 def shuffled_classes(labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
