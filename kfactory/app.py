@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import signal
 import sys
@@ -11,16 +13,25 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kfactory.config.resolvers import register_resolvers
 from kfactory.config.validate import validate
 from kfactory.console import import_tensorflow
 from kfactory.errors import ConfigError, RunStopped, Terminated
+from kfactory.model.checkpoint import write_json_atomic
 from kfactory.schema import register_schema
 from kfactory.train import run_lock
 from kfactory.train.gpus import assign_job_gpus
-from kfactory.train.resume import COMPLETE, RESTART, check_run_dir, complete_run_metric, prepare_restart, resume_mode
+from kfactory.train.resume import (
+    COMPLETE,
+    METRICS_FILE,
+    RESTART,
+    check_run_dir,
+    complete_run_metric,
+    prepare_restart,
+    resume_mode,
+)
 
 register_resolvers()  # before Hydra composes: hydra.sweep.subdir uses ${kf_job_dirname:...}
 register_schema()  # before Hydra composes: conf/config.yaml starts from the schema's defaults
@@ -28,6 +39,7 @@ register_schema()  # before Hydra composes: conf/config.yaml starts from the sch
 log = logging.getLogger("kfactory")
 
 ERROR_FILE = "error.txt"  # written in a run directory whose job failed
+FOLD_DIR = "fold_"  # hparams_search.cv_folds: fold i trains in <run dir>/fold_<i>
 
 
 def kfactory(cfg: DictConfig) -> float | None:
@@ -55,6 +67,8 @@ def kfactory(cfg: DictConfig) -> float | None:
         cfg = validate(cfg)  # typed by the schema from here on
         if cfg.task == "train":
             lock = run_lock.acquire(run_dir, dir_key)  # one writer per run directory
+            if cfg.hparams_search.cv_folds:
+                return train_folds(cfg, run_dir, dir_key, hydra_cfg)
             if not plan_training(cfg, run_dir, dir_key, hydra_cfg):
                 return complete_run_metric(run_dir, cfg.trainer.monitor)
         return run_task(cfg, run_dir)
@@ -97,6 +111,48 @@ def plan_training(cfg: DictConfig, run_dir: Path, dir_key: str, hydra_cfg: DictC
     with open_dict(cfg):
         cfg.resume = resume
     return True
+
+
+def train_folds(cfg: DictConfig, run_dir: Path, dir_key: str, hydra_cfg: DictConfig) -> float | None:
+    """``hparams_search.cv_folds=K``: train folds 0..K-1 one after another, each a complete run in
+    ``run_dir/fold_<i>``; write their means (kfactory.report.folds) as ``run_dir``'s metrics.json
+    and return the mean monitored value.
+
+    Each fold resumes, or is skipped when complete, as ``resume`` says; a pruned fold ends the
+    run (the trial is pruned), and the means are then over the folds that ran.
+    """
+    from kfactory.report.folds import FOLDS_KEY, fold_means
+
+    folds, done = cfg.hparams_search.cv_folds, []
+    for fold in range(folds):
+        fold_cfg, fold_dir = copy.deepcopy(cfg), run_dir / f"{FOLD_DIR}{fold}"
+        fold_cfg.data.folds, fold_cfg.data.fold = folds, fold
+        log.info("Fold %d of %d: %s", fold, folds, fold_dir)
+        if plan_training(fold_cfg, fold_dir, dir_key, hydra_cfg):
+            save_config(fold_cfg, fold_dir)
+            run_task(fold_cfg, fold_dir)
+            release_memory()  # before the next fold builds its model
+        else:
+            complete_run_metric(fold_dir, cfg.trainer.monitor)
+        done.append(json.loads((fold_dir / METRICS_FILE).read_text()))
+        if done[-1].get("pruned"):
+            log.info("Fold %d was pruned; the folds after it are not trained", fold)
+            break
+    metrics = fold_means(done)
+    metrics.update({key: sum(m[key] for m in done) for key in ("epochs_run", "wall_time_s")})  # the run's totals
+    metrics[FOLDS_KEY] = len(done)
+    if done[-1].get("pruned"):
+        metrics.update(pruned=True, pruned_epoch=done[-1]["pruned_epoch"], pruned_fold=len(done) - 1)
+    write_json_atomic(run_dir / METRICS_FILE, metrics)
+    monitor = cfg.trainer.monitor
+    log.info("Mean of %d folds: %s=%.4f", len(done), monitor, metrics.get(monitor, float("nan")))
+    return metrics.get(monitor, metrics.get(f"best_{monitor}"))
+
+
+def save_config(cfg: DictConfig, run_dir: Path) -> None:
+    """A fold's own .hydra/config.yaml, as Hydra writes a run's, so task=eval finds its data and fold."""
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
 
 
 def stop_on_sigterm() -> None:

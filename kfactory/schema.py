@@ -171,8 +171,13 @@ class DataConfig:
     label_column: str = "label"
     name: Optional[str] = None  # keras: mnist | fashion_mnist | cifar10 | cifar100
     batch_size: int = 32  # the global batch
-    val_split: float = 0.1
-    test_split: float = 0.1
+    val_split: float = 0.1  # not used with folds: there fold ``fold`` is the validation split
+    test_split: float = 0.1  # drawn first; with folds the same test images for every fold
+    # K-fold cross-validation: 0 off; K >= 2 deals the images left after the test split into K stratified,
+    # seeded folds (seed), of which fold ``fold`` (0..K-1) validates and the others train. Sweep the folds
+    # with -m data.fold='range(K)' data.folds=K; the sweep summary reports each group's mean and std.
+    folds: int = 0
+    fold: int = 0
     cache: str = "memory"  # memory | disk (a file in the run directory) | none
     shuffle_buffer: int = 4096
     class_weight: Any = None  # null | balanced | {class_name: weight}
@@ -215,6 +220,10 @@ class HparamsSearchConfig:
     # null: the value the trial returns (its best model's trainer.monitor); else keys of a run's metrics.json, one per
     # hydra.sweeper.directions entry, e.g. [val_accuracy, params]
     objectives: Optional[list[str]] = None
+    # K >= 2: a trial (or any training run) trains the K folds of data.folds=K one after another, in
+    # fold_0..fold_<K-1> of its directory, and returns their mean; its metrics.json holds the folds' means
+    # (and <key>_std). 0: a trial is one run.
+    cv_folds: int = 0
 
 
 @dataclass

@@ -60,6 +60,22 @@ def run_cli(
     )
 
 
+def hparams_session_groups(logdir: Path) -> list:
+    """What TensorBoard's HParams dashboard lists for ``logdir``: its session groups, as its backend builds them."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
+    tb = backend_context.Context(base_plugin.TBContext(logdir=str(logdir), data_provider=provider))
+    request = api_pb2.ListSessionGroupsRequest(allowed_statuses=[api_pb2.STATUS_UNKNOWN], start_index=0, slice_size=50)
+    return list(list_session_groups.Handler(context.RequestContext(), tb, "", request).run().session_groups)
+
+
 def write_image_folder(root: Path, classes: dict[str, int], size: int = 24, fmt: str = "png", seed: int = 0) -> Path:
     """A class-per-sub-folder image set; each class has its own mean colour."""
     from PIL import Image

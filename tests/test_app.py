@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kfactory import app
 from kfactory.errors import ConfigError, RunStopped, Terminated
@@ -180,6 +182,58 @@ def test_sigterm_handling_is_not_installed_from_another_thread(default_sigterm):
     worker.join()
     assert errors == []
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def fake_folds(monkeypatch, values: list[float], pruned_fold: int | None = None) -> list[tuple[int, int, str]]:
+    """Make each fold's training write metrics.json with ``values[fold]``; return the (fold, folds, dir) it ran."""
+    calls = []
+
+    def run_task(cfg, run_dir):
+        fold = cfg.data.fold
+        calls.append((fold, cfg.data.folds, run_dir.name))
+        metrics = {"val_accuracy": values[fold], "epochs_run": 2, "wall_time_s": 1.5}
+        if fold == pruned_fold:
+            metrics.update(pruned=True, pruned_epoch=1)
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        return values[fold]
+
+    monkeypatch.setattr(app, "run_task", run_task)
+    return calls
+
+
+def test_cv_folds_trains_each_fold_in_its_folder_and_returns_their_mean(hydra_job, monkeypatch):
+    cfg, run_dir = hydra_job(["hparams_search.cv_folds=3"])
+    calls = fake_folds(monkeypatch, [0.5, 0.7, 0.9])
+    assert app.kfactory(cfg) == pytest.approx(0.7)
+    assert calls == [(0, 3, "fold_0"), (1, 3, "fold_1"), (2, 3, "fold_2")]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["val_accuracy"] == pytest.approx(0.7) and metrics["val_accuracy_std"] == pytest.approx(0.1633, 1e-3)
+    assert metrics["folds"] == 3 and metrics["epochs_run"] == 6 and metrics["wall_time_s"] == 4.5  # totals
+    saved = OmegaConf.load(run_dir / "fold_2" / ".hydra" / "config.yaml")  # what task=eval of a fold reads
+    assert (saved.data.folds, saved.data.fold) == (3, 2)
+
+
+def test_cv_folds_rerun_skips_complete_folds_only_with_resume(hydra_job, monkeypatch):
+    cfg, run_dir = hydra_job(["hparams_search.cv_folds=3"])
+    fake_folds(monkeypatch, [0.5, 0.7, 0.9])
+    app.kfactory(cfg)
+    with pytest.raises(SystemExit) as stopped:  # without resume its folds are not overwritten
+        app.kfactory(cfg)
+    assert stopped.value.code == 2
+    shutil.rmtree(run_dir / "fold_1")
+    cfg, _ = hydra_job(["hparams_search.cv_folds=3", "resume=true"])
+    calls = fake_folds(monkeypatch, [0.0, 0.4, 0.0])
+    assert app.kfactory(cfg) == pytest.approx(0.6)  # folds 0 and 2 as they were, fold 1 trained again
+    assert calls == [(1, 3, "fold_1")]
+
+
+def test_a_pruned_fold_ends_the_cv_run_as_pruned(hydra_job, monkeypatch):
+    cfg, run_dir = hydra_job(["hparams_search.cv_folds=3"])
+    calls = fake_folds(monkeypatch, [0.5, 0.3, 0.9], pruned_fold=1)
+    assert app.kfactory(cfg) == pytest.approx(0.4)
+    assert [fold for fold, _, _ in calls] == [0, 1]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["pruned"] is True and metrics["pruned_fold"] == 1 and metrics["folds"] == 2
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,8 @@ import sys
 from omegaconf import DictConfig, open_dict
 from tensorboard.plugins.hparams import metadata
 
-from kfactory.train.hparams import sweep_domains, sweep_experiment
+from kfactory.config.resolvers import fold_group
+from kfactory.train.hparams import run_hparams, session_group, sweep_domains, sweep_experiment
 from tests.conftest import ROOT, compose_config
 
 
@@ -56,3 +57,26 @@ def test_the_sweep_root_config_is_written_without_tensorflow(tmp_path):
 
     events = list(EventFileLoader(result.stdout.strip()).Load())
     assert events[-1].summary.value[0].tag == metadata.EXPERIMENT_TAG  # TensorBoard reads the framed records
+
+
+def test_folds_are_aggregated_not_a_hyperparameter():
+    summary = sweep_experiment(sweep_config(["model.dropout=0.0,0.5", "data.fold=range(3)", "data.folds=3"]))
+    experiment = metadata.parse_experiment_plugin_data(summary.value[0].metadata.plugin_data.content)
+    infos = {i.name: i for i in experiment.hparam_infos}
+    assert {name for name, info in infos.items() if info.differs} == {"dropout"} and "data.fold" not in infos
+    cfg = compose_config(["data.folds=3", "data.fold=1"])
+    assert "data.fold" not in run_hparams(cfg, ["data.folds=3", "data.fold=1"])
+    assert run_hparams(cfg, ["data.folds=3", "data.fold=1"])["data.folds"] == 3.0
+
+
+def test_a_fold_joins_its_groups_session_and_other_runs_keep_their_own(tmp_path):
+    overrides = ["model=vgg16", "data.folds=3", "data.fold=2"]
+    cfg = compose_config(overrides)
+    with open_dict(cfg):
+        cfg.hydra = {"overrides": {"task": overrides}}
+    assert session_group(cfg, tmp_path / "run") == "cv/model=vgg16,data.folds=3"  # every override but the fold
+    (tmp_path / "varied_keys.txt").write_text("model\ndata.fold\n")
+    assert fold_group(overrides, [], tmp_path) == "cv/model=vgg16"  # in a sweep: the varied keys but the fold
+    assert session_group(compose_config(["model=vgg16"]), tmp_path / "run") == "run"
+    in_trial = compose_config(["hparams_search.cv_folds=3", "data.folds=3", "data.fold=1"])
+    assert session_group(in_trial, tmp_path / "7_model=vgg16" / "fold_1") == "cv/7_model=vgg16"

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from tests.conftest import run_cli
+from tests.conftest import hparams_session_groups, run_cli
 
 # One step of VGG16 at 32 px (few layers, so little graph tracing): a few seconds of work per job.
 SWEEP_TINY = [
@@ -242,3 +242,25 @@ def test_submitit_local_runs_a_two_job_sweep(tmp_path: Path):
     for job in jobs:
         assert_run_layout(job)
     assert list((sweep_dir / ".submitit").rglob("*_log.out"))  # submitit's own per-job logs
+
+
+@pytest.mark.slow
+def test_a_cv_folds_trial_trains_its_folds_and_is_their_mean(tmp_path: Path):
+    sweep_dir = tmp_path / "search"
+    pruner = ["hydra.sweeper.pruner=median", "hydra.sweeper.pruner_args={n_startup_trials: 5}"]  # reports, never prunes
+    result = search(sweep_dir, "hydra.sweeper.n_trials=1", "hparams_search.cv_folds=2", *pruner)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (job,) = job_dirs(sweep_dir)
+    folds = [json.loads((job / f"fold_{i}" / "metrics.json").read_text()) for i in range(2)]
+    for i in range(2):  # a complete run each; their log is the trial's kfactory.log
+        assert {p.name for p in (job / f"fold_{i}").iterdir()} >= RUN_LAYOUT - {"kfactory.log"}
+        assert list((job / f"fold_{i}" / "tensorboard" / "train").glob("events.out.tfevents.*"))
+    mean = (folds[0]["val_accuracy"] + folds[1]["val_accuracy"]) / 2
+    (trial,) = load_study(sweep_dir).trials
+    assert trial.state.name == "COMPLETE" and trial.value == pytest.approx(mean)
+    assert sorted(trial.intermediate_values) == [1, 2]  # fold 0's epoch, then fold 1's: steps count on
+    summary = pd.read_csv(sweep_dir / "summary.csv")
+    assert summary.loc[0, "status"] == "ok" and summary.loc[0, "val_accuracy"] == pytest.approx(mean)
+    assert summary.loc[0, "folds"] == 2 and "val_accuracy_std" in summary.columns
+    (group,) = hparams_session_groups(sweep_dir)
+    assert group.name == f"cv/{job.name}" and len(group.sessions) == 2

@@ -6,7 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kfactory.data.sources import list_folder, load_digits, read_csv, split_indices
+from kfactory.data.sources import (
+    ImageSource,
+    fold_indices,
+    list_folder,
+    load_digits,
+    read_csv,
+    split_indices,
+    split_source,
+)
 from kfactory.errors import ConfigError
 from tests.conftest import write_image_folder
 
@@ -74,6 +82,44 @@ def test_splits_are_stratified_disjoint_and_seeded():
     assert all(np.array_equal(a, b) for a, b in zip((train, val, test), again, strict=True))
     other = split_indices(labels, 0.1, 0.2, seed=8)
     assert not np.array_equal(test, other[2])
+
+
+def test_folds_partition_the_pool_stratified_with_the_test_split_fixed():
+    labels = np.repeat(np.arange(4), [100, 50, 31, 22])
+    splits = [fold_indices(labels, 5, fold, 0.2, seed=7) for fold in range(5)]
+    test = set(splits[0][2])
+    assert all(set(s[2]) == test for s in splits)  # the same test images whatever the fold
+    assert test == set(split_indices(labels, 0.1, 0.2, seed=7)[2])  # and the same as without folds
+    pool = set(range(len(labels))) - test
+    vals = [set(s[1]) for s in splits]
+    assert set().union(*vals) == pool and sum(map(len, vals)) == len(pool)  # disjoint folds covering the pool
+    for train, val, _ in splits:
+        assert set(train) | set(val) == pool and not set(train) & set(val)
+    counts = np.array([np.bincount(labels[s[1]], minlength=4) for s in splits])  # folds x classes
+    assert (counts.max(axis=0) - counts.min(axis=0) <= 1).all()  # stratified: within one per class
+    sizes = [len(v) for v in vals]
+    assert max(sizes) - min(sizes) <= 1
+    again = fold_indices(labels, 5, 3, 0.2, seed=7)
+    assert all(np.array_equal(a, b) for a, b in zip(splits[3], again, strict=True))
+    assert set(fold_indices(labels, 5, 3, 0.2, seed=8)[1]) != vals[3]
+
+
+def test_a_run_splits_by_fold_only_with_data_folds():
+    from omegaconf import OmegaConf
+
+    labels = np.repeat(np.arange(2), 30)
+    source = ImageSource(["a", "b"], labels, images=np.zeros((60, 2, 2, 1), np.uint8))
+    data = OmegaConf.create({"val_split": 0.5, "test_split": 0.1, "folds": 0, "fold": 0})
+    assert [len(part) for part in split_source(source, data, 1)] == [24, 30, 6]  # half of each class validates
+    data.update(folds=3, fold=2)
+    assert [len(part) for part in split_source(source, data, 1)] == [36, 18, 6]  # val_split is not used
+
+
+def test_folds_refuse_a_class_smaller_than_the_folds_naming_it():
+    labels = np.repeat(np.arange(3), [20, 20, 5])  # class "owls": 5 images, 4 after a 0.2 test split
+    fold_indices(labels, 4, 0, 0.2, seed=0, class_names=["cats", "dogs", "owls"])
+    with pytest.raises(ConfigError, match=r"^data.folds=5 is not accepted: .*class 'owls' has 4"):
+        fold_indices(labels, 5, 0, 0.2, seed=0, class_names=["cats", "dogs", "owls"])
 
 
 @pytest.mark.parametrize(

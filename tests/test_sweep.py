@@ -10,13 +10,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
 from kfactory.config.resolvers import VARIED_KEYS_FILE
 from kfactory.report.sweep import SweepSummary, summarize_sweep
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, hparams_session_groups, run_cli
 
 # Two jobs train (dropout 0 and 0.5); two are refused before TensorFlow (a weights file that does not exist).
 SWEEP = [
@@ -94,6 +95,57 @@ def test_summary_ranks_pruned_trials_after_finished_ones_and_marks_the_pareto_fr
     assert list(table["pareto"]) == [False, True, False]
     assert table.loc[1, "pruned_epoch"] == 1
     assert "| pruned |" in (tmp_path / "summary.md").read_text()
+
+
+def test_summary_groups_jobs_that_differ_only_in_the_fold(tmp_path: Path, capsys):
+    (tmp_path / VARIED_KEYS_FILE).write_text("model\ndata.fold\n")
+    losses = {("a", 0): 0.4, ("a", 1): 0.6, ("b", 0): 0.2, ("b", 1): 0.3, ("b", 2): 0.1}
+    for number, ((model, fold), loss) in enumerate(losses.items()):
+        overrides = ["data.folds=3", f"model={model}", f"data.fold={fold}"]
+        fake_job(tmp_path, f"{number}_model={model},data.fold={fold}", overrides, {"val_loss": loss, "epochs_run": 2})
+    fake_job(tmp_path, "5_model=a,data.fold=2", ["data.folds=3", "model=a", "data.fold=2"], None, error=True)
+    config = {"sweep": {"dir": str(tmp_path)}, "job": {"config": {"override_dirname": {"exclude_keys": ["seed"]}}}}
+    with pytest.raises(SystemExit):  # a fold failed
+        SweepSummary().on_multirun_end(OmegaConf.create({"hydra": config}))
+    table = pd.read_csv(tmp_path / "summary.csv")
+    groups = table[table["data.fold"] == "mean"]
+    assert groups["cv_group"].tolist() == ["cv/model=b", "cv/model=a"]  # best mean loss first
+    assert groups["folds"].tolist() == [3, 2] and groups["status"].tolist() == ["ok", "failed"]
+    assert groups["val_loss"].tolist() == pytest.approx([0.2, 0.5])
+    assert groups["val_loss_std"].tolist() == pytest.approx([np.std([0.2, 0.3, 0.1]), 0.1])
+    assert groups["epochs_run"].tolist() == [2, 2] and groups["job"].isna().all()
+    # each group's row, then its folds in fold order
+    assert table["data.fold"].tolist() == ["mean", "0", "1", "2", "mean", "0", "1", "2"]
+    assert table["job"].tolist()[1:4] == [2, 3, 4] and table["cv_group"].tolist()[5:] == ["cv/model=a"] * 3
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "## Cross-validation" in markdown and "| cv/model=b | b | ok | 3 | 0.2 ± 0.082 |" in markdown
+    assert "Sweep summary (6 jobs, 1 failed)" in capsys.readouterr().out
+
+
+FOLDS = [*SWEEP[:8], "data.folds=2", "data.fold=range(2)"]  # SWEEP's tiny run, without its dropout/weights sweeps
+
+
+@pytest.mark.slow  # about a minute on 2 cores
+def test_a_fold_sweep_reports_its_mean_and_tensorboard_shows_one_group(tmp_path: Path):
+    root = tmp_path / "folds"
+    result = run_cli(["-m", *FOLDS, f"hydra.sweep.dir={root}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(root / "summary.csv")
+    assert table["data.fold"].tolist() == ["mean", "0", "1"]
+    folds = table.iloc[1:]
+    assert table.loc[0, "val_accuracy"] == pytest.approx(folds["val_accuracy"].mean())
+    assert table.loc[0, "val_loss_std"] == pytest.approx(folds["val_loss"].std(ddof=0))
+    assert folds["test_accuracy"].between(0, 1).all() and table.loc[0, "folds"] == 2
+    assert "± " in (root / "summary.md").read_text()
+    assert (
+        "fold 1 of 2 validates (data.val_split is not used)"
+        in (root / folds["dir"].iloc[-1] / "kfactory.log").read_text()
+    )
+    (group,) = hparams_session_groups(root)  # the two folds as one row, their metrics averaged
+    assert group.name.startswith("cv/") and "data.fold=" not in group.name and "data.fold" not in group.hparams
+    assert sorted(s.name for s in group.sessions) == [f"{d}/tensorboard" for d in sorted(folds["dir"])]
+    final = {m.name.tag: m.value for m in group.metric_values}
+    assert final["final/val_loss"] == pytest.approx(folds["val_loss"].mean(), rel=1e-4)
 
 
 def test_summary_of_an_all_ok_sweep_does_not_exit(tmp_path: Path):

@@ -62,6 +62,15 @@ REFUSALS = [
     (["task=eval", "ckpt_path={tmp}/a_file.txt"], "ckpt_path"),
     (["task=eval", "ckpt_path={tmp}/not_a_model.keras"], "ckpt_path"),
     (["task=predict", "ckpt_path=null"], "ckpt_path"),
+    (["data.folds=5", "data.fold=5"], "data.fold"),
+    (["data.folds=5", "data.fold=-1"], "data.fold"),
+    (["data.fold=2"], "data.fold"),  # a fold without data.folds
+    (["data.folds=1"], "data.folds"),
+    (["data.folds=-2"], "data.folds"),
+    (["data=folder", "data.path={tmp}/images", "data.folds=4"], "data.folds"),  # 3 images a class
+    (["hparams_search.cv_folds=1"], "hparams_search.cv_folds"),
+    (["hparams_search.cv_folds=3", "data.folds=3"], "data.folds"),
+    (["data=folder", "data.path={tmp}/images", "hparams_search.cv_folds=4"], "hparams_search.cv_folds"),
     (["resume=maybe"], "resume"),
     (["unsafe_load=1"], "unsafe_load"),
 ]
@@ -83,6 +92,13 @@ def test_csv_with_missing_files_says_how_many_and_shows_the_first(cfg_factory, b
     cfg = cfg_factory(["data=csv", f"data.csv={bad_inputs}/missing.csv"])
     with pytest.raises(ConfigError, match=r"5 missing: .*missing_0\.png, .*missing_1\.png, .*missing_2\.png, \.\.\."):
         validate(cfg)
+
+
+def test_folds_accept_each_fold_and_leave_val_split_unused(cfg_factory):
+    for fold in range(3):
+        assert validate(cfg_factory(["data.folds=3", f"data.fold={fold}"])).data.fold == fold
+    validate(cfg_factory(["data.folds=3", "data.val_split=0.5", "data.test_split=0.5"]))  # val_split is not used
+    validate(cfg_factory(["hparams_search.cv_folds=3"]))
 
 
 def test_paths_expand_home_and_environment_variables(cfg_factory, bad_inputs, monkeypatch):

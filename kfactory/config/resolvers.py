@@ -24,6 +24,7 @@ _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)")  # has a '.' or an exponent
 VARIED_KEYS_FILE = "varied_keys.txt"  # written at the sweep root by kfactory.report.sweep before the jobs run
 JOB_OFFSET_FILE = "job_offset.txt"  # likewise: where this multirun's job numbers start (earlier jobs kept)
+FOLD_KEY = "data.fold"  # what a cross-validation sweep varies; its jobs group by everything else
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+@-]+")  # '/' and anything a shell or Windows would trip on
 
 
@@ -58,6 +59,14 @@ def job_dirname(overrides: Iterable[str], exclude_keys: Iterable[str], sweep_dir
         kept = [o for o in kept if split_override(o)[0] in varied]
     pairs = [(o.partition("=")[0].strip(), _UNSAFE.sub("_", round_float(split_override(o)[1]))) for o in kept]
     return safe_dirname(",".join(f"{k}={v}" for k, v in shorten_values(pairs, MAX_DIRNAME)))
+
+
+def fold_group(overrides: Iterable[str], exclude_keys: Iterable[str], sweep_dir: str | Path) -> str:
+    """A cross-validation group's name: ``cv/`` and the job's name without ``data.fold`` (``cv/model=vgg16``)."""
+    kept = [
+        str(o) for o in overrides if (key := split_override(str(o))[0]) != FOLD_KEY and not key.startswith("hydra.")
+    ]
+    return f"cv/{job_dirname(kept, exclude_keys, str(sweep_dir)) or 'all'}"
 
 
 def round_float(value: str, digits: int = SIGNIFICANT_DIGITS) -> str:

@@ -23,7 +23,7 @@ from kfactory.errors import ConfigError
 JOURNAL_FILE = "optuna.journal"  # the default storage, in the sweep root
 TRIAL_ENV = "KFACTORY_OPTUNA_TRIAL"  # the running job's trial id in the study's storage
 STUDY_ENV = "KFACTORY_OPTUNA_STUDY"  # the study's name
-PRUNED_ATTR = "pruned_epoch"  # trial user attribute a pruned job sets: the epoch it stopped after
+PRUNED_ATTR = "pruned_epoch"  # trial user attribute a pruned job sets: the epoch it stopped after (its step)
 JOB_ATTR = "job"  # trial user attribute the sweeper sets: the job number (its directory's prefix)
 
 # hydra.sweeper.pruner -> optuna.pruners class

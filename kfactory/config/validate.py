@@ -65,7 +65,8 @@ def _validate(cfg: DictConfig) -> None:
         _check_loss(cfg.loss, cfg.model.activation)
         _check_optimizer(cfg.optimizer)
         _check_trainer(cfg.trainer)
-        _check_data(cfg.data)
+        _check_cross_validation(cfg.data, cfg.hparams_search)
+        _check_data(cfg.data, cfg.hparams_search.cv_folds)
         _check_transfer(cfg)
         check_targets(cfg)  # imports the modules of your own parts (see README, "Your own parts")
     else:
@@ -185,13 +186,34 @@ def _check_monitor(trainer: DictConfig) -> None:
     _check_choice("trainer.monitor", trainer.monitor, tuple(accepted))
 
 
-def _check_data(data: DictConfig) -> None:
+def _check_cross_validation(data: DictConfig, search: DictConfig) -> None:
+    """``data.folds``/``data.fold`` (one fold per run) and ``hparams_search.cv_folds`` (all folds in one run)."""
+    if search.cv_folds:
+        if search.cv_folds < 2:
+            raise ConfigError("hparams_search.cv_folds", search.cv_folds, "0 (one run) or an integer >= 2")
+        if data.folds:
+            accepted = "0 with hparams_search.cv_folds, which sets data.folds and data.fold for each fold it trains"
+            raise ConfigError("data.folds", data.folds, accepted)
+    if not data.folds:
+        if data.fold:
+            accepted = "0 without cross-validation; add data.folds=K (K >= 2) to validate on fold data.fold of K"
+            raise ConfigError("data.fold", data.fold, accepted)
+        return
+    if data.folds < 2:
+        raise ConfigError("data.folds", data.folds, "0 (no cross-validation) or an integer >= 2")
+    if not 0 <= data.fold < data.folds:
+        raise ConfigError("data.fold", data.fold, f"an integer from 0 to {data.folds - 1} (data.folds={data.folds})")
+
+
+def _check_data(data: DictConfig, cv_folds: int) -> None:
+    """``cv_folds``: hparams_search.cv_folds, the folds the run deals when data.folds does not."""
+    folds, folds_key = (cv_folds, "hparams_search.cv_folds") if cv_folds else (data.folds, "data.folds")
     _check_choice("data.source", data.source, DATA_SOURCES)
     if data.batch_size < 1:
         raise ConfigError("data.batch_size", data.batch_size, "an integer >= 1")
     for key in ("val_split", "test_split"):
         _check_number(f"data.{key}", data[key], 0, 1, "a fraction in [0, 1)")
-    if data.val_split + data.test_split >= 1:
+    if not folds and data.val_split + data.test_split >= 1:  # with folds, val_split is not used
         total = data.val_split + data.test_split
         raise ConfigError("data.val_split + data.test_split", total, "a sum below 1, to leave training data")
     _check_choice("data.cache", data.cache, CACHE_MODES)
@@ -201,9 +223,11 @@ def _check_data(data: DictConfig) -> None:
     if data.source == "keras":
         _check_choice("data.name", data.name, KERAS_DATASETS)
     elif data.source in ("folder", "csv"):
-        from kfactory.data.sources import describe_source  # lists files only, no TensorFlow
+        from kfactory.data.sources import check_fold_sizes, describe_source  # lists files only, no TensorFlow
 
-        describe_source(data)
+        source = describe_source(data)
+        if folds:
+            check_fold_sizes(source.labels, folds, data.test_split, source.class_names, folds_key)
 
 
 def _check_transfer(cfg: DictConfig) -> None:

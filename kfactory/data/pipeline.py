@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from kfactory.data.augment import build_augmenter
 from kfactory.data.image_check import drop_unreadable, read_image
-from kfactory.data.sources import ImageSource, describe_source, split_indices
+from kfactory.data.sources import ImageSource, describe_source, split_source
 from kfactory.model.build import output_units
 from kfactory.registry import input_size, label_loss, sparse_labels
 
@@ -61,7 +61,7 @@ def make_splits(cfg: DictConfig, run_dir: Path | None = None) -> Splits:
     # With a memory cache, the check's single decode pass also fills the cache.
     decode_size = input_size(cfg.model) if cfg.data.cache == "memory" else None
     source, skipped = drop_unreadable(load_source(cfg.data), cfg.data, run_dir, decode_size)
-    train_idx, val_idx, test_idx = split_indices(source.labels, cfg.data.val_split, cfg.data.test_split, cfg.seed)
+    train_idx, val_idx, test_idx = split_source(source, cfg.data, cfg.seed)
     indices = {"train": train_idx, "val": val_idx, "test": test_idx}
     if source.images is not None:  # one tensor for all splits, and no second copy kept as an array
         source = replace(source, images=tf.convert_to_tensor(source.images))

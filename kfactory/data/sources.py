@@ -6,6 +6,7 @@ bad folder or CSV is refused before any heavy import.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from kfactory.errors import ConfigError
 from kfactory.paths import check_variables, expand_path
 from kfactory.schema import DataConfig
 from kfactory.targets import CUSTOM, build
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -185,17 +188,65 @@ def class_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def split_source(source: ImageSource, data: DictConfig, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) indices: ``data.val_split`` and ``test_split``, or fold ``data.fold`` of ``data.folds``."""
+    if not data.folds:
+        return split_indices(source.labels, data.val_split, data.test_split, seed)
+    log.info("Cross-validation: fold %d of %d validates (data.val_split is not used)", data.fold, data.folds)
+    return fold_indices(source.labels, data.folds, data.fold, data.test_split, seed, source.class_names)
+
+
 def split_indices(
     labels: np.ndarray, val_split: float, test_split: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stratified, seeded (train, val, test) index arrays over ``labels``."""
     rng = np.random.default_rng(seed)
     train, val, test = [], [], []
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
+    for members in shuffled_classes(labels, rng):
         n_test = int(round(len(members) * test_split))
         n_val = int(round(len(members) * val_split))
         test.append(members[:n_test])
         val.append(members[n_test : n_test + n_val])
         train.append(members[n_test + n_val :])
     return tuple(rng.permutation(np.concatenate(part)) for part in (train, val, test))  # type: ignore[return-value]
+
+
+def fold_indices(
+    labels: np.ndarray, folds: int, fold: int, test_split: float, seed: int, class_names: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stratified, seeded (train, val, test) index arrays for fold ``fold`` of ``folds``.
+
+    The test split is the one ``split_indices`` draws with the same seed, whatever
+    the fold; the rest of each class is dealt round the folds (so per class and in
+    all, fold sizes differ by at most one). Fold ``fold`` is the validation split,
+    the others train.
+    """
+    check_fold_sizes(labels, folds, test_split, class_names)
+    rng = np.random.default_rng(seed)
+    train, val, test, dealt = [], [], [], 0
+    for members in shuffled_classes(labels, rng):
+        n_test = int(round(len(members) * test_split))
+        pool = members[n_test:]
+        assigned = (np.arange(len(pool)) + dealt) % folds  # each class starts where the last one stopped
+        dealt += len(pool)
+        test.append(members[:n_test])
+        val.append(pool[assigned == fold])
+        train.append(pool[assigned != fold])
+    return tuple(rng.permutation(np.concatenate(part)) for part in (train, val, test))  # type: ignore[return-value]
+
+
+def check_fold_sizes(
+    labels: np.ndarray, folds: int, test_split: float, class_names: list[str] | None = None, key: str = "data.folds"
+) -> None:
+    """Refuse ``folds`` (set by ``key``) when a class has fewer images than folds once the test split is drawn."""
+    for label, count in zip(*np.unique(labels, return_counts=True), strict=True):
+        pool = int(count) - int(round(int(count) * test_split))
+        if pool < folds:
+            name = class_names[label] if class_names is not None else str(label)
+            accepted = f"at most the images each class has for training and validation (class {name!r} has {pool})"
+            raise ConfigError(key, folds, accepted)
+
+
+def shuffled_classes(labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """Each class's indices in a seeded random order, classes in label order."""
+    return [rng.permutation(np.flatnonzero(labels == label)) for label in np.unique(labels)]

@@ -2,13 +2,17 @@
 
 After the last job, ``summary.csv`` and ``summary.md`` at the sweep root hold one
 row per job (the overrides that differ, status, final metrics, epochs, wall time),
-best first by ``trainer.monitor``. No TensorFlow here: this runs in the launcher.
+best first by ``trainer.monitor``. Jobs that differ only in ``data.fold`` form a
+cross-validation group: a row per group (``data.fold`` reads ``mean``) holds each metric's
+mean and ``<metric>_std`` over its finished folds, before its folds' rows, groups best first
+by their mean. No TensorFlow here: this runs in the launcher.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +20,15 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from kfactory.config.resolvers import (  # registers the resolvers (also in launcher workers)
+    FOLD_KEY,
     JOB_OFFSET_FILE,
     VARIED_KEYS_FILE,
+    fold_group,
     next_job_number,
 )
 from kfactory.overrides import split_override
 from kfactory.registry import monitor_mode
+from kfactory.report.folds import FOLDS_KEY, STD_SUFFIX, fold_means, is_number
 from kfactory.schema import TrainerConfig
 
 ERROR_FILE = "error.txt"  # kfactory.app writes it in a failed job's directory
@@ -30,6 +37,8 @@ SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
 OPTUNA_RESULTS = "optimization_results.yaml"  # the Optuna sweeper's; with several objectives it lists the Pareto front
 STATUS_ORDER = {"ok": 0, "pruned": 1, "failed": 2}  # how the table ranks jobs before their metric
 TOP_ROWS = 10
+GROUP_COLUMN = "cv_group"  # a fold's cross-validation group (kfactory.config.resolvers.fold_group)
+MEAN_ROW = "mean"  # the data.fold cell of a group's row
 
 
 class SweepSummary(Callback):
@@ -48,13 +57,15 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         root = Path(str(config.hydra.sweep.dir))
-        table = summarize_sweep(root)
+        exclude = OmegaConf.select(config, "hydra.job.config.override_dirname.exclude_keys", default=None) or []
+        table = summarize_sweep(root, [str(key) for key in exclude])
         if table.empty:
             return
-        failed = int((table["status"] == "failed").sum())
-        pruned = int((table["status"] == "pruned").sum())
+        jobs = table[table["job"].notna()]  # not the cross-validation groups' rows
+        failed = int((jobs["status"] == "failed").sum())
+        pruned = int((jobs["status"] == "pruned").sum())
         counts = f"{failed} failed" + (f", {pruned} pruned" if pruned else "")
-        print(f"\nSweep summary ({len(table)} jobs, {counts}): {root / SUMMARY_CSV}")
+        print(f"\nSweep summary ({len(jobs)} jobs, {counts}): {root / SUMMARY_CSV}")
         print(table.attrs["shown"].head(TOP_ROWS).to_string(index=False))
         print(f"\nView: tensorboard --logdir {root}\n")
         if failed:
@@ -91,8 +102,12 @@ def varied_keys(config: DictConfig) -> list[str]:
     return list(dict.fromkeys([*keys, *(key for key in params if key not in fixed)]))
 
 
-def summarize_sweep(root: Path):
-    """Read every job under ``root``, write summary.csv and summary.md, return the table."""
+def summarize_sweep(root: Path, exclude_keys: Iterable[str] = ()):
+    """Read every job under ``root``, write summary.csv and summary.md, return the table.
+
+    ``exclude_keys``: hydra.job.config.override_dirname.exclude_keys, for the names of
+    cross-validation groups (as the jobs name their TensorBoard session groups).
+    """
     import pandas as pd  # only at the end of a sweep, not on every start
 
     jobs = sorted(p.parent.parent for p in root.glob("*/.hydra/overrides.yaml"))
@@ -108,12 +123,91 @@ def summarize_sweep(root: Path):
     override_keys = list(dict.fromkeys(key for job in jobs for key, _ in overrides[job]))
     lead = leading_columns(table, override_keys, monitor)
     table = sort_by_monitor(table[lead + [c for c in table.columns if c not in lead]], monitor)
-    table.to_csv(root / SUMMARY_CSV, index=False)
     # The printed and markdown tables leave out what every job shares
     hidden = ["overrides", "dir", *(k for k in override_keys if k not in lead)]
-    table.attrs["shown"] = shown = table.drop(columns=hidden)
-    (root / SUMMARY_MD).write_text(f"# Sweep {root.name}\n\nBest first by `{monitor}`.\n\n{markdown_table(shown)}\n")
+    shown = table.drop(columns=hidden)
+    text = f"Best first by `{monitor}`.\n\n{markdown_table(shown)}"
+    if FOLD_KEY in override_keys:
+        pairs = {job.name: overrides[job] for job in jobs}
+        table, groups = group_folds(table, pairs, override_keys, monitor, exclude_keys, root)
+        shown = mean_cells(groups.drop(columns=["job", FOLD_KEY, *hidden]))
+        text = (
+            f"## Cross-validation\n\nMean ± std over each group's finished folds, best first by `{monitor}`."
+            f"\n\n{markdown_table(shown)}\n\n## Folds\n\n{text}"
+        )
+    table.to_csv(root / SUMMARY_CSV, index=False)
+    table.attrs["shown"] = shown
+    (root / SUMMARY_MD).write_text(f"# Sweep {root.name}\n\n{text}\n")
     return table
+
+
+def group_folds(
+    table,
+    overrides: dict[str, list[tuple[str, str]]],
+    override_keys: list[str],
+    monitor: str,
+    exclude_keys: Iterable[str],
+    root: Path,
+):
+    """(``table`` with each cross-validation group's row before its folds' rows, the groups' rows).
+
+    A group is the jobs whose overrides other than ``data.fold`` are the same; groups
+    rank best first by their mean ``monitor``.
+    """
+    import pandas as pd
+
+    keys = [" ".join(f"{k}={v}" for k, v in overrides[name] if k != FOLD_KEY) for name in table["dir"]]
+    names = [fold_group([f"{k}={v}" for k, v in overrides[name]], exclude_keys, root) for name in table["dir"]]
+    table = table.assign(**{GROUP_COLUMN: names})
+    fixed = {"job", GROUP_COLUMN, "status", "pareto", "overrides", "dir", *override_keys}
+    metrics = [c for c in table.columns if c not in fixed]
+    groups = sort_by_monitor(group_rows(table, keys, override_keys, metrics), monitor)
+    parts = []
+    for index, key in enumerate(groups["overrides"]):
+        members = table[[k == key for k in keys]]
+        parts += [groups.iloc[[index]], members.sort_values(FOLD_KEY, key=lambda s: pd.to_numeric(s, errors="coerce"))]
+    stds = [f"{m}{STD_SUFFIX}" for m in metrics if f"{m}{STD_SUFFIX}" in groups.columns]
+    lead = [c for c in table.columns if c not in ("overrides", "dir", GROUP_COLUMN)]
+    at = lead.index("status") + 1
+    order = ["job", GROUP_COLUMN, *lead[1:at], FOLDS_KEY, *lead[at:], *stds, "overrides", "dir"]
+    combined = pd.concat(parts, ignore_index=True)[order]
+    combined["job"] = combined["job"].astype(object).where(combined["job"].notna(), None)
+    combined[FOLDS_KEY] = combined[FOLDS_KEY].astype("Int64")  # 3, and blank on a fold's row (not 3.0 and NaN)
+    return combined, groups
+
+
+def group_rows(table, keys: list[str], override_keys: list[str], metrics: list[str]):
+    """One row per cross-validation group (``keys``: each job's overrides less ``data.fold``).
+
+    It holds the group's overrides (``data.fold``: mean), its worst status, how many of
+    its folds finished (``folds``), and each metric's mean and ``<metric>_std`` over those.
+    """
+    import pandas as pd
+
+    rows = []
+    for key, members in table.groupby(pd.Series(keys, index=table.index), sort=False):
+        ok = members[members["status"] == "ok"]
+        first = members.iloc[0]
+        row: dict[str, Any] = {"job": None, GROUP_COLUMN: first[GROUP_COLUMN]}
+        row.update({name: first[name] for name in override_keys})
+        row[FOLD_KEY] = MEAN_ROW
+        row["status"] = max(members["status"], key=STATUS_ORDER.get)
+        row[FOLDS_KEY] = len(ok)
+        row.update(fold_means(ok[metrics].to_dict("records")))
+        row.update(overrides=key, dir="")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def mean_cells(groups):
+    """The groups' rows with each metric as ``mean ± std`` text (the std columns folded in)."""
+    stds = [c for c in groups.columns if c.endswith(STD_SUFFIX) and c[: -len(STD_SUFFIX)] in groups.columns]
+    shown = groups.drop(columns=stds)
+    for std in stds:
+        metric = std[: -len(STD_SUFFIX)]
+        cells = zip(groups[metric], groups[std], strict=True)
+        shown[metric] = [f"{m:.4g} ± {s:.2g}" if is_number(m) else "" for m, s in cells]
+    return shown
 
 
 def read_job(job: Path, overrides: list[tuple[str, str]]) -> dict[str, Any]:

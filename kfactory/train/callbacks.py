@@ -220,7 +220,8 @@ def make_callbacks(
             update_freq="epoch",
         ),
         StopOnNaN(),
-        *trial_pruning(cfg.trainer.monitor),  # only in a trial of a pruning Optuna search
+        # only in a trial of a pruning Optuna search; with cv_folds its steps count on across the folds
+        *trial_pruning(cfg.trainer.monitor, cfg.data.fold * cfg.trainer.epochs if cfg.hparams_search.cv_folds else 0),
     ]
     if splits is not None:
         from kfactory.train.tensorboard import ValidationSummaries  # matplotlib, TensorBoard plugins

@@ -1,7 +1,10 @@
 """The HParams dashboard: names, values, metrics and the experiment config, for one run or a whole sweep.
 
 A run writes its hyperparameter values (a session, named after its run
-directory); a sweep writes one experiment config at its root before the jobs
+directory); a fold of a cross-validation puts its session in its group's
+(``cv/...``), so the dashboard shows a group as one row holding the mean of its
+folds' metrics (TensorBoard's default aggregation), with ``data.fold`` left out
+of the hyperparameters. A sweep writes one experiment config at its root before the jobs
 start, with every varied key as a hyperparameter with its domain, marked as
 differing so the dashboard shows it. TensorBoard keeps only one experiment
 config per logdir, so a sweep's jobs do not write their own.
@@ -22,6 +25,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from kfactory.config.resolvers import FOLD_KEY, fold_group
 from kfactory.overrides import split_override
 from kfactory.registry import input_size, metric_log_name
 
@@ -37,6 +41,7 @@ ALIASES = {
     "model.dropout": "dropout",
 }
 NOT_HPARAMS = ("hydra.", "trainer.verbose", "trainer.tensorboard.")  # keys that do not change what a run learns
+AGGREGATED = FOLD_KEY  # a cross-validation group's sessions differ only in it: not a column, averaged over
 
 
 def hparam_name(key: str) -> str:
@@ -68,11 +73,32 @@ def run_hparams(cfg: DictConfig, overrides: Iterable[str]) -> dict[str, bool | f
     }
     for override in overrides:
         key, given = split_override(override)
-        if key.startswith(NOT_HPARAMS) or hparam_name(key) in values:
+        if key.startswith(NOT_HPARAMS) or key == AGGREGATED or hparam_name(key) in values:
             continue
         value = OmegaConf.select(cfg, key, default=given)
         values[key] = hparam_value(given if isinstance(value, (DictConfig, ListConfig)) else value)
     return values
+
+
+def session_group(cfg: DictConfig, run_dir: Path) -> str:
+    """The HParams session group of the run in ``run_dir``: its own name, or its cross-validation group's.
+
+    The folds ``hparams_search.cv_folds`` trains in ``<run>/fold_<i>`` group as ``cv/<run>``; a
+    ``data.fold`` run groups with the runs whose overrides differ only in it (kfactory.config.resolvers.fold_group).
+    """
+    if cfg.hparams_search.cv_folds:
+        return f"cv/{run_dir.parent.name}"
+    if not cfg.data.folds:
+        return run_dir.name
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    exclude, sweep_dir = [], run_dir  # a single run's own directory holds no varied keys: every override names it
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        exclude = list(hydra_cfg.job.config.override_dirname.exclude_keys)
+        sweep_dir = Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else run_dir
+    return fold_group(task_overrides(cfg), exclude, sweep_dir)
 
 
 def task_overrides(cfg: DictConfig) -> list[str]:
@@ -130,7 +156,8 @@ def sweep_experiment(config: DictConfig) -> Any:
     """The sweep's experiment config summary: fixed hyperparameters, then the varied ones with their domains."""
     from tensorboard.plugins.hparams import summary_v2 as hp
 
-    domains = {hparam_name(k): d for k, d in sweep_domains(config).items() if not k.startswith(NOT_HPARAMS)}
+    varied = sweep_domains(config).items()
+    domains = {hparam_name(k): d for k, d in varied if not k.startswith(NOT_HPARAMS) and k != AGGREGATED}
     fixed = ["model", "weights", "optimizer", "learning_rate", "loss", "batch_size", "input_size", "dropout"]
     hparams = [hp.HParam(name, _domain(domains[name])) for name in domains]
     hparams += [hp.HParam(name) for name in fixed if name not in domains]

@@ -23,7 +23,7 @@ from tensorboard.plugins.hparams import api as hp
 from tensorboard.plugins.pr_curve import summary as pr_summary
 
 from kfactory.model.build import to_probabilities
-from kfactory.train.hparams import hparam_metrics, run_hparams, task_overrides
+from kfactory.train.hparams import hparam_metrics, run_hparams, session_group, task_overrides
 
 MAX_TEXT_CLASSES = 50  # the confusion matrix is also logged as a text table up to this many classes
 
@@ -44,7 +44,7 @@ class ValidationSummaries(keras.callbacks.Callback):
         self.settings = cfg.trainer.tensorboard
         self.activation = cfg.model.activation
         self.hparams = run_hparams(cfg, task_overrides(cfg)) if self.settings.hparams else None
-        self.session = self.log_dir.parent.name  # the run directory: HParams names the session after it
+        self.group = session_group(cfg, self.log_dir.parent)  # the run directory's name, or its fold group's
         self.writer: Any = None
 
     def on_train_begin(self, logs: dict | None = None) -> None:
@@ -52,7 +52,7 @@ class ValidationSummaries(keras.callbacks.Callback):
             self.writer = tf.summary.create_file_writer(str(self.log_dir))
             if self.hparams is not None:
                 with self.writer.as_default():
-                    hp.hparams(self.hparams, trial_id=self.session)
+                    hp.hparams(self.hparams, trial_id=self.group)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         freq = self.settings.summary_freq

@@ -1,0 +1,45 @@
+"""Pruning reports: a trial's epochs as Optuna steps, counted on across the folds of a cv_folds trial."""
+
+from __future__ import annotations
+
+import types
+
+from kfactory.config.search import PRUNED_ATTR
+from kfactory.train.pruning import TrialPruning, pruned_epoch
+
+
+class FakeTrial:
+    """Records what the callback reports; says prune once a report reaches ``prune_at``."""
+
+    def __init__(self, prune_at: int) -> None:
+        self.prune_at, self.reports, self.attrs = prune_at, [], {}
+
+    def report(self, value: float, step: int) -> None:
+        self.reports.append((step, value))
+
+    def should_prune(self) -> bool:
+        return self.reports[-1][0] >= self.prune_at
+
+    def set_user_attr(self, key: str, value: int) -> None:
+        self.attrs[key] = value
+
+
+def test_a_folds_epochs_are_reported_after_the_earlier_folds_steps():
+    trial = FakeTrial(prune_at=7)
+    callback = TrialPruning(trial, "val_loss", first_step=5)  # fold 1 of a trial whose runs train 5 epochs
+    callback.set_model(types.SimpleNamespace(stop_training=False))
+    callback.on_epoch_end(0, {"val_loss": 0.9})
+    assert not callback.model.stop_training
+    callback.on_epoch_end(1, {"val_loss": 0.8})
+    assert trial.reports == [(6, 0.9), (7, 0.8)]
+    assert callback.model.stop_training and pruned_epoch([callback]) == 2  # the fold's own epoch, in metrics.json
+    assert trial.attrs == {PRUNED_ATTR: 7}  # the step the pruner judged
+
+
+def test_a_plain_trial_reports_its_epochs_as_steps():
+    trial = FakeTrial(prune_at=99)
+    callback = TrialPruning(trial, "val_loss")
+    callback.set_model(types.SimpleNamespace(stop_training=False))
+    callback.on_epoch_end(0, {"val_loss": 0.5})
+    callback.on_epoch_end(1, {"val_loss": float("nan")})  # a diverged epoch is not reported
+    assert trial.reports == [(1, 0.5)] and pruned_epoch([callback]) is None
