@@ -50,7 +50,8 @@ def written(tmp_path_factory) -> tuple[Path, np.ndarray]:
     model.compile(optimizer="adam", loss="categorical_crossentropy")
     log_dir = tmp / "tensorboard"
     extras = ValidationSummaries(log_dir, val, CLASSES, cfg)
-    model.fit(images, one_hot, epochs=2, batch_size=16, verbose=0, callbacks=[extras])
+    model.fit(images, one_hot, validation_data=val, epochs=2, batch_size=16, verbose=0, callbacks=[extras])
+    assert extras.tap is not None and extras.tap.read() is not None  # drawn from fit's own validation outputs
     write_final_summaries(cfg, log_dir, {"val_accuracy": 0.5, "test_accuracy": 0.25, "epochs_run": 2})
     return log_dir, labels
 
@@ -184,3 +185,29 @@ def test_weight_histograms_match_tensorflows_and_cover_every_weight(tmp_path):
     kernel = tensors(events, f"{model.layers[0].kernel.path}/histogram")
     assert [step for step, _ in kernel] == [1, 2]  # epochs counted from 1
     np.testing.assert_allclose(kernel[-1][1], histogram_buckets(model.layers[0].kernel.numpy()), rtol=1e-6)
+
+
+def test_summaries_use_the_outputs_fit_validated_with_and_predict_when_there_are_none(tmp_path):
+    from kfactory.train.tensorboard import collect_predictions
+
+    cfg = compose_config([*TINY, "trainer.tensorboard.max_samples=20"], run_dir=tmp_path)
+    rng = np.random.default_rng(3)
+    images = rng.uniform(0, 255, (VAL_SIZE, 8, 8, 3)).astype(np.float32)
+    labels = np.arange(VAL_SIZE) % len(CLASSES)
+    val = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)  # sparse labels this time
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(3, "softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    extras = ValidationSummaries(tmp_path / "tensorboard", val, CLASSES, cfg)
+    model.fit(images, labels, validation_data=val, epochs=1, batch_size=16, verbose=0, callbacks=[extras])
+    recorded_labels, outputs = extras.tap.read()
+    assert decode_labels(recorded_labels).tolist() == labels[:20].tolist()  # the first max_samples, in order
+    np.testing.assert_allclose(outputs, model.predict(val, verbose=0)[:20], rtol=1e-5, atol=1e-6)
+    kept, predicted_labels, probs = collect_predictions(model, val, 20, "softmax", keep_images=True)
+    assert predicted_labels.tolist() == labels[:20].tolist() and kept.shape == (20, 8, 8, 3)
+    np.testing.assert_allclose(probs, outputs, rtol=1e-5, atol=1e-6)
+    model.evaluate(val, verbose=0)  # a later evaluate without the callback: training's weights unchanged
+    extras.tap.reset()
+    assert extras.tap.read() is None
+    path = tmp_path / "model.keras"
+    model.save(path)  # the wrapped test step is not part of the model
+    assert keras.models.load_model(path).predict(images[:2], verbose=0).shape == (2, 3)

@@ -1,7 +1,7 @@
 """TensorBoard beyond scalars: PR curves, confusion matrix, image grid and HParams.
 
-Everything is written at epoch end from one extra pass over (at most
-``trainer.tensorboard.max_samples`` of) the validation split, into the run's
+Everything is written at epoch end from the outputs fit's own validation pass
+computed (at most ``trainer.tensorboard.max_samples`` of them), into the run's
 ``tensorboard/`` directory itself, next to the ``train/`` and ``validation/``
 runs the Keras callback writes; nothing runs per training batch.
 """
@@ -46,6 +46,16 @@ class ValidationSummaries(keras.callbacks.Callback):
         self.hparams = run_hparams(cfg, task_overrides(cfg)) if self.settings.hparams else None
         self.group = session_group(cfg, self.log_dir.parent)  # the run directory's name, or its fold group's
         self.writer: Any = None
+        self.tap: ValidationOutputs | None = None
+
+    def set_model(self, model: keras.Model) -> None:
+        super().set_model(model)
+        if self.val_data is not None and self.settings.summary_freq:
+            self.tap = ValidationOutputs.attach(model, self.settings.max_samples)
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        if self.tap is not None:
+            self.tap.reset()
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         if self.writer is None:  # fine-tuning phases call fit (and this) again
@@ -60,9 +70,14 @@ class ValidationSummaries(keras.callbacks.Callback):
         if self.val_data is None or not freq or ((epoch + 1) % freq and not last):
             return
         wants_images = self.settings.images > 0
-        images, labels, probs = collect_predictions(
-            self.model, self.val_data, self.settings.max_samples, self.activation, wants_images
-        )
+        recorded = self.tap.read() if self.tap is not None else None
+        if recorded is None:  # a model whose own test_step does not report its outputs
+            images, labels, probs = collect_predictions(
+                self.model, self.val_data, self.settings.max_samples, self.activation, wants_images
+            )
+        else:
+            labels, probs = decode_labels(recorded[0]), to_probabilities(recorded[1], self.activation)
+            images = None
         if not np.isfinite(probs).all():  # a diverged model (NaN loss): nothing to draw, and no curve to skew
             return
         step = epoch + 1  # epochs count from 1 in every file a run writes
@@ -72,12 +87,95 @@ class ValidationSummaries(keras.callbacks.Callback):
             if self.settings.confusion_matrix:
                 write_confusion_matrix(labels, probs.argmax(axis=1), self.class_names, step)
             if wants_images:
-                write_image_grid(images, labels, probs.argmax(axis=1), self.class_names, self.settings.images, step)
+                predicted = probs.argmax(axis=1)
+                order = grid_order(labels, predicted, self.settings.images)
+                shown = images[order] if images is not None else take_images(self.val_data, order)
+                write_image_grid(shown, labels[order], predicted[order], self.class_names, step)
         self.writer.flush()
 
     def on_train_end(self, logs: dict | None = None) -> None:
         if self.writer is not None:
             self.writer.flush()
+
+
+class ValidationOutputs:
+    """The labels and outputs of fit's validation pass, kept as it computes them (no second pass).
+
+    Wraps the model's ``compute_metrics`` (called by ``test_step`` with every
+    batch's labels and outputs) so that, while the test step is traced, it also
+    writes the first ``capacity`` rows into variables; the training step is
+    traced without it. Nothing is saved with the model: the wrappers are
+    instance attributes, not layers or weights. Under a distribution strategy
+    (replicas would write the same rows) nothing is attached.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.count = tf.Variable(0, dtype=tf.int32, trainable=False)
+        self.labels: tf.Variable | None = None
+        self.outputs: tf.Variable | None = None
+        self.tracing_test = False
+
+    @classmethod
+    def attach(cls, model: keras.Model, capacity: int) -> ValidationOutputs | None:
+        if model.distribute_strategy.num_replicas_in_sync > 1:
+            return None
+        tap = cls(capacity)
+        test_step, compute_metrics = model.test_step, model.compute_metrics
+
+        def tapped_test_step(data: Any) -> Any:
+            tap.tracing_test = True
+            try:
+                return test_step(data)
+            finally:
+                tap.tracing_test = False
+
+        def tapped_compute_metrics(x: Any, y: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+            if tap.tracing_test and tf.is_tensor(y) and tf.is_tensor(y_pred):
+                tap.record(y, y_pred)
+            return compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+        object.__setattr__(model, "test_step", tapped_test_step)  # untracked by Keras, never saved
+        object.__setattr__(model, "compute_metrics", tapped_compute_metrics)
+        return tap
+
+    def record(self, y: tf.Tensor, y_pred: tf.Tensor) -> None:
+        """Write a batch's rows after those already kept; rows past ``capacity`` go to a spare last row."""
+        rows = tf.shape(y_pred)[0]
+        y = tf.reshape(tf.cast(y, tf.float32), (-1, math.prod(y.shape[1:])))  # sparse labels: one column
+        y_pred = tf.reshape(tf.cast(y_pred, tf.float32), (-1, math.prod(y_pred.shape[1:])))
+        if self.outputs is None:  # created on the first trace, outside it, at the batch's widths
+            with tf.init_scope():
+                self.labels = tf.Variable(tf.zeros((self.capacity + 1, y.shape[1])), trainable=False)
+                self.outputs = tf.Variable(tf.zeros((self.capacity + 1, y_pred.shape[1])), trainable=False)
+        index = tf.minimum(self.count + tf.range(rows), self.capacity)[:, None]
+        self.labels.scatter_nd_update(index, y)
+        self.outputs.scatter_nd_update(index, y_pred)
+        self.count.assign_add(rows)
+
+    def reset(self) -> None:
+        self.count.assign(0)
+
+    def read(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(labels, outputs) of the last validation pass, or None if none was recorded."""
+        kept = min(int(self.count.numpy()), self.capacity)
+        if self.outputs is None or kept == 0:
+            return None
+        return self.labels[:kept].numpy(), self.outputs[:kept].numpy().astype(np.float64)
+
+
+def take_images(dataset: tf.data.Dataset, indices: np.ndarray) -> np.ndarray:
+    """The validation images at ``indices`` (in data order, as fit saw them), as uint8."""
+    wanted, found, seen = set(indices.tolist()), {}, 0
+    for x, _ in dataset:
+        batch = np.asarray(x)
+        for offset in range(len(batch)):
+            if seen + offset in wanted:
+                found[seen + offset] = np.clip(batch[offset], 0, 255).astype(np.uint8)
+        seen += len(batch)
+        if len(found) == len(wanted):
+            break
+    return np.stack([found[i] for i in indices.tolist()])
 
 
 def collect_predictions(
@@ -178,19 +276,18 @@ def confusion_figure(counts: np.ndarray, class_names: list[str]) -> bytes:
 
 
 def write_image_grid(
-    images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, class_names: list[str], count: int, step: int
+    images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, class_names: list[str], step: int
 ) -> None:
-    """A grid of validation images titled true/predicted, misclassified (red) first."""
-    order = grid_order(labels, predicted, count)
-    cols = math.ceil(math.sqrt(len(order)))
-    rows = math.ceil(len(order) / cols)
+    """A grid of validation images titled true/predicted, misclassified (red) first: ``images`` in grid order."""
+    cols = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
     figure = Figure(figsize=(2 * cols, 2.2 * rows), dpi=80)
-    for slot, index in enumerate(order):
+    for slot, image in enumerate(images):
         axes = figure.add_subplot(rows, cols, slot + 1)
-        axes.imshow(images[index])
+        axes.imshow(image)
         axes.axis("off")
-        wrong = labels[index] != predicted[index]
-        title = f"true {class_names[labels[index]]}\npred {class_names[predicted[index]]}"
+        wrong = labels[slot] != predicted[slot]
+        title = f"true {class_names[labels[slot]]}\npred {class_names[predicted[slot]]}"
         axes.set_title(title, fontsize=8, color="red" if wrong else "black")
     figure.tight_layout()
     tf.summary.image("validation_images", png_to_batch(figure_png(figure)), step=step)
