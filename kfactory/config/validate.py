@@ -8,7 +8,6 @@ and what is accepted, so a typo costs a second, not a run.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -39,8 +38,6 @@ from kfactory.train.hparams import task_overrides
 if TYPE_CHECKING:
     from kfactory.data.sources import ImageSource
 
-log = logging.getLogger(__name__)
-
 TASKS = ("train", "eval", "predict", "export")
 CACHE_MODES = ("memory", "disk", "none")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -48,8 +45,6 @@ DATA_SOURCES = ("digits", "folder", "csv", "keras", CUSTOM)
 EXPORT_FORMATS = ("keras", "saved_model", "tflite")
 KERAS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 
-
-MULTILABEL_ACTIVATIONS = ("sigmoid", "linear")
 
 PATH_KEYS = ("model.weights", "data.path", "data.csv", "ckpt_path", "predict.input")
 WEIGHTS_SUFFIXES = (".h5", ".hdf5", ".keras")  # what keras.Model.load_weights reads
@@ -235,9 +230,7 @@ def settle_label_task(cfg: DictConfig) -> ImageSource | None:
         from kfactory.data.sources import describe_source  # lists files only, no TensorFlow
 
         source = describe_source(data)
-        data.task = "multilabel" if is_multilabel(source.labels) else "multiclass"
-        why = "holds" if data.task == "multilabel" else "never holds"
-        log.info("data.task=auto: %s (a %s entry %s '%s')", data.task, data.label_column, why, data.label_separator)
+        data.task = "multilabel" if is_multilabel(source.labels) else "multiclass"  # the training run logs it
     if data.task == "multilabel":
         _fit_multilabel_head(cfg)
     return source
@@ -248,7 +241,6 @@ def _fit_multilabel_head(cfg: DictConfig) -> None:
     model, loss, chosen = cfg.model, cfg.loss, {split_override(o)[0] for o in task_overrides(cfg)}
     if loss.name == "categorical_crossentropy" and not chosen & {"loss", "loss.name"}:
         loss.name = "binary_crossentropy"
-        log.info("data.task=multilabel: loss=binary_crossentropy, the default for label sets")
     elif loss.name == CUSTOM and loss.labels != "one_hot":
         accepted = "one_hot with data.task=multilabel: your loss gets multi-hot float labels"
         raise ConfigError("loss.labels", loss.labels, accepted)
@@ -257,9 +249,8 @@ def _fit_multilabel_head(cfg: DictConfig) -> None:
         raise ConfigError("loss.name", loss.name, accepted)
     if model.activation == "softmax" and "model.activation" not in chosen:
         model.activation = "sigmoid"
-        log.info("data.task=multilabel: model.activation=sigmoid, one unit per class")
-    elif model.activation not in MULTILABEL_ACTIVATIONS:
-        accepted = "sigmoid (or linear for logits) with data.task=multilabel: each class is a yes or no of its own"
+    elif model.activation != "sigmoid":
+        accepted = "sigmoid with data.task=multilabel: each class is a yes or no of its own"
         raise ConfigError("model.activation", model.activation, accepted)
     if "top_k" in cfg.trainer.metrics:
         raise ConfigError("trainer.metrics", "top_k", "metrics without top_k with data.task=multilabel")
