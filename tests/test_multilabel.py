@@ -109,3 +109,36 @@ def test_exact_match_and_average_precision_by_hand():
     truth = np.array([[1, 0], [1, 0], [0, 0], [0, 0]], "float32")
     probs = np.array([[0.9, 0.1], [0.35, 0.1], [0.2, 0.1], [0.1, 0.1]])
     assert tune_thresholds(truth, probs).tolist() == [0.25, 0.5]  # class 2 has no positive: 0.5 stays
+
+
+def test_saved_model_gives_the_labels_above_their_thresholds(multilabel_run, tmp_path):
+    import keras
+    import tensorflow as tf
+    from PIL import Image
+
+    from kfactory.config.validate import validate
+    from kfactory.use.export import export
+    from kfactory.use.predict import predict
+
+    run_dir, csv = multilabel_run
+    for fmt in ("saved_model", "tflite"):
+        export(validate(compose_config(["task=export", f"ckpt_path={run_dir}", f"export.format={fmt}"])), tmp_path)
+    files = sorted((csv.parent / "digits").glob("*.png"))[:20]
+    pixels = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    served = tf.saved_model.load(str(tmp_path / "saved_model" / "1")).signatures["serving_pixels"]
+    out = served(pixels=tf.constant(pixels, tf.uint8))
+    expected = keras.models.load_model(run_dir / "model.keras").predict(pixels.astype("float32"), verbose=0)
+    np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
+    thresholds = read_metadata(run_dir / "model.keras")["thresholds"]
+    above = expected >= np.array([thresholds[n] for n in CLASSES])
+    assert out["labels"].numpy().tolist() == [[n.encode() if a else b"" for n, a in zip(CLASSES, row)] for row in above]
+    lite = json.loads((tmp_path / "model.tflite.json").read_text())
+    assert lite["thresholds"] == thresholds and lite["class_names"] == CLASSES
+    assert "(threshold " in (tmp_path / "model_card.md").read_text()
+    # task=predict reads the SavedModel's stored thresholds as it reads model.keras's
+    predict(compose_config(["task=predict", f"ckpt_path={tmp_path / 'saved_model'}", f"predict.input={csv}"]), tmp_path)
+    served_table = pd.read_csv(tmp_path / "predictions.csv", keep_default_na=False)
+    (tmp_path / "k").mkdir()
+    predict(compose_config(["task=predict", f"ckpt_path={run_dir}", f"predict.input={csv}"]), tmp_path / "k")
+    keras_table = pd.read_csv(tmp_path / "k" / "predictions.csv", keep_default_na=False)
+    assert (served_table["labels"] == keras_table["labels"]).all()
