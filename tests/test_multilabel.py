@@ -142,3 +142,16 @@ def test_saved_model_gives_the_labels_above_their_thresholds(multilabel_run, tmp
     predict(compose_config(["task=predict", f"ckpt_path={run_dir}", f"predict.input={csv}"]), tmp_path / "k")
     keras_table = pd.read_csv(tmp_path / "k" / "predictions.csv", keep_default_na=False)
     assert (served_table["labels"] == keras_table["labels"]).all()
+
+
+def test_tensorboard_has_pr_curves_a_class_table_and_label_set_captions(multilabel_run):
+    from tests.test_tensorboard import read_events, tensors
+
+    events = read_events(multilabel_run[0] / "tensorboard")
+    tags = set(events.Tags()["tensors"])
+    assert {f"pr_curve/{n}/pr_curves" for n in [*CLASSES, "micro_average"]} <= tags
+    positives = tensors(events, "pr_curve/ge5/pr_curves")[-1][1][[0, 3], 0].sum()  # TP + FN at threshold 0
+    assert 0 < positives < tensors(events, "pr_curve/micro_average/pr_curves")[-1][1][[0, 3], 0].sum()
+    assert "confusion_matrix" not in tags and "validation_images" in tags
+    table = tensors(events, "class_scores")[-1][1].item().decode()
+    assert table.startswith("| class | support | F1 at 0.5 | AP |") and all(f"| {n} |" in table for n in CLASSES)

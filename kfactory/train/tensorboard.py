@@ -9,6 +9,7 @@ runs the Keras callback writes; nothing runs per training batch.
 from __future__ import annotations
 
 import io
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from tensorboard.plugins.pr_curve import summary as pr_summary
 
 from kfactory.model.build import to_probabilities
 from kfactory.train.hparams import hparam_metrics, run_hparams, task_overrides
+from kfactory.train.multilabel import class_scores
+
+log = logging.getLogger(__name__)
 
 MAX_TEXT_CLASSES = 50  # the confusion matrix is also logged as a text table up to this many classes
 
@@ -43,6 +47,9 @@ class ValidationSummaries(keras.callbacks.Callback):
         self.log_dir, self.val_data, self.class_names = Path(log_dir), val_data, list(class_names)
         self.settings = cfg.trainer.tensorboard
         self.activation = cfg.model.activation
+        self.multilabel = cfg.data.task == "multilabel"
+        if self.multilabel and self.settings.confusion_matrix:
+            log.info("TensorBoard: no confusion matrix for label sets; a per-class F1 and AP table instead")
         self.hparams = run_hparams(cfg, task_overrides(cfg)) if self.settings.hparams else None
         self.session = self.log_dir.parent.name  # the run directory: HParams names the session after it
         self.writer: Any = None
@@ -61,7 +68,7 @@ class ValidationSummaries(keras.callbacks.Callback):
             return
         wants_images = self.settings.images > 0
         images, labels, probs = collect_predictions(
-            self.model, self.val_data, self.settings.max_samples, self.activation, wants_images
+            self.model, self.val_data, self.settings.max_samples, self.activation, wants_images, self.multilabel
         )
         if not np.isfinite(probs).all():  # a diverged model (NaN loss): nothing to draw, and no curve to skew
             return
@@ -69,9 +76,11 @@ class ValidationSummaries(keras.callbacks.Callback):
         with self.writer.as_default(step=step):
             if self.settings.pr_curves:
                 write_pr_curves(labels, probs, self.class_names, self.settings.pr_thresholds, step)
-            if self.settings.confusion_matrix:
+            if self.multilabel:
+                write_label_set_summaries(images, labels, probs, self.class_names, self.settings.images, step)
+            elif self.settings.confusion_matrix:
                 write_confusion_matrix(labels, probs.argmax(axis=1), self.class_names, step)
-            if wants_images:
+            if wants_images and not self.multilabel:
                 write_image_grid(images, labels, probs.argmax(axis=1), self.class_names, self.settings.images, step)
         self.writer.flush()
 
@@ -81,21 +90,26 @@ class ValidationSummaries(keras.callbacks.Callback):
 
 
 def collect_predictions(
-    model: keras.Model, dataset: tf.data.Dataset, max_samples: int, activation: str, keep_images: bool
+    model: keras.Model,
+    dataset: tf.data.Dataset,
+    max_samples: int,
+    activation: str,
+    keep_images: bool,
+    multilabel: bool = False,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """Up to ``max_samples`` validation (uint8 images, int labels, class probabilities)."""
+    """Up to ``max_samples`` validation (uint8 images, int labels or multi-hot rows, class probabilities)."""
     images, labels, outputs, seen = [], [], [], 0
     for x, y in dataset:
         # model(x), not predict_on_batch: under MirroredStrategy Keras 3's predict_on_batch
         # returns a row per input per replica (16 rows for 8 images on 2 replicas)
         outputs.append(np.asarray(model(x, training=False), dtype=np.float64))
-        labels.append(decode_labels(np.asarray(y)))
+        labels.append(np.asarray(y) if multilabel else decode_labels(np.asarray(y)))
         if keep_images:
             images.append(np.clip(np.asarray(x), 0, 255).astype(np.uint8))
         seen += len(labels[-1])
         if seen >= max_samples:
             break
-    probs = to_probabilities(np.concatenate(outputs)[:max_samples], activation)
+    probs = to_probabilities(np.concatenate(outputs)[:max_samples], activation, multilabel)
     kept = np.concatenate(images)[:max_samples] if keep_images else None
     return kept, np.concatenate(labels)[:max_samples], probs
 
@@ -108,8 +122,9 @@ def decode_labels(y: np.ndarray) -> np.ndarray:
 
 
 def write_pr_curves(labels: np.ndarray, probs: np.ndarray, class_names: list[str], thresholds: int, step: int) -> None:
-    """One PR curve per class (one-vs-rest) and a micro-averaged one, under ``pr_curve/``."""
-    one_hot = np.eye(len(class_names), dtype=bool)[labels]
+    """One PR curve per class (one-vs-rest) and a micro-averaged one, under ``pr_curve/``; labels: indices
+    or multi-hot rows."""
+    one_hot = labels > 0.5 if labels.ndim == 2 else np.eye(len(class_names), dtype=bool)[labels]
     curves = {name: (one_hot[:, i], probs[:, i]) for i, name in enumerate(class_names)}
     curves["micro_average"] = (one_hot.reshape(-1), probs.reshape(-1))
     for name, (truth, scores) in curves.items():
@@ -189,6 +204,38 @@ def write_image_grid(
         wrong = labels[index] != predicted[index]
         title = f"true {class_names[labels[index]]}\npred {class_names[predicted[index]]}"
         axes.set_title(title, fontsize=8, color="red" if wrong else "black")
+    figure.tight_layout()
+    tf.summary.image("validation_images", png_to_batch(figure_png(figure)), step=step)
+
+
+def write_label_set_summaries(
+    images: np.ndarray | None, truth: np.ndarray, probs: np.ndarray, class_names: list[str], count: int, step: int
+) -> None:
+    """Label sets at threshold 0.5: a per-class F1 and AP table (Text) and an image grid of true/predicted sets."""
+    half = np.full(len(class_names), 0.5)
+    scores = class_scores(truth, probs, half)
+    rows = [
+        f"| {name} | {int(support)} | {f1:.3f} | {ap:.3f} |"
+        for name, support, f1, ap in zip(class_names, scores["support"], scores["f1"], scores["ap"], strict=True)
+    ]
+    table = "\n".join(["| class | support | F1 at 0.5 | AP |", "|---|---|---|---|", *rows])
+    tf.summary.text("class_scores", table, step=step)
+    if images is None or not count:
+        return
+    true_sets, predicted_sets = truth > 0.5, probs >= half
+    wrong = np.any(true_sets != predicted_sets, axis=1)
+    order = np.argsort(~wrong, kind="stable")[:count]  # wrong sets first
+    cols = math.ceil(math.sqrt(len(order)))
+    figure = Figure(figsize=(2 * cols, 2.2 * math.ceil(len(order) / cols)), dpi=80)
+    for slot, index in enumerate(order):
+        axes = figure.add_subplot(math.ceil(len(order) / cols), cols, slot + 1)
+        axes.imshow(images[index])
+        axes.axis("off")
+        shown = [
+            ";".join(n for n, on in zip(class_names, row, strict=True) if on) or "-"
+            for row in (true_sets[index], predicted_sets[index])
+        ]
+        axes.set_title(f"true {shown[0]}\npred {shown[1]}", fontsize=8, color="red" if wrong[index] else "black")
     figure.tight_layout()
     tf.summary.image("validation_images", png_to_batch(figure_png(figure)), step=step)
 
