@@ -155,3 +155,16 @@ def test_tensorboard_has_pr_curves_a_class_table_and_label_set_captions(multilab
     assert "confusion_matrix" not in tags and "validation_images" in tags
     table = tensors(events, "class_scores")[-1][1].item().decode()
     assert table.startswith("| class | support | F1 at 0.5 | AP |") and all(f"| {n} |" in table for n in CLASSES)
+
+
+def test_eval_scores_label_sets_at_the_stored_thresholds(multilabel_run, tmp_path):
+    from kfactory.use.evaluate import evaluate
+
+    run_dir, _ = multilabel_run
+    evaluate(compose_config(["task=eval", f"ckpt_path={run_dir}"]), tmp_path)
+    values = json.loads((tmp_path / "eval_metrics.json").read_text())
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    assert values["test_f1_macro"] == pytest.approx(trained["test_f1_macro"], abs=1e-5)  # the same split, model
+    report = pd.read_csv(tmp_path / "class_report.csv", index_col="class")
+    assert list(report.index) == [*CLASSES, "macro avg"]
+    assert report.loc["macro avg", "f1"] == pytest.approx(trained["test_f1_macro_tuned"], abs=1e-6)
