@@ -131,7 +131,8 @@ def test_saved_model_gives_the_labels_above_their_thresholds(multilabel_run, tmp
     np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
     thresholds = read_metadata(run_dir / "model.keras")["thresholds"]
     above = expected >= np.array([thresholds[n] for n in CLASSES])
-    assert out["labels"].numpy().tolist() == [[n.encode() if a else b"" for n, a in zip(CLASSES, row)] for row in above]
+    wanted = [[name.encode() if on else b"" for name, on in zip(CLASSES, row, strict=True)] for row in above]
+    assert out["labels"].numpy().tolist() == wanted
     lite = json.loads((tmp_path / "model.tflite.json").read_text())
     assert lite["thresholds"] == thresholds and lite["class_names"] == CLASSES
     assert "(threshold " in (tmp_path / "model_card.md").read_text()
