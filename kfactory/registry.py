@@ -136,6 +136,10 @@ PROBABILITY_ACTIVATIONS = frozenset({"softmax", "sigmoid"})
 
 # trainer.metrics names -> how train.py builds them.
 METRICS = ("accuracy", "top_k", "precision", "recall", "auc", "f1")
+# Logged by every data.task=multilabel run besides trainer.metrics (kfactory.train.multilabel builds them).
+MULTILABEL_METRICS = ("f1_macro", "f1_micro", "pr_auc", "roc_auc", "exact_match")
+# Losses that score each class on its own, as label sets need.
+MULTILABEL_LOSSES = ("binary_crossentropy", "binary_focal_crossentropy")
 
 
 def label_loss(loss: Any) -> str:

@@ -169,6 +169,8 @@ class DataConfig:
     csv: Optional[str] = None  # csv: the labels file
     path_column: str = "path"
     label_column: str = "label"
+    task: str = "auto"  # csv: auto (multilabel if any label entry holds label_separator) | multiclass | multilabel
+    label_separator: str = ";"  # csv, multilabel: between an image's labels, e.g. cat;outdoor
     name: Optional[str] = None  # keras: mnist | fashion_mnist | cifar10 | cifar100
     batch_size: int = 32  # the global batch
     val_split: float = 0.1  # not used with folds: there fold ``fold`` is the validation split

@@ -107,3 +107,25 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     images = write_images(root / "images")
     train_tiny_model(root / "run", images)
     return root / "run", images
+
+
+def write_multilabel_digits(root: Path, count: int = 300, size: int = 32) -> Path:
+    """scikit-learn's digits as PNGs at ``size`` px in a CSV of label sets: even or odd, plus ge5 from 5 up.
+
+    Returns the CSV (``path,label``, labels separated by ``;``, e.g. ``odd;ge5``).
+    """
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    folder = root / "digits"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = ["path,label"]
+    for i in range(count):
+        pixels = np.round(digits.images[i] * (255.0 / 16.0)).astype(np.uint8)
+        Image.fromarray(pixels).resize((size, size), Image.NEAREST).save(folder / f"{i:04d}.png")
+        digit = int(digits.target[i])
+        labels = ["even" if digit % 2 == 0 else "odd"] + (["ge5"] if digit >= 5 else [])
+        rows.append(f"digits/{i:04d}.png,{';'.join(labels)}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root / "labels.csv"

@@ -22,6 +22,10 @@ def bad_inputs(tmp_path: Path) -> Path:
     (tmp_path / "no_columns.csv").write_text("file,y\nimages/cats/cats_0.png,cats\n")
     rows = "".join(f"missing_{i}.png,cats\n" for i in range(5))
     (tmp_path / "missing.csv").write_text("path,label\nimages/cats/cats_0.png,cats\n" + rows)
+    sets = "".join(
+        f"images/{c}/{c}_{i}.png,{label}\n" for c in ("cats", "dogs") for i, label in enumerate(["cats;dogs", c])
+    )
+    (tmp_path / "sets.csv").write_text("path,label\n" + sets)
     (tmp_path / "weights.txt").write_text("not weights\n")
     with zipfile.ZipFile(tmp_path / "not_a_model.keras", "w") as archive:
         archive.writestr("hello.txt", "a zip, but no Keras model inside")
@@ -71,6 +75,16 @@ REFUSALS = [
     (["hparams_search.cv_folds=1"], "hparams_search.cv_folds"),
     (["hparams_search.cv_folds=3", "data.folds=3"], "data.folds"),
     (["data=folder", "data.path={tmp}/images", "hparams_search.cv_folds=4"], "hparams_search.cv_folds"),
+    (["data.task=both"], "data.task"),
+    (["data.task=multilabel"], "data.task"),  # digits: one class per image
+    (["trainer.monitor=val_f1_macro"], "trainer.monitor"),  # a multi-label metric, on digits
+    (["data=csv", "data.csv={tmp}/sets.csv", "loss=sparse_categorical_crossentropy"], "loss.name"),
+    (["data=csv", "data.csv={tmp}/sets.csv", "loss=categorical_focal_crossentropy"], "loss.name"),
+    (["data=csv", "data.csv={tmp}/sets.csv", "loss=binary_crossentropy", "model.activation=relu"], "model.activation"),
+    (["data=csv", "data.csv={tmp}/sets.csv", "data.class_weight=balanced"], "data.class_weight"),
+    (["data=csv", "data.csv={tmp}/sets.csv", "trainer.metrics=[accuracy,top_k]"], "trainer.metrics"),
+    (["data=csv", "data.csv={tmp}/sets.csv", "loss=custom", "loss._target_=x.y", "loss.labels=sparse"], "loss.labels"),
+    (["data=csv", "data.csv={tmp}/sets.csv", "data.folds=3"], "data.folds"),  # label sets: no folds
     (["resume=maybe"], "resume"),
     (["unsafe_load=1"], "unsafe_load"),
 ]
@@ -108,3 +122,26 @@ def test_paths_expand_home_and_environment_variables(cfg_factory, bad_inputs, mo
     validate(cfg_factory(["data=folder", "data.path='~/images'"]))
     validate(cfg_factory(["data=folder", "data.path='$KF_DATA/images'"]))
     validate(cfg_factory(["data=folder", "data.path=${oc.env:KF_DATA}/images"]))
+
+
+def test_label_sets_get_sigmoid_units_and_binary_crossentropy_unless_chosen_otherwise(cfg_factory, bad_inputs):
+    sets = ["data=csv", f"data.csv={bad_inputs}/sets.csv"]
+    cfg = validate(cfg_factory(sets))
+    assert (cfg.data.task, cfg.model.activation, cfg.loss.name) == ("multilabel", "sigmoid", "binary_crossentropy")
+    focal = validate(cfg_factory([*sets, "loss=binary_focal_crossentropy", "trainer.monitor=val_f1_macro"]))
+    assert focal.loss.name == "binary_focal_crossentropy"
+    assert validate(cfg_factory([*sets, "data.task=multiclass"])).loss.name == "categorical_crossentropy"
+
+
+@pytest.mark.parametrize(
+    ("chosen", "key"),
+    [("model.activation=softmax", "model.activation"), ("loss=categorical_crossentropy", "loss.name")],
+)
+def test_a_softmax_or_categorical_loss_chosen_on_the_command_line_is_refused_with_label_sets(
+    bad_inputs, tmp_path, chosen, key
+):
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["data=csv", f"data.csv={bad_inputs}/sets.csv", chosen], run_dir=tmp_path)
+    with pytest.raises(ConfigError, match=f"^{key}=.*data.task=multilabel"):
+        validate(cfg)

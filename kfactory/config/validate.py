@@ -8,12 +8,15 @@ and what is accepted, so a typo costs a second, not a run.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
+from kfactory.data.label_sets import TASKS as TASKS_OF_LABELS
+from kfactory.data.label_sets import is_multilabel
 from kfactory.errors import ConfigError
+from kfactory.overrides import split_override
 from kfactory.paths import check_variables, expand_path
 from kfactory.registry import (
     ACTIVATIONS,
@@ -21,6 +24,8 @@ from kfactory.registry import (
     LOSSES,
     METRICS,
     MODELS,
+    MULTILABEL_LOSSES,
+    MULTILABEL_METRICS,
     OPTIMIZERS,
     PROBABILITY_ACTIVATIONS,
     input_size,
@@ -28,6 +33,10 @@ from kfactory.registry import (
 )
 from kfactory.schema import apply_schema
 from kfactory.targets import CUSTOM, LOSS_LABELS, check_custom_model, check_targets, is_custom_model, target_of
+from kfactory.train.hparams import task_overrides
+
+if TYPE_CHECKING:
+    from kfactory.data.sources import ImageSource
 
 TASKS = ("train", "eval", "predict", "export")
 CACHE_MODES = ("memory", "disk", "none")
@@ -61,12 +70,13 @@ def _validate(cfg: DictConfig) -> None:
     if not isinstance(cfg.resume, bool) and cfg.resume != "auto":  # 1 == True: compare types, not values
         raise ConfigError("resume", cfg.resume, "true, false or auto (resume if there is a run to resume)")
     if cfg.task == "train":
+        source = settle_label_task(cfg)
         _check_model(cfg.model, cfg.finetune)
         _check_loss(cfg.loss, cfg.model.activation)
         _check_optimizer(cfg.optimizer)
-        _check_trainer(cfg.trainer)
+        _check_trainer(cfg.trainer, cfg.data.task == "multilabel")
         _check_cross_validation(cfg.data, cfg.hparams_search)
-        _check_data(cfg.data, cfg.hparams_search.cv_folds)
+        _check_data(cfg.data, cfg.hparams_search.cv_folds, source)
         _check_transfer(cfg)
         check_targets(cfg)  # imports the modules of your own parts (see README, "Your own parts")
     else:
@@ -153,7 +163,7 @@ def _check_optimizer(optimizer: DictConfig) -> None:
         raise ConfigError("optimizer.learning_rate", optimizer.learning_rate, "a number > 0")
 
 
-def _check_trainer(t: DictConfig) -> None:
+def _check_trainer(t: DictConfig, multilabel: bool = False) -> None:
     if t.epochs < 1:
         raise ConfigError("trainer.epochs", t.epochs, "an integer >= 1")
     _check_choice("trainer.verbose", t.verbose, (0, 1, 2))
@@ -166,7 +176,7 @@ def _check_trainer(t: DictConfig) -> None:
     if t.jit_compile != "auto" and not isinstance(t.jit_compile, bool):  # typed Any: auto, true or false
         raise ConfigError("trainer.jit_compile", t.jit_compile, "one of auto, true, false")
     _check_choice("trainer.precision", t.precision, PRECISIONS)
-    _check_monitor(t)
+    _check_monitor(t, multilabel)
     _check_tensorboard(t.tensorboard)
     from kfactory.train.distribute import check_strategy  # no TensorFlow at import
 
@@ -180,14 +190,17 @@ def _check_tensorboard(board: DictConfig) -> None:
             raise ConfigError(f"trainer.tensorboard.{key}", board[key], f"an integer >= {low}")
 
 
-def _check_monitor(trainer: DictConfig) -> None:
-    names = ["loss", *(metric_log_name(m) for m in trainer.metrics)]
+def _check_monitor(trainer: DictConfig, multilabel: bool) -> None:
+    names = ["loss", *(metric_log_name(m) for m in trainer.metrics), *(MULTILABEL_METRICS if multilabel else ())]
     accepted = [f"{split}{n}" for split in ("val_", "") for n in names]
     _check_choice("trainer.monitor", trainer.monitor, tuple(accepted))
 
 
 def _check_cross_validation(data: DictConfig, search: DictConfig) -> None:
     """``data.folds``/``data.fold`` (one fold per run) and ``hparams_search.cv_folds`` (all folds in one run)."""
+    if data.task == "multilabel" and (data.folds or search.cv_folds):
+        key, value = ("data.folds", data.folds) if data.folds else ("hparams_search.cv_folds", search.cv_folds)
+        raise ConfigError(key, value, "0 with data.task=multilabel: folds are stratified by one label per image")
     if search.cv_folds:
         if search.cv_folds < 2:
             raise ConfigError("hparams_search.cv_folds", search.cv_folds, "0 (one run) or an integer >= 2")
@@ -205,7 +218,7 @@ def _check_cross_validation(data: DictConfig, search: DictConfig) -> None:
         raise ConfigError("data.fold", data.fold, f"an integer from 0 to {data.folds - 1} (data.folds={data.folds})")
 
 
-def _check_data(data: DictConfig, cv_folds: int) -> None:
+def _check_data(data: DictConfig, cv_folds: int, source: ImageSource | None = None) -> None:
     """``cv_folds``: hparams_search.cv_folds, the folds the run deals when data.folds does not."""
     folds, folds_key = (cv_folds, "hparams_search.cv_folds") if cv_folds else (data.folds, "data.folds")
     _check_choice("data.source", data.source, DATA_SOURCES)
@@ -225,9 +238,52 @@ def _check_data(data: DictConfig, cv_folds: int) -> None:
     elif data.source in ("folder", "csv"):
         from kfactory.data.sources import check_fold_sizes, describe_source  # lists files only, no TensorFlow
 
-        source = describe_source(data)
+        source = source or describe_source(data)
         if folds:
             check_fold_sizes(source.labels, folds, data.test_split, source.class_names, folds_key)
+
+
+def settle_label_task(cfg: DictConfig) -> ImageSource | None:
+    """Resolve ``data.task=auto`` from a CSV's labels (logged) and fit a multi-label run's head and loss.
+
+    Returns the source if it was read (a CSV with ``data.task=auto``), so it is not read twice.
+    """
+    data, source = cfg.data, None
+    _check_choice("data.task", data.task, TASKS_OF_LABELS)
+    if data.source != "csv" and data.task == "multilabel":
+        accepted = f"auto or multiclass with data.source={data.source}; label sets are read by data=csv"
+        raise ConfigError("data.task", data.task, accepted)
+    if data.source == "csv" and data.task == "auto" and data.csv is not None:
+        from kfactory.data.sources import describe_source  # lists files only, no TensorFlow
+
+        source = describe_source(data)
+        data.task = "multilabel" if is_multilabel(source.labels) else "multiclass"  # the training run logs it
+    if data.task == "multilabel":
+        _fit_multilabel_head(cfg)
+    return source
+
+
+def _fit_multilabel_head(cfg: DictConfig) -> None:
+    """Sigmoid units and binary crossentropy in place of untouched defaults; refuse what cannot score label sets."""
+    model, loss, chosen = cfg.model, cfg.loss, {split_override(o)[0] for o in task_overrides(cfg)}
+    if loss.name == "categorical_crossentropy" and not chosen & {"loss", "loss.name"}:
+        loss.name = "binary_crossentropy"
+    elif loss.name == CUSTOM and loss.labels != "one_hot":
+        accepted = "one_hot with data.task=multilabel: your loss gets multi-hot float labels"
+        raise ConfigError("loss.labels", loss.labels, accepted)
+    elif loss.name != CUSTOM and loss.name not in MULTILABEL_LOSSES:
+        accepted = f"with data.task=multilabel, a per-class loss: {', '.join(MULTILABEL_LOSSES)} or custom"
+        raise ConfigError("loss.name", loss.name, accepted)
+    if model.activation == "softmax" and "model.activation" not in chosen:
+        model.activation = "sigmoid"
+    elif model.activation != "sigmoid":
+        accepted = "sigmoid with data.task=multilabel: each class is a yes or no of its own"
+        raise ConfigError("model.activation", model.activation, accepted)
+    if "top_k" in cfg.trainer.metrics:
+        raise ConfigError("trainer.metrics", "top_k", "metrics without top_k with data.task=multilabel")
+    if cfg.data.class_weight is not None:
+        accepted = "null with data.task=multilabel (Keras weighs one class per image)"
+        raise ConfigError("data.class_weight", cfg.data.class_weight, accepted)
 
 
 def _check_transfer(cfg: DictConfig) -> None:

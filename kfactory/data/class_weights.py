@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from kfactory.data.label_sets import label_counts
 from kfactory.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def record_class_counts(
     labels: np.ndarray, class_names: list[str], weights: dict[int, float] | None, run_dir: Path
 ) -> None:
     """Log the training split's count (and weight) per class and write class_counts.csv."""
-    counts = np.bincount(labels, minlength=len(class_names))
+    counts = label_counts(labels, len(class_names))
     rows = [(name, int(counts[i]), (weights or {}).get(i, 1.0)) for i, name in enumerate(class_names)]
     log.info("Training images per class: %s", ", ".join(f"{n} {c} (weight {w:.3g})" for n, c, w in rows))
     with open(run_dir / COUNTS_FILE, "w", newline="") as f:

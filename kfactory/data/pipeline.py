@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from kfactory.data.augment import build_augmenter
 from kfactory.data.image_check import drop_unreadable, read_image
+from kfactory.data.label_sets import is_multilabel
 from kfactory.data.sources import ImageSource, describe_source, split_source
 from kfactory.model.build import output_units
 from kfactory.registry import input_size, label_loss, sparse_labels
@@ -106,7 +107,7 @@ def make_dataset(
     if source.images is not None:
         pixels = tf.convert_to_tensor(source.images)  # a no-op for a tensor
         ds = ds.map(lambda i, y: (tf.gather(pixels, i), y), num_parallel_calls=AUTOTUNE)
-    encode = label_encoder(label_loss(cfg.loss), len(source.class_names))
+    encode = label_encoder(label_loss(cfg.loss), len(source.class_names), is_multilabel(labels))
     ds = ds.map(
         lambda x, y: (to_rgb_float(x, size if resize_batches else None), encode(y)), num_parallel_calls=AUTOTUNE
     )
@@ -143,8 +144,10 @@ def to_rgb_float(images: tf.Tensor, size: tuple[int, int] | None) -> tf.Tensor:
     return images
 
 
-def label_encoder(loss: str, num_classes: int):
-    """Labels as the loss wants them: integers, one sigmoid target, or one-hot."""
+def label_encoder(loss: str, num_classes: int, multilabel: bool = False):
+    """Labels as the loss wants them: integers, one sigmoid target, one-hot, or multi-hot as they are."""
+    if multilabel:
+        return lambda y: tf.cast(y, tf.float32)
     if sparse_labels(loss):
         return lambda y: y
     if output_units(loss, num_classes) == 1:

@@ -11,16 +11,20 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from omegaconf import DictConfig
 
+from kfactory.data.label_sets import detect_task, is_multilabel, iterative_split, multi_hot, split_label_sets
 from kfactory.errors import ConfigError
 from kfactory.paths import check_variables, expand_path
 from kfactory.schema import DataConfig
 from kfactory.targets import CUSTOM, build
 
 log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import pandas as pd
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -30,7 +34,7 @@ class ImageSource:
     """Images with integer labels: as file paths, or as an in-memory array."""
 
     class_names: list[str]
-    labels: np.ndarray  # int64, one per image
+    labels: np.ndarray  # int64, one per image; or multi-hot float32 (images, classes) for label sets
     paths: list[str] | None = None
     images: np.ndarray | None = None  # uint8, (N, H, W, C); a tf.Tensor once kfactory.data.pipeline has decoded files
 
@@ -45,7 +49,7 @@ def describe_source(data: DictConfig) -> ImageSource:
     if data.source == "folder":
         return list_folder(data.path)
     if data.source == "csv":
-        return read_csv(data.csv, data.path_column, data.label_column)
+        return read_csv(data.csv, data.path_column, data.label_column, data.label_separator, data.task)
     if data.source == CUSTOM:
         return load_custom(data)
     raise ConfigError("data.source", data.source, "digits, folder, csv or custom (keras is loaded by the pipeline)")
@@ -152,8 +156,14 @@ def _images_below(folder: Path) -> list[str]:
     return found
 
 
-def read_csv(csv: str, path_column: str, label_column: str) -> ImageSource:
-    """A CSV of image paths (relative to the CSV's folder) and labels."""
+def read_csv(
+    csv: str,
+    path_column: str,
+    label_column: str,
+    separator: str = DataConfig.label_separator,
+    task: str = DataConfig.task,
+) -> ImageSource:
+    """A CSV of image paths (relative to the CSV's folder) and labels (label sets for ``task`` multilabel)."""
     import pandas as pd
 
     check_variables("data.csv", csv)
@@ -169,12 +179,22 @@ def read_csv(csv: str, path_column: str, label_column: str) -> ImageSource:
     if missing:
         shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
         raise ConfigError("data.csv", csv, f"every listed image to exist ({len(missing)} missing: {shown})")
+    if detect_task(table[label_column].fillna("").astype(str).tolist(), separator, task) == "multilabel":
+        return _label_sets_source(table[label_column], label_column, paths, separator)
     names = table[label_column].astype(str)
     class_names = sorted(names.unique())
     if len(class_names) < 2:
         raise ConfigError("data.label_column", label_column, "a column with at least two distinct labels")
     index = {name: i for i, name in enumerate(class_names)}
     labels = np.asarray([index[n] for n in names], dtype=np.int64)
+    return ImageSource(class_names, labels, paths=paths)
+
+
+def _label_sets_source(column: pd.Series, label_column: str, paths: list[str], separator: str) -> ImageSource:
+    """A multi-label source: each entry split at ``separator`` into a multi-hot row."""
+    class_names, labels = multi_hot(split_label_sets(column.fillna("").astype(str).tolist(), separator))
+    if len(class_names) < 2:
+        raise ConfigError("data.label_column", label_column, "a column with at least two distinct labels")
     return ImageSource(class_names, labels, paths=paths)
 
 
@@ -199,7 +219,9 @@ def split_source(source: ImageSource, data: DictConfig, seed: int) -> tuple[np.n
 def split_indices(
     labels: np.ndarray, val_split: float, test_split: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stratified, seeded (train, val, test) index arrays over ``labels``."""
+    """Stratified, seeded (train, val, test) index arrays over ``labels`` (label sets: iteratively)."""
+    if is_multilabel(labels):
+        return iterative_split(labels, val_split, test_split, seed)
     rng = np.random.default_rng(seed)
     train, val, test = [], [], []
     for members in shuffled_classes(labels, rng):

@@ -26,18 +26,20 @@ TORCH_MEAN = (0.485, 0.456, 0.406)
 TORCH_STD = (0.229, 0.224, 0.225)
 
 
-def output_units(loss: str, num_classes: int) -> int:
-    """One sigmoid unit for binary crossentropy on two classes, else one per class."""
-    return 1 if loss.startswith("binary") and num_classes == 2 else num_classes
+def output_units(loss: str, num_classes: int, multilabel: bool = False) -> int:
+    """One sigmoid unit for binary crossentropy on two classes (not label sets), else one per class."""
+    return 1 if loss.startswith("binary") and num_classes == 2 and not multilabel else num_classes
 
 
-def to_probabilities(outputs: np.ndarray, activation: str) -> np.ndarray:
+def to_probabilities(outputs: np.ndarray, activation: str, multilabel: bool = False) -> np.ndarray:
     """Model outputs as one probability per class (two columns for one sigmoid unit).
 
     ``activation`` is the output activation the model was built with (stored in its
     metadata): logits or other scores from a non-probability activation get a softmax
-    (a sigmoid for one unit).
+    (a sigmoid for one unit, or for each class of a multi-label model).
     """
+    if multilabel:
+        return np.clip(outputs if activation in PROBABILITY_ACTIVATIONS else 1 / (1 + np.exp(-outputs)), 0.0, 1.0)
     if outputs.shape[1] == 1:
         positive = outputs[:, 0] if activation in PROBABILITY_ACTIVATIONS else 1 / (1 + np.exp(-outputs[:, 0]))
         positive = np.clip(positive, 0.0, 1.0)
@@ -71,7 +73,7 @@ def build_model(cfg: DictConfig, num_classes: int) -> keras.Model:
         return keras.Model(inputs, x, name=cfg.model.name)
     if cfg.model.dropout > 0:
         x = keras.layers.Dropout(cfg.model.dropout, name="head_dropout")(x)
-    units = output_units(label_loss(cfg.loss), num_classes)
+    units = output_units(label_loss(cfg.loss), num_classes, cfg.data.task == "multilabel")
     activation = cfg.model.activation
     if activation == "softmax" and units == 1:
         activation = "sigmoid"
@@ -94,7 +96,7 @@ def build_custom_model(cfg: DictConfig, num_classes: int) -> keras.Model:
         input_shape=(height, width, 3),
         num_classes=num_classes,
     )
-    units = output_units(label_loss(cfg.loss), num_classes)
+    units = output_units(label_loss(cfg.loss), num_classes, cfg.data.task == "multilabel")
     try:
         shapes = (tuple(model.input_shape), tuple(model.output_shape))
     except (AttributeError, ValueError):  # a subclassed model that was never built

@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import zipfile
 from collections.abc import Iterator
@@ -67,6 +68,26 @@ def save_model(model: keras.Model, path: Path, metadata: dict[str, Any]) -> None
     with zipfile.ZipFile(tmp, "a") as archive:
         archive.writestr(METADATA_ENTRY, json.dumps(metadata, indent=2))
     os.replace(tmp, path)
+
+
+def update_metadata(path: Path, values: dict[str, Any]) -> None:
+    """Add ``values`` to the metadata inside the ``.keras`` file at ``path``, atomically."""
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    shutil.copyfile(path, tmp)
+    rewrite_entries(tmp, {METADATA_ENTRY: json.dumps({**read_metadata(path), **values}, indent=2)})
+    os.replace(tmp, path)
+
+
+def rewrite_entries(path: Path, entries: dict[str, str]) -> None:
+    """Replace (or add) these entries of the zip at ``path``, keeping the others as they are."""
+    rewritten = path.with_name(f"{path.name}.rewrite")
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(rewritten, "w", zipfile.ZIP_DEFLATED) as target:
+        for item in source.infolist():
+            if item.filename not in entries:
+                target.writestr(item, source.read(item.filename))
+        for name, text in entries.items():
+            target.writestr(name, text)
+    os.replace(rewritten, path)
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from kfactory.data.augment import augment_entries, write_augmented_images
@@ -17,7 +18,7 @@ from kfactory.data.image_check import SKIPPED_FILE
 from kfactory.data.pipeline import Splits, make_dataset, make_splits
 from kfactory.errors import ConfigError, RunStopped
 from kfactory.model.build import build_model, output_units
-from kfactory.model.checkpoint import MODEL_FILE, load_model, write_json_atomic
+from kfactory.model.checkpoint import MODEL_FILE, load_model, update_metadata, write_json_atomic
 from kfactory.registry import LOSSES, OPTIMIZERS, input_size, label_loss, metric_log_name, sparse_labels
 from kfactory.schema import LossConfig, OptimizerConfig, extra_keys
 from kfactory.targets import TARGET, build, is_custom_model, target_of
@@ -25,6 +26,7 @@ from kfactory.train.callbacks import BestModelCheckpoint, make_callbacks, stop_i
 from kfactory.train.compute import choose_jit_compile, configure_tensorflow
 from kfactory.train.distribute import make_strategy
 from kfactory.train.finetune import fit_in_phases
+from kfactory.train.multilabel import DEFAULT_THRESHOLD, multilabel_metrics, threshold_metrics, tune_thresholds
 from kfactory.train.pruning import pruned_epoch
 from kfactory.train.resume import drop_backup, restore_history
 from kfactory.train.tensorboard import write_final_summaries
@@ -39,6 +41,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     configure_tensorflow(cfg.trainer, cfg.seed)
     splits = make_splits(cfg, run_dir)
     log.info("Data: %s", ", ".join(f"{k} {len(v)}" for k, v in splits.indices.items()))
+    if cfg.data.source == "csv":
+        log.info("%s", describe_task(cfg))
     if note := weights_note(cfg.model):
         log.info("%s", note)
     steps = cfg.trainer.steps_per_epoch or -(-len(splits.indices["train"]) // cfg.data.batch_size)
@@ -72,6 +76,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         monitor = cfg.trainer.monitor
         raise RunStopped(f"no epoch produced a finite {monitor}; nothing to save (try a lower learning rate)")
     metrics = evaluate_best(cfg, model, checkpoint, splits)
+    if cfg.data.task == "multilabel":
+        metrics.update(store_thresholds(run_dir / MODEL_FILE, splits))
     epochs_run = len(past) + len(history.epoch)
     metrics.update(best_epoch=checkpoint.best_epoch + 1, epochs_run=epochs_run, wall_time_s=time.time() - started)
     metrics[f"best_{cfg.trainer.monitor}"] = checkpoint.best
@@ -86,6 +92,17 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         log.warning("Skipped %d unreadable images; the list: %s", len(splits.skipped), run_dir / SKIPPED_FILE)
     # The saved model's value on the whole split, as the sweep summary ranks runs; the best epoch's when absent.
     return metrics.get(cfg.trainer.monitor, checkpoint.best)
+
+
+def describe_task(cfg: DictConfig) -> str:
+    """The label task a CSV was read as (data.task=auto decides from the data), and a multi-label run's head."""
+    separator = cfg.data.label_separator
+    if cfg.data.task != "multilabel":
+        return f"Task: multiclass, one label per image (data.task={cfg.data.task}, separator '{separator}')"
+    return (
+        f"Task: multilabel, label sets split at '{separator}'; one {cfg.model.activation} unit per class, "
+        f"loss={cfg.loss.name}, per-class thresholds tuned on the validation split"
+    )
 
 
 def weights_note(model: DictConfig) -> str | None:
@@ -129,7 +146,7 @@ def compile_model(
     model.compile(
         optimizer=make_optimizer(cfg.optimizer, learning_rate, cfg.trainer.ema),
         loss=make_loss(cfg.loss, cfg.model.activation),
-        metrics=make_metrics(cfg.trainer, label_loss(cfg.loss), num_classes),
+        metrics=make_metrics(cfg.trainer, label_loss(cfg.loss), num_classes, cfg.data.task == "multilabel"),
         jit_compile=jit_compile,
     )
 
@@ -175,11 +192,13 @@ def construct(group: str, name: str, module: Any, class_name: str, kwargs: dict[
         ) from error
 
 
-def make_metrics(trainer: DictConfig, loss: str, num_classes: int) -> list[keras.metrics.Metric]:
-    """The ``trainer.metrics`` entries as Keras metrics that fit the label encoding."""
+def make_metrics(
+    trainer: DictConfig, loss: str, num_classes: int, multilabel: bool = False
+) -> list[keras.metrics.Metric]:
+    """The ``trainer.metrics`` entries as Keras metrics that fit the label encoding (and label sets' own)."""
     sparse = sparse_labels(loss)
-    single_unit = output_units(loss, num_classes) == 1
-    built = []
+    single_unit = output_units(loss, num_classes, multilabel) == 1
+    built = multilabel_metrics(num_classes) if multilabel else []
     for index, name in enumerate(trainer.metrics):
         log_name = metric_log_name(name)
         if target_of(name) is not None:
@@ -187,7 +206,7 @@ def make_metrics(trainer: DictConfig, loss: str, num_classes: int) -> list[keras
         elif name == "accuracy":
             cls = (
                 keras.metrics.BinaryAccuracy
-                if single_unit
+                if single_unit or multilabel
                 else (keras.metrics.SparseCategoricalAccuracy if sparse else keras.metrics.CategoricalAccuracy)
             )
             built.append(cls(name=log_name))
@@ -205,7 +224,8 @@ def make_metrics(trainer: DictConfig, loss: str, num_classes: int) -> list[keras
         elif name == "auc":
             built.append(keras.metrics.AUC(name=log_name, multi_label=not single_unit))
         elif name == "f1":
-            built.append(keras.metrics.F1Score(average="macro", threshold=0.5 if single_unit else None, name=log_name))
+            threshold = 0.5 if single_unit or multilabel else None
+            built.append(keras.metrics.F1Score(average="macro", threshold=threshold, name=log_name))
     return built
 
 
@@ -218,13 +238,16 @@ def make_target_metric(key: str, entry: DictConfig, log_name: str) -> keras.metr
 
 def model_metadata(cfg: DictConfig, splits: Splits) -> dict[str, Any]:
     """What travels inside model.keras: enough to predict without the config."""
-    return {
+    metadata = {
         "class_names": splits.class_names,
         "model": cfg.model._target_ if is_custom_model(cfg.model) else cfg.model.name,
         "input_size": list(input_size(cfg.model)),
         "loss": cfg.loss._target_ or cfg.loss.name,
         "activation": cfg.model.activation,
     }
+    if cfg.data.task == "multilabel":
+        metadata.update(task="multilabel", label_separator=cfg.data.label_separator)
+    return metadata
 
 
 def evaluate_best(
@@ -254,6 +277,36 @@ def evaluate_best(
         values = model.evaluate(ds, verbose=0, return_dict=True)
         metrics.update({f"{split}_{k}": float(v) for k, v in values.items()})
     return metrics
+
+
+def store_thresholds(model_path: Path, splits: Splits) -> dict[str, float]:
+    """Tune per-class thresholds on the validation split, store them in model.keras; their metrics, flat."""
+    model = load_model(model_path)
+    names = splits.class_names
+    if splits.val is None:
+        thresholds = np.full(len(names), DEFAULT_THRESHOLD)
+        log.info("No validation split (data.val_split=0): every class keeps the threshold %s", DEFAULT_THRESHOLD)
+    else:
+        thresholds = tune_thresholds(*predict_split(model, splits.val))
+    update_metadata(model_path, {"thresholds": dict(zip(names, thresholds.tolist(), strict=True))})
+    metrics = {f"threshold_{name}": float(t) for name, t in zip(names, thresholds, strict=True)}
+    for split, ds in (("val", splits.val), ("test", splits.test)):
+        if ds is not None:
+            metrics.update(threshold_metrics(split, *predict_split(model, ds), thresholds))
+    log.info(
+        "Per-class thresholds (best validation F1): %s",
+        ", ".join(f"{n} {t:g}" for n, t in zip(names, thresholds, strict=True)),
+    )
+    return metrics
+
+
+def predict_split(model: keras.Model, dataset: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(multi-hot labels, sigmoid probabilities) of a whole split, batch by batch in the pipeline's order."""
+    truth, probabilities = [], []
+    for x, y in dataset:
+        truth.append(np.asarray(y))
+        probabilities.append(np.asarray(model(x, training=False), dtype=np.float64))
+    return np.concatenate(truth), np.concatenate(probabilities)
 
 
 def report(cfg: DictConfig, run_dir: Path, metrics: dict[str, float]) -> None:

@@ -9,7 +9,9 @@ runs the Keras callback writes; nothing runs per training batch.
 from __future__ import annotations
 
 import io
+import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,9 @@ from tensorboard.plugins.pr_curve import summary as pr_summary
 
 from kfactory.model.build import to_probabilities
 from kfactory.train.hparams import hparam_metrics, run_hparams, session_group, task_overrides
+from kfactory.train.multilabel import class_scores
+
+log = logging.getLogger(__name__)
 
 MAX_TEXT_CLASSES = 50  # the confusion matrix is also logged as a text table up to this many classes
 
@@ -43,6 +48,9 @@ class ValidationSummaries(keras.callbacks.Callback):
         self.log_dir, self.val_data, self.class_names = Path(log_dir), val_data, list(class_names)
         self.settings = cfg.trainer.tensorboard
         self.activation = cfg.model.activation
+        self.multilabel = cfg.data.task == "multilabel"
+        if self.multilabel and self.settings.confusion_matrix:
+            log.info("TensorBoard: no confusion matrix for label sets; a per-class F1 and AP table instead")
         self.hparams = run_hparams(cfg, task_overrides(cfg)) if self.settings.hparams else None
         self.group = session_group(cfg, self.log_dir.parent)  # the run directory's name, or its fold group's
         self.writer: Any = None
@@ -73,24 +81,30 @@ class ValidationSummaries(keras.callbacks.Callback):
         recorded = self.tap.read() if self.tap is not None else None
         if recorded is None:  # a model whose own test_step does not report its outputs
             images, labels, probs = collect_predictions(
-                self.model, self.val_data, self.settings.max_samples, self.activation, wants_images
+                self.model, self.val_data, self.settings.max_samples, self.activation, wants_images, self.multilabel
             )
         else:
-            labels, probs = decode_labels(recorded[0]), to_probabilities(recorded[1], self.activation)
+            labels = recorded[0] if self.multilabel else decode_labels(recorded[0])
+            probs = to_probabilities(recorded[1], self.activation, self.multilabel)
             images = None
+
+        def images_at(order: np.ndarray) -> np.ndarray:
+            return images[order] if images is not None else take_images(self.val_data, order)
+
         if not np.isfinite(probs).all():  # a diverged model (NaN loss): nothing to draw, and no curve to skew
             return
         step = epoch + 1  # epochs count from 1 in every file a run writes
         with self.writer.as_default(step=step):
             if self.settings.pr_curves:
                 write_pr_curves(labels, probs, self.class_names, self.settings.pr_thresholds, step)
-            if self.settings.confusion_matrix:
+            if self.multilabel:
+                write_label_set_summaries(images_at, labels, probs, self.class_names, self.settings.images, step)
+            elif self.settings.confusion_matrix:
                 write_confusion_matrix(labels, probs.argmax(axis=1), self.class_names, step)
-            if wants_images:
+            if wants_images and not self.multilabel:
                 predicted = probs.argmax(axis=1)
                 order = grid_order(labels, predicted, self.settings.images)
-                shown = images[order] if images is not None else take_images(self.val_data, order)
-                write_image_grid(shown, labels[order], predicted[order], self.class_names, step)
+                write_image_grid(images_at(order), labels[order], predicted[order], self.class_names, step)
         self.writer.flush()
 
     def on_train_end(self, logs: dict | None = None) -> None:
@@ -179,9 +193,14 @@ def take_images(dataset: tf.data.Dataset, indices: np.ndarray) -> np.ndarray:
 
 
 def collect_predictions(
-    model: keras.Model, dataset: tf.data.Dataset, max_samples: int, activation: str, keep_images: bool
+    model: keras.Model,
+    dataset: tf.data.Dataset,
+    max_samples: int,
+    activation: str,
+    keep_images: bool,
+    multilabel: bool = False,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """Up to ``max_samples`` validation (uint8 images, int labels, class probabilities).
+    """Up to ``max_samples`` validation (uint8 images, int labels or multi-hot rows, class probabilities).
 
     One pass reads the labels (and images), then Keras's predict, traced once
     for the run and distributed as fit is, runs the model over those batches:
@@ -189,14 +208,14 @@ def collect_predictions(
     """
     images, labels, batches, seen = [], [], 0, 0
     for x, y in dataset:
-        labels.append(decode_labels(np.asarray(y)))
+        labels.append(np.asarray(y) if multilabel else decode_labels(np.asarray(y)))
         if keep_images:
             images.append(np.clip(np.asarray(x), 0, 255).astype(np.uint8))
         batches, seen = batches + 1, seen + len(labels[-1])
         if seen >= max_samples:
             break
     outputs = np.asarray(model.predict(dataset.take(batches), verbose=0), dtype=np.float64)
-    probs = to_probabilities(outputs[:max_samples], activation)
+    probs = to_probabilities(outputs[:max_samples], activation, multilabel)
     kept = np.concatenate(images)[:max_samples] if keep_images else None
     return kept, np.concatenate(labels)[:max_samples], probs
 
@@ -209,8 +228,9 @@ def decode_labels(y: np.ndarray) -> np.ndarray:
 
 
 def write_pr_curves(labels: np.ndarray, probs: np.ndarray, class_names: list[str], thresholds: int, step: int) -> None:
-    """One PR curve per class (one-vs-rest) and a micro-averaged one, under ``pr_curve/``."""
-    one_hot = np.eye(len(class_names), dtype=bool)[labels]
+    """One PR curve per class (one-vs-rest) and a micro-averaged one, under ``pr_curve/``; labels: indices
+    or multi-hot rows."""
+    one_hot = labels > 0.5 if labels.ndim == 2 else np.eye(len(class_names), dtype=bool)[labels]
     curves = {name: (one_hot[:, i], probs[:, i]) for i, name in enumerate(class_names)}
     curves["micro_average"] = (one_hot.reshape(-1), probs.reshape(-1))
     for name, (truth, scores) in curves.items():
@@ -289,6 +309,47 @@ def write_image_grid(
         wrong = labels[slot] != predicted[slot]
         title = f"true {class_names[labels[slot]]}\npred {class_names[predicted[slot]]}"
         axes.set_title(title, fontsize=8, color="red" if wrong else "black")
+    figure.tight_layout()
+    tf.summary.image("validation_images", png_to_batch(figure_png(figure)), step=step)
+
+
+def write_label_set_summaries(
+    images_at: Callable[[np.ndarray], np.ndarray],
+    truth: np.ndarray,
+    probs: np.ndarray,
+    class_names: list[str],
+    count: int,
+    step: int,
+) -> None:
+    """Label sets at threshold 0.5: a per-class F1 and AP table (Text) and an image grid of true/predicted sets.
+
+    ``images_at``: the validation images at the given indices, for the ``count`` shown.
+    """
+    half = np.full(len(class_names), 0.5)
+    scores = class_scores(truth, probs, half)
+    rows = [
+        f"| {name} | {int(support)} | {f1:.3f} | {ap:.3f} |"
+        for name, support, f1, ap in zip(class_names, scores["support"], scores["f1"], scores["ap"], strict=True)
+    ]
+    table = "\n".join(["| class | support | F1 at 0.5 | AP |", "|---|---|---|---|", *rows])
+    tf.summary.text("class_scores", table, step=step)
+    if not count:
+        return
+    true_sets, predicted_sets = truth > 0.5, probs >= half
+    wrong = np.any(true_sets != predicted_sets, axis=1)
+    order = np.argsort(~wrong, kind="stable")[:count]  # wrong sets first
+    images = dict(zip(order.tolist(), images_at(order), strict=True))
+    cols = math.ceil(math.sqrt(len(order)))
+    figure = Figure(figsize=(2 * cols, 2.2 * math.ceil(len(order) / cols)), dpi=80)
+    for slot, index in enumerate(order):
+        axes = figure.add_subplot(math.ceil(len(order) / cols), cols, slot + 1)
+        axes.imshow(images[index])
+        axes.axis("off")
+        shown = [
+            ";".join(n for n, on in zip(class_names, row, strict=True) if on) or "-"
+            for row in (true_sets[index], predicted_sets[index])
+        ]
+        axes.set_title(f"true {shown[0]}\npred {shown[1]}", fontsize=8, color="red" if wrong[index] else "black")
     figure.tight_layout()
     tf.summary.image("validation_images", png_to_batch(figure_png(figure)), step=step)
 

@@ -9,11 +9,13 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from kfactory.config.validate import settle_label_task
 from kfactory.data.pipeline import make_splits
 from kfactory.model.build import to_probabilities
 from kfactory.model.checkpoint import find_model_file, load_model, read_metadata, write_json_atomic
 from kfactory.schema import apply_schema
 from kfactory.train.loop import compile_model
+from kfactory.train.multilabel import DEFAULT_THRESHOLD, class_scores
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,9 @@ def training_config(model_path: Path, fallback: DictConfig) -> DictConfig:
     """
     saved = model_path.parent / ".hydra" / "config.yaml"
     if saved.is_file():
-        return apply_schema(OmegaConf.load(saved))
+        cfg = apply_schema(OmegaConf.load(saved))
+        settle_label_task(cfg)  # data.task=auto, and a multi-label run's head, as training settled them
+        return cfg
     log.warning("No %s; evaluating on the data of the current config", saved)
     return fallback
 
@@ -43,8 +47,12 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> float:
     split = "test" if splits.test is not None else "val"  # a run trained with data.test_split=0
     data, labels = getattr(splits, split), splits.source.labels[splits.indices[split]]
     values = {f"{split}_{k}": float(v) for k, v in model.evaluate(data, verbose=0, return_dict=True).items()}
-    probabilities = to_probabilities(model.predict(data, verbose=0), metadata.get("activation", "softmax"))
-    report = class_report(probabilities, labels, class_names)
+    multilabel = metadata.get("task") == "multilabel"
+    probabilities = to_probabilities(model.predict(data, verbose=0), metadata.get("activation", "softmax"), multilabel)
+    if multilabel:
+        report = label_set_report(probabilities, labels, class_names, metadata.get("thresholds") or {})
+    else:
+        report = class_report(probabilities, labels, class_names)
     write_json_atomic(run_dir / "eval_metrics.json", values)
     report.to_csv(run_dir / "class_report.csv")
     shown = ", ".join(f"{k}={v:.4f}" for k, v in values.items())
@@ -67,5 +75,20 @@ def class_report(probabilities: np.ndarray, labels: np.ndarray, class_names: lis
         )
     table = pd.DataFrame(rows).set_index("class")
     table.loc["macro avg"] = [*table[["precision", "recall", "f1"]].mean(), table["support"].sum()]
+    table["support"] = table["support"].astype(int)
+    return table
+
+
+def label_set_report(
+    probabilities: np.ndarray, labels: np.ndarray, class_names: list[str], thresholds: dict[str, float]
+) -> pd.DataFrame:
+    """Per class of a multi-label model: its threshold, F1 there, average precision and support; the macro average."""
+    cut = np.array([thresholds.get(n, DEFAULT_THRESHOLD) for n in class_names])
+    scores = class_scores(labels, probabilities, cut)
+    table = pd.DataFrame(
+        {"threshold": cut, "f1": scores["f1"], "ap": scores["ap"], "support": scores["support"]},
+        index=pd.Index(class_names, name="class"),
+    )
+    table.loc["macro avg"] = [np.nan, scores["f1"].mean(), np.nanmean(scores["ap"]), table["support"].sum()]
     table["support"] = table["support"].astype(int)
     return table

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,14 @@ from kfactory.model.checkpoint import (
 )
 from kfactory.paths import expand_path
 from kfactory.registry import PROBABILITY_ACTIVATIONS
+from kfactory.train.multilabel import DEFAULT_THRESHOLD
 from kfactory.use.model_card import write_model_card
 from kfactory.use.predict import list_inputs
 
 log = logging.getLogger(__name__)
 
 TFLITE_FILE = "model.tflite"
+TFLITE_METADATA = "model.tflite.json"  # kfactory's metadata beside the TFLite file, as in a SavedModel's assets.extra
 RANDOM_IMAGES = 8  # random images the TFLite model is compared with Keras on when export.check_input is null
 CHECK_BATCH = 32  # export.check_input images compared at a time (all of them are compared)
 
@@ -63,6 +65,7 @@ def export(cfg: DictConfig, run_dir: Path) -> None:
     else:
         target = out_dir / TFLITE_FILE
         checks = export_tflite(model, target, cfg.export)
+        write_json_atomic(out_dir / TFLITE_METADATA, metadata)  # class names (and thresholds) for the app
     card = write_model_card(out_dir, target, fmt, source, metadata, model, checks)
     log.info("Exported %s: %s (model card %s)", fmt, target, card)
 
@@ -78,18 +81,10 @@ def export_saved_model(model: keras.Model, metadata: dict[str, Any], target: Pat
     height, width = (int(s) for s in model.input_shape[1:3])
     class_names = list(metadata["class_names"])
     activation = metadata.get("activation", "softmax")
-
-    def from_pixels(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
-        outputs = model(tf.cast(pixels, tf.float32), training=False)
-        if activation not in PROBABILITY_ACTIVATIONS:  # logits or scores, as kfactory.model.build.to_probabilities
-            outputs = tf.sigmoid(outputs) if outputs.shape[-1] == 1 else tf.nn.softmax(outputs)
-        probabilities = tf.concat([1 - outputs, outputs], -1) if outputs.shape[-1] == 1 else outputs
-        names = tf.constant(class_names)
-        return {
-            "probabilities": probabilities,
-            "class_names": tf.tile(names[None], [tf.shape(probabilities)[0], 1]),
-            "top_class": tf.gather(names, tf.argmax(probabilities, axis=-1)),
-        }
+    if metadata.get("task") == "multilabel":
+        from_pixels = label_set_outputs(model, class_names, metadata)
+    else:
+        from_pixels = class_outputs(model, class_names, activation)
 
     def from_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         spec = tf.TensorSpec((height, width, 3), tf.uint8)
@@ -104,6 +99,41 @@ def export_saved_model(model: keras.Model, metadata: dict[str, Any], target: Pat
     archive.write_out(str(target), verbose=False)
     (target / SAVED_MODEL_METADATA).parent.mkdir(exist_ok=True)
     write_json_atomic(target / SAVED_MODEL_METADATA, metadata)
+
+
+def class_outputs(model: keras.Model, class_names: list[str], activation: str) -> Callable:
+    """Pixels to ``probabilities`` (one per class), ``class_names`` and ``top_class``."""
+
+    def from_pixels(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        outputs = model(tf.cast(pixels, tf.float32), training=False)
+        if activation not in PROBABILITY_ACTIVATIONS:  # logits or scores, as kfactory.model.build.to_probabilities
+            outputs = tf.sigmoid(outputs) if outputs.shape[-1] == 1 else tf.nn.softmax(outputs)
+        probabilities = tf.concat([1 - outputs, outputs], -1) if outputs.shape[-1] == 1 else outputs
+        names = tf.constant(class_names)
+        return {
+            "probabilities": probabilities,
+            "class_names": tf.tile(names[None], [tf.shape(probabilities)[0], 1]),
+            "top_class": tf.gather(names, tf.argmax(probabilities, axis=-1)),
+        }
+
+    return from_pixels
+
+
+def label_set_outputs(model: keras.Model, class_names: list[str], metadata: dict[str, Any]) -> Callable:
+    """Pixels to per-class sigmoid ``probabilities``, ``class_names`` and ``labels``: each class's name where
+    its probability reaches its stored threshold, else an empty string."""
+    stored = metadata.get("thresholds") or {}
+    thresholds = tf.constant([stored.get(n, DEFAULT_THRESHOLD) for n in class_names], tf.float32)
+
+    def from_pixels(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        probabilities = model(tf.cast(pixels, tf.float32), training=False)
+        if metadata.get("activation") not in PROBABILITY_ACTIVATIONS:
+            probabilities = tf.sigmoid(probabilities)
+        names = tf.tile(tf.constant(class_names)[None], [tf.shape(probabilities)[0], 1])
+        labels = tf.where(probabilities >= thresholds, names, tf.fill(tf.shape(names), ""))
+        return {"probabilities": probabilities, "class_names": names, "labels": labels}
+
+    return from_pixels
 
 
 def export_tflite(model: keras.Model, target: Path, export_cfg: DictConfig) -> dict[str, Any]:

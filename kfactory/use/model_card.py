@@ -61,11 +61,11 @@ def write_model_card(
         "",
         "## Classes",
         "",
-        *(f"{i}. {name}" for i, name in enumerate(names)),
+        *_class_lines(names, metadata.get("thresholds")),
         "",
         "## Use",
         "",
-        _usage(fmt, artefact, out_dir, height, width),
+        _usage(fmt, artefact, out_dir, height, width, "thresholds" in metadata),
         *_check_lines(checks),
         *_metrics_lines(source.parent / "metrics.json", metadata),
         *_config_lines(source.parent / ".hydra" / "config.yaml"),
@@ -75,10 +75,18 @@ def write_model_card(
     return card
 
 
-def _usage(fmt: str, artefact: Path, out_dir: Path, height: int, width: int) -> str:
+def _class_lines(names: list[str], thresholds: dict[str, float] | None) -> list[str]:
+    """One line per class; a multi-label model's with the threshold its label is given at."""
+    if thresholds is None:
+        return [f"{i}. {name}" for i, name in enumerate(names)]
+    return [f"{i}. {name} (threshold {thresholds[name]:g})" for i, name in enumerate(names)]
+
+
+def _usage(fmt: str, artefact: Path, out_dir: Path, height: int, width: int, label_sets: bool = False) -> str:
     """How to load the artefact, paths relative to the card (TF Serving wants an absolute base path)."""
     base = artefact.parent.resolve()
-    return USAGE[fmt].format(file=artefact.relative_to(out_dir), base=base, height=height, width=width)
+    usage = USAGE[fmt].format(file=artefact.relative_to(out_dir), base=base, height=height, width=width)
+    return usage.replace('out["top_class"]', 'out["labels"]  # "" where below the threshold') if label_sets else usage
 
 
 def _check_lines(checks: dict[str, Any]) -> list[str]:

@@ -20,12 +20,14 @@ import tensorflow as tf
 from omegaconf import DictConfig
 
 from kfactory.data.image_check import read_image
+from kfactory.data.label_sets import split_label_sets
 from kfactory.data.pipeline import AUTOTUNE
 from kfactory.data.sources import class_folders, csv_paths, is_image_file, list_folder
 from kfactory.errors import ConfigError
 from kfactory.model.build import to_probabilities
 from kfactory.model.checkpoint import PIXELS_SIGNATURE, find_model_file, is_saved_model, load_model, read_metadata
 from kfactory.paths import expand_path
+from kfactory.train.multilabel import DEFAULT_THRESHOLD
 from kfactory.use.annotate import annotate_image, annotated_path, contact_sheet, input_root
 
 log = logging.getLogger(__name__)
@@ -40,11 +42,22 @@ class Predictor:
     predict_batch: Callable[[tf.Tensor], np.ndarray]
     input_size: tuple[int, int]
     class_names: list[str]
+    thresholds: np.ndarray | None = None  # a multi-label model's per-class thresholds; None: one class per image
+    label_separator: str = ";"
 
 
 def load_predictor(path: Path, safe_mode: bool = True) -> Predictor:
     """Load a ``.keras`` file or an exported SavedModel directory for prediction."""
     metadata = read_metadata(path)
+    predictor = _load(path, metadata, safe_mode)
+    if metadata.get("task") == "multilabel":
+        thresholds = metadata.get("thresholds") or {}
+        predictor.thresholds = np.array([thresholds.get(n, DEFAULT_THRESHOLD) for n in predictor.class_names])
+        predictor.label_separator = metadata.get("label_separator", predictor.label_separator)
+    return predictor
+
+
+def _load(path: Path, metadata: dict, safe_mode: bool) -> Predictor:
     if is_saved_model(path):
         signature = tf.saved_model.load(str(path)).signatures[PIXELS_SIGNATURE]
         spec = signature.structured_input_signature[1]["pixels"]
@@ -57,9 +70,9 @@ def load_predictor(path: Path, safe_mode: bool = True) -> Predictor:
     model = load_model(path, safe_mode)
     size = (int(model.input_shape[1]), int(model.input_shape[2]))
     names = metadata.get("class_names") or [str(i) for i in range(max(model.output_shape[-1], 2))]
-    activation = metadata.get("activation", "softmax")
+    activation, multilabel = metadata.get("activation", "softmax"), metadata.get("task") == "multilabel"
     return Predictor(
-        lambda x: to_probabilities(model.predict_on_batch(tf.cast(x, tf.float32)), activation), size, names
+        lambda x: to_probabilities(model.predict_on_batch(tf.cast(x, tf.float32)), activation, multilabel), size, names
     )
 
 
@@ -98,6 +111,10 @@ def predict(cfg: DictConfig, run_dir: Path) -> float | None:
     files, true_labels = list_inputs(cfg.predict.input)
     kept, probabilities = predict_files(predictor, files, cfg.data.batch_size)
     record_unreadable(files, kept, run_dir)
+    if predictor.thresholds is not None:
+        if cfg.predict.annotate:
+            log.warning("predict.annotate: images are annotated with top-k classes, not drawn for a multi-label model")
+        return predict_label_sets(predictor, [files[i] for i in kept], probabilities, true_labels, kept, run_dir)
     table = top_k_table([files[i] for i in kept], probabilities, predictor.class_names, cfg.predict.top_k)
     accuracy = None
     if true_labels is not None:
@@ -111,6 +128,47 @@ def predict(cfg: DictConfig, run_dir: Path) -> float | None:
     if cfg.predict.annotate:
         write_annotations(table, run_dir, cfg.predict.contact_sheet)
     return accuracy
+
+
+def predict_label_sets(
+    predictor: Predictor,
+    files: list[str],
+    probabilities: np.ndarray,
+    true_labels: list[str] | None,
+    kept: list[int],
+    run_dir: Path,
+) -> float | None:
+    """A multi-label model's predictions.csv; return the exact-match ratio if labelled."""
+    separator = predictor.label_separator
+    table = label_set_table(files, probabilities, predictor.class_names, predictor.thresholds, separator)
+    exact = None
+    if true_labels is not None:
+        truth = [separator.join(sorted(split_label_sets([true_labels[i]], separator)[0])) for i in kept]
+        table.insert(3, "true_labels", truth)
+        predicted = [separator.join(sorted(filter(None, p.split(separator)))) for p in table["labels"]]
+        table.insert(4, "exact_match", [p == t for p, t in zip(predicted, truth, strict=True)])
+        exact = float(table["exact_match"].mean()) if len(table) else None
+        log.info("Exact-match ratio on %d labelled images: %s", len(table), exact)
+    out = run_dir / "predictions.csv"
+    table.to_csv(out, index=False)
+    log.info("Predictions for %d images (every label above its threshold): %s", len(table), out)
+    return exact
+
+
+def label_set_table(
+    files: list[str], probabilities: np.ndarray, class_names: list[str], thresholds: np.ndarray, separator: str
+) -> pd.DataFrame:
+    """One row per file: ``labels`` above their thresholds, most probable first, and their ``probabilities``
+    (same order and separator), then ``prob_<class>`` for every class."""
+    labels, probs = [], []
+    for row in probabilities:
+        above = [i for i in np.argsort(-row, kind="stable") if row[i] >= thresholds[i]]
+        labels.append(separator.join(class_names[i] for i in above))
+        probs.append(separator.join(f"{row[i]:.4f}" for i in above))
+    table = pd.DataFrame({"file": files, "labels": labels, "probabilities": probs})
+    for index, name in enumerate(class_names):
+        table[f"prob_{name}"] = probabilities[:, index]
+    return table
 
 
 def predict_files(predictor: Predictor, files: list[str], batch_size: int) -> tuple[list[int], np.ndarray]:
