@@ -18,6 +18,7 @@ Targets: >= 0.95x on the digits, >= 1.1x on the photos, model file <= 1.1x the w
 
     python benchmarks/overhead.py --repeats 3
     python benchmarks/overhead.py --repeats 1 --only photos
+    python benchmarks/overhead.py --breakdown      # one profiled kfactory run of each: seconds per artifact
 """
 
 from __future__ import annotations
@@ -161,6 +162,47 @@ def run(name: str, repeats: int, tmp: Path) -> dict:
     }
 
 
+# What each default artifact costs, read from a cProfile of one kfactory run: (label, module, qualified name).
+ARTIFACTS = [
+    ("best model (model.keras, at each improvement)", "kfactory.train.callbacks", "BestModelCheckpoint.on_epoch_end"),
+    (
+        "backup for resume (backup/, weights + optimizer)",
+        "kfactory.train.callbacks",
+        "AtomicBackupAndRestore._save_model",
+    ),
+    ("history.csv", "kfactory.train.callbacks", "HistoryCSV.on_epoch_end"),
+    ("TensorBoard scalars and weight histograms", "kfactory.train.callbacks", "EpochTensorBoard.on_epoch_end"),
+    ("  of which weight histograms", "kfactory.train.callbacks", "EpochTensorBoard._log_weights"),
+    ("PR curves, confusion matrix, image grid", "kfactory.train.tensorboard", "ValidationSummaries.on_epoch_end"),
+    ("  of which PR curves", "kfactory.train.tensorboard", "write_pr_curves"),
+    ("  of which confusion matrix", "kfactory.train.tensorboard", "write_confusion_matrix"),
+    ("  of which image grid", "kfactory.train.tensorboard", "write_image_grid"),
+    ("final evaluation of the best model (once)", "kfactory.train.loop", "evaluate_best"),
+    ("HParams and final/* scalars (once)", "kfactory.train.tensorboard", "write_final_summaries"),
+]
+
+
+def breakdown(name: str, tmp: Path) -> list[tuple[str, float]]:
+    """Seconds per artifact in one profiled kfactory run of comparison ``name`` (per run, not per epoch)."""
+    import importlib
+    import pstats
+
+    _, kf_cmd, run_dir = comparison(name, tmp)
+    subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+    profile = tmp / f"{name}.prof"
+    timed([kf_cmd[0], "-m", "cProfile", "-o", str(profile), *kf_cmd[1:]], tmp / f"{name}_profile.log")
+    stats = pstats.Stats(str(profile)).stats  # {(file, line, name): (calls, primitive, tottime, cumtime, callers)}
+    costs = []
+    for label, module, qualname in ARTIFACTS:
+        target = importlib.import_module(module)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+        code = target.__code__
+        key = (code.co_filename, code.co_firstlineno, code.co_name)
+        costs.append((label, stats[key][3] if key in stats else 0.0))
+    return costs
+
+
 def spread(values: list[float], unit: str = "", digits: int = 1) -> str:
     return f"{statistics.median(values):.{digits}f}{unit} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
@@ -170,11 +212,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", choices=["digits", "photos"])
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (logs, runs, photos)")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="only profile one kfactory run of each: cost per artifact"
+    )
     args = parser.parse_args()
+    names = [args.only] if args.only else ["digits", "photos"]
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.keep or Path(scratch)
         tmp.mkdir(parents=True, exist_ok=True)
-        names = [args.only] if args.only else ["digits", "photos"]
+        if args.breakdown:
+            sys.path.insert(0, str(ROOT))
+            costs = {name: breakdown(name, tmp) for name in names}
+            print(f"\n`python benchmarks/overhead.py --breakdown` ({EPOCHS} epochs, cProfile, s)\n")
+            print(f"| artifact | {' | '.join(names)} |\n| --- | {' | '.join('---' for _ in names)} |")
+            for row, (label, _, _) in enumerate(ARTIFACTS):
+                print(f"| {label} | {' | '.join(f'{costs[name][row][1]:.2f} s' for name in names)} |")
+            return
         results = {name: run(name, args.repeats, tmp) for name in names}
     targets = {"digits": 0.95, "photos": 1.1}
     print(f"\n`python benchmarks/overhead.py --repeats {args.repeats}` ({EPOCHS} epochs, whole processes)\n")
