@@ -211,3 +211,21 @@ def test_summaries_use_the_outputs_fit_validated_with_and_predict_when_there_are
     path = tmp_path / "model.keras"
     model.save(path)  # the wrapped test step is not part of the model
     assert keras.models.load_model(path).predict(images[:2], verbose=0).shape == (2, 3)
+
+
+def test_a_summary_that_fails_to_draw_is_logged_and_training_goes_on(tmp_path, caplog):
+    cfg = compose_config([*TINY], run_dir=tmp_path)
+    images = np.random.default_rng(0).uniform(0, 255, (12, 8, 8, 3)).astype(np.float32)
+    one_hot = np.eye(3, dtype=np.float32)[np.arange(12) % 3]
+    val = tf.data.Dataset.from_tensor_slices((images, one_hot)).batch(4)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(3, "softmax")])
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    extras = ValidationSummaries(tmp_path / "tensorboard", val, ["only", "two"], cfg)  # three outputs, two names
+    with caplog.at_level("WARNING", logger="kfactory.train.tensorboard"):
+        history = model.fit(images, one_hot, validation_data=val, epochs=2, verbose=0, callbacks=[extras])
+    assert len(history.epoch) == 2 and extras.drawing is None  # both epochs trained; the drawing thread joined
+    failures = [r.getMessage() for r in caplog.records if "not written" in r.getMessage()]
+    assert [message.split(":")[0] for message in failures] == [
+        "TensorBoard summaries of epoch 1 not written",
+        "TensorBoard summaries of epoch 2 not written",
+    ]

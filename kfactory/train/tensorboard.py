@@ -1,9 +1,10 @@
 """TensorBoard beyond scalars: PR curves, confusion matrix, image grid and HParams.
 
-Everything is written at epoch end from the outputs fit's own validation pass
-computed (at most ``trainer.tensorboard.max_samples`` of them), into the run's
-``tensorboard/`` directory itself, next to the ``train/`` and ``validation/``
-runs the Keras callback writes; nothing runs per training batch.
+Everything is drawn from the outputs fit's own validation pass computed (at
+most ``trainer.tensorboard.max_samples`` of them), on a thread of its own while
+the next epoch trains, into the run's ``tensorboard/`` directory itself, next to
+the ``train/`` and ``validation/`` runs the Keras callback writes; nothing runs
+per training batch.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,7 @@ class ValidationSummaries(keras.callbacks.Callback):
         self.group = session_group(cfg, self.log_dir.parent)  # the run directory's name, or its fold group's
         self.writer: Any = None
         self.tap: ValidationOutputs | None = None
+        self.drawing: threading.Thread | None = None
 
     def set_model(self, model: keras.Model) -> None:
         super().set_model(model)
@@ -93,21 +96,43 @@ class ValidationSummaries(keras.callbacks.Callback):
 
         if not np.isfinite(probs).all():  # a diverged model (NaN loss): nothing to draw, and no curve to skew
             return
-        step = epoch + 1  # epochs count from 1 in every file a run writes
-        with self.writer.as_default(step=step):
-            if self.settings.pr_curves:
-                write_pr_curves(labels, probs, self.class_names, self.settings.pr_thresholds, step)
-            if self.multilabel:
-                write_label_set_summaries(images_at, labels, probs, self.class_names, self.settings.images, step)
-            elif self.settings.confusion_matrix:
-                write_confusion_matrix(labels, probs.argmax(axis=1), self.class_names, step)
-            if wants_images and not self.multilabel:
-                predicted = probs.argmax(axis=1)
-                order = grid_order(labels, predicted, self.settings.images)
-                write_image_grid(images_at(order), labels[order], predicted[order], self.class_names, step)
-        self.writer.flush()
+        self.wait()  # one epoch's figures at a time, in epoch order
+        self.drawing = threading.Thread(
+            target=self.draw, args=(epoch + 1, labels, probs, images_at), name="kfactory-summaries", daemon=True
+        )
+        self.drawing.start()
+
+    def draw(self, step: int, labels: np.ndarray, probs: np.ndarray, images_at: Callable) -> None:
+        """Render and write one epoch's summaries (``step``: the epoch, counted from 1); off the training thread.
+
+        The figures are drawn while the next epoch trains: they read only this
+        epoch's copies of the labels and outputs (and validation images). A
+        failure is logged, never raised into training.
+        """
+        try:
+            with self.writer.as_default(step=step):
+                if self.settings.pr_curves:
+                    write_pr_curves(labels, probs, self.class_names, self.settings.pr_thresholds, step)
+                if self.multilabel:
+                    write_label_set_summaries(images_at, labels, probs, self.class_names, self.settings.images, step)
+                elif self.settings.confusion_matrix:
+                    write_confusion_matrix(labels, probs.argmax(axis=1), self.class_names, step)
+                if self.settings.images > 0 and not self.multilabel:
+                    predicted = probs.argmax(axis=1)
+                    order = grid_order(labels, predicted, self.settings.images)
+                    write_image_grid(images_at(order), labels[order], predicted[order], self.class_names, step)
+            self.writer.flush()
+        except Exception as error:  # a figure is not worth a run
+            log.warning("TensorBoard summaries of epoch %d not written: %s: %s", step, type(error).__name__, error)
+
+    def wait(self) -> None:
+        """Until the summaries being drawn are written."""
+        if self.drawing is not None:
+            self.drawing.join()
+            self.drawing = None
 
     def on_train_end(self, logs: dict | None = None) -> None:
+        self.wait()
         if self.writer is not None:
             self.writer.flush()
 
