@@ -91,8 +91,7 @@ def kfactory(cfg: DictConfig) -> float | None:
     finally:
         if lock is not None:
             run_lock.release(lock)
-        if multirun:  # the next job runs in this process (basic launcher); a single run's process ends here
-            release_memory()
+        release_memory()  # also before a single run's exit: live tf.data threads can abort the interpreter's teardown
     return None
 
 

@@ -104,8 +104,8 @@ class EpochTensorBoard(keras.callbacks.TensorBoard):
             for layer in self.model.layers
             for weight in layer.weights
         ]
-        self.bucketing = threading.Thread(
-            target=self._write_histograms, args=(weights, epoch), name="kfactory-histograms", daemon=True
+        self.bucketing = threading.Thread(  # not a daemon: joined at exit, as one killed in a TF op aborts
+            target=self._write_histograms, args=(weights, epoch), name="kfactory-histograms", daemon=False
         )
         self.bucketing.start()
 

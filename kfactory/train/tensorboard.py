@@ -97,8 +97,8 @@ class ValidationSummaries(keras.callbacks.Callback):
         if not np.isfinite(probs).all():  # a diverged model (NaN loss): nothing to draw, and no curve to skew
             return
         self.wait()  # one epoch's figures at a time, in epoch order
-        self.drawing = threading.Thread(
-            target=self.draw, args=(epoch + 1, labels, probs, images_at), name="kfactory-summaries", daemon=True
+        self.drawing = threading.Thread(  # not a daemon: joined at exit, as one killed in a TF op aborts
+            target=self.draw, args=(epoch + 1, labels, probs, images_at), name="kfactory-summaries", daemon=False
         )
         self.drawing.start()
 
