@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import keras
@@ -173,6 +174,11 @@ def test_weight_histograms_match_tensorflows_and_cover_every_weight(tmp_path):
     theirs = read_events(tmp_path / "tf")
     for name, data in samples.items():
         np.testing.assert_allclose(histogram_buckets(data), tensors(theirs, name)[0][1], rtol=1e-6, atol=1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "invalid value encountered in cast"
+        diverged = histogram_buckets(np.array([np.nan, 1.0, np.inf, 3.0, -np.inf]))
+        assert diverged[:, 2].sum() == 2 and diverged[0, 0] == 1.0 and diverged[-1, 1] == 3.0
+        assert not histogram_buckets(np.array([np.nan, np.nan])).any()
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization()])
     model.compile(optimizer="adam", loss="mse")

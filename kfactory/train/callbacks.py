@@ -137,11 +137,15 @@ def histogram_buckets(data: np.ndarray, count: int = 30) -> np.ndarray:
 
     Equal-width buckets from the minimum to the maximum, as ``tf.summary.histogram``
     makes them; all values equal: every edge at that value, all counted in the last.
+    NaN and infinite values (a diverged epoch) are left out.
     """
     values = data.ravel()
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if not (math.isfinite(low) and math.isfinite(high)):  # a diverged weight: count the finite values only
+        values = values[np.isfinite(values)]
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
     if values.size == 0:
         return np.zeros((count, 3))
-    low, high = float(values.min()), float(values.max())
     counts = np.zeros(count)
     if high == low:
         counts[-1] = values.size
