@@ -87,12 +87,14 @@ class EpochTensorBoard(keras.callbacks.TensorBoard):
     same tags and buckets as Keras's, at a fifteenth of the cost (Keras runs a
     dozen eager TensorFlow ops per weight, 4 s an epoch for ResNet50's 320). The
     weights are copied at the epoch's end and bucketed on a thread of their own
-    while the next epoch trains.
+    once the next epoch starts: not beside the checkpoint and backup writes, whose
+    Python would wait for the thread's.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.bucketing: threading.Thread | None = None
+        self.pending: tuple[list[tuple[str, np.ndarray]], int] | None = None  # copies not bucketed yet
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         super().on_epoch_end(epoch + 1, logs)
@@ -104,9 +106,20 @@ class EpochTensorBoard(keras.callbacks.TensorBoard):
             for layer in self.model.layers
             for weight in layer.weights
         ]
+        self.pending = (weights, epoch)  # bucketed once the checkpoint and backup are written
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        super().on_epoch_begin(epoch, logs)
+        self.start_bucketing()
+
+    def start_bucketing(self) -> None:
+        """Bucket the pending histograms on their own thread (the next epoch's steps leave Python idle)."""
+        if self.pending is None:
+            return
         self.bucketing = threading.Thread(  # not a daemon: joined at exit, as one killed in a TF op aborts
-            target=self._write_histograms, args=(weights, epoch), name="kfactory-histograms", daemon=False
+            target=self._write_histograms, args=self.pending, name="kfactory-histograms", daemon=False
         )
+        self.pending = None
         self.bucketing.start()
 
     def _write_histograms(self, weights: list[tuple[str, np.ndarray]], epoch: int) -> None:
@@ -128,6 +141,7 @@ class EpochTensorBoard(keras.callbacks.TensorBoard):
             self.bucketing = None
 
     def on_train_end(self, logs: dict | None = None) -> None:
+        self.start_bucketing()  # the last epoch's
         self.wait()  # before Keras closes the writers
         super().on_train_end(logs)
 

@@ -58,6 +58,7 @@ class ValidationSummaries(keras.callbacks.Callback):
         self.writer: Any = None
         self.tap: ValidationOutputs | None = None
         self.drawing: threading.Thread | None = None
+        self.pending: tuple | None = None  # (step, labels, probs, images_at) of an epoch not drawn yet
 
     def set_model(self, model: keras.Model) -> None:
         super().set_model(model)
@@ -97,9 +98,19 @@ class ValidationSummaries(keras.callbacks.Callback):
         if not np.isfinite(probs).all():  # a diverged model (NaN loss): nothing to draw, and no curve to skew
             return
         self.wait()  # one epoch's figures at a time, in epoch order
+        self.pending = (epoch + 1, labels, probs, images_at)  # drawn once the checkpoint and backup are written
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.start_drawing()
+
+    def start_drawing(self) -> None:
+        """Draw the pending epoch's figures on their own thread (the next epoch's steps leave Python idle)."""
+        if self.pending is None:
+            return
         self.drawing = threading.Thread(  # not a daemon: joined at exit, as one killed in a TF op aborts
-            target=self.draw, args=(epoch + 1, labels, probs, images_at), name="kfactory-summaries", daemon=False
+            target=self.draw, args=self.pending, name="kfactory-summaries", daemon=False
         )
+        self.pending = None
         self.drawing.start()
 
     def draw(self, step: int, labels: np.ndarray, probs: np.ndarray, images_at: Callable) -> None:
@@ -132,6 +143,7 @@ class ValidationSummaries(keras.callbacks.Callback):
             self.drawing = None
 
     def on_train_end(self, logs: dict | None = None) -> None:
+        self.start_drawing()  # the last epoch's
         self.wait()
         if self.writer is not None:
             self.writer.flush()
