@@ -212,8 +212,10 @@ def test_ctrl_c_or_sigterm_ends_the_run_with_one_line_naming_the_resume_command(
     run_dir = tmp_path / "run"
     args = ["model=vgg16", *TINY, "trainer.epochs=50", f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # SIGINT as a terminal delivers it: a job started in the background (`.ci/run &`) inherits it ignored.
     process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         wait_for_backup(run_dir, process)
         process.send_signal(stop)
