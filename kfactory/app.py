@@ -172,9 +172,9 @@ def release_memory() -> None:
     """
     if "keras" not in sys.modules:  # nothing was built; keep the cold path TF-free
         return
-    for thread in threading.enumerate():  # figures and histograms still being written (a run cut short)
-        if thread.name.startswith("kfactory-") and thread is not threading.current_thread():
-            thread.join()
+    from kfactory.train.deferred import wait_for_all
+
+    wait_for_all()  # figures and histograms still being written (a run cut short)
     from kfactory.train.compute import release_finished_job
 
     release_finished_job()

@@ -229,7 +229,7 @@ def test_a_summary_that_fails_to_draw_is_logged_and_training_goes_on(tmp_path, c
     extras = ValidationSummaries(tmp_path / "tensorboard", val, ["only", "two"], cfg)  # three outputs, two names
     with caplog.at_level("WARNING", logger="kfactory.train.tensorboard"):
         history = model.fit(images, one_hot, validation_data=val, epochs=2, verbose=0, callbacks=[extras])
-    assert len(history.epoch) == 2 and extras.drawing is None  # both epochs trained; the drawing thread joined
+    assert len(history.epoch) == 2 and extras.figures.thread is None  # both epochs trained; the drawing thread joined
     failures = [r.getMessage() for r in caplog.records if "not written" in r.getMessage()]
     assert [message.split(":")[0] for message in failures] == [
         "TensorBoard summaries of epoch 1 not written",

@@ -20,6 +20,7 @@ from kfactory.model.checkpoint import save_model, write_json_atomic
 from kfactory.overrides import rerun_command
 from kfactory.registry import monitor_mode
 from kfactory.targets import build
+from kfactory.train.deferred import Deferred
 from kfactory.train.hparams import task_overrides
 from kfactory.train.pruning import trial_pruning
 from kfactory.train.resume import BACKUP_METADATA, backup_dir, read_backup_metadata
@@ -87,40 +88,27 @@ class EpochTensorBoard(keras.callbacks.TensorBoard):
     same tags and buckets as Keras's, at a fifteenth of the cost (Keras runs a
     dozen eager TensorFlow ops per weight, 4 s an epoch for ResNet50's 320). The
     weights are copied at the epoch's end and bucketed on a thread of their own
-    once the next epoch starts: not beside the checkpoint and backup writes, whose
-    Python would wait for the thread's.
+    once the next epoch starts (``kfactory.train.deferred``).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.bucketing: threading.Thread | None = None
-        self.pending: tuple[list[tuple[str, np.ndarray]], int] | None = None  # copies not bucketed yet
+        self.histograms = Deferred("histograms", self._write_histograms)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         super().on_epoch_end(epoch + 1, logs)
 
     def _log_weights(self, epoch: int) -> None:
-        self.wait()
         weights = [
             (f"{weight.path.replace(':', '_')}/histogram", weight.numpy())  # copies, as the epoch left them
             for layer in self.model.layers
             for weight in layer.weights
         ]
-        self.pending = (weights, epoch)  # bucketed once the checkpoint and backup are written
+        self.histograms.defer(weights, epoch)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         super().on_epoch_begin(epoch, logs)
-        self.start_bucketing()
-
-    def start_bucketing(self) -> None:
-        """Bucket the pending histograms on their own thread (the next epoch's steps leave Python idle)."""
-        if self.pending is None:
-            return
-        self.bucketing = threading.Thread(  # not a daemon: joined at exit, as one killed in a TF op aborts
-            target=self._write_histograms, args=self.pending, name="kfactory-histograms", daemon=False
-        )
-        self.pending = None
-        self.bucketing.start()
+        self.histograms.start()
 
     def _write_histograms(self, weights: list[tuple[str, np.ndarray]], epoch: int) -> None:
         from tensorboard.plugins.histogram.metadata import create_summary_metadata
@@ -134,15 +122,8 @@ class EpochTensorBoard(keras.callbacks.TensorBoard):
         except Exception as error:  # a histogram is not worth a run
             log.warning("Weight histograms of epoch %d not written: %s: %s", epoch, type(error).__name__, error)
 
-    def wait(self) -> None:
-        """Until the histograms being written are written."""
-        if self.bucketing is not None:
-            self.bucketing.join()
-            self.bucketing = None
-
     def on_train_end(self, logs: dict | None = None) -> None:
-        self.start_bucketing()  # the last epoch's
-        self.wait()  # before Keras closes the writers
+        self.histograms.finish()  # the last epoch's, before Keras closes the writers
         super().on_train_end(logs)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from tensorboard.plugins.hparams import api as hp
 from tensorboard.plugins.pr_curve import summary as pr_summary
 
 from kfactory.model.build import to_probabilities
+from kfactory.train.deferred import Deferred
 from kfactory.train.hparams import hparam_metrics, run_hparams, session_group, task_overrides
 from kfactory.train.multilabel import class_scores
 
@@ -57,8 +57,7 @@ class ValidationSummaries(keras.callbacks.Callback):
         self.group = session_group(cfg, self.log_dir.parent)  # the run directory's name, or its fold group's
         self.writer: Any = None
         self.tap: ValidationOutputs | None = None
-        self.drawing: threading.Thread | None = None
-        self.pending: tuple | None = None  # (step, labels, probs, images_at) of an epoch not drawn yet
+        self.figures = Deferred("summaries", self.draw)  # drawn once the next epoch begins
 
     def set_model(self, model: keras.Model) -> None:
         super().set_model(model)
@@ -97,21 +96,10 @@ class ValidationSummaries(keras.callbacks.Callback):
 
         if not np.isfinite(probs).all():  # a diverged model (NaN loss): nothing to draw, and no curve to skew
             return
-        self.wait()  # one epoch's figures at a time, in epoch order
-        self.pending = (epoch + 1, labels, probs, images_at)  # drawn once the checkpoint and backup are written
+        self.figures.defer(epoch + 1, labels, probs, images_at)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self.start_drawing()
-
-    def start_drawing(self) -> None:
-        """Draw the pending epoch's figures on their own thread (the next epoch's steps leave Python idle)."""
-        if self.pending is None:
-            return
-        self.drawing = threading.Thread(  # not a daemon: joined at exit, as one killed in a TF op aborts
-            target=self.draw, args=self.pending, name="kfactory-summaries", daemon=False
-        )
-        self.pending = None
-        self.drawing.start()
+        self.figures.start()
 
     def draw(self, step: int, labels: np.ndarray, probs: np.ndarray, images_at: Callable) -> None:
         """Render and write one epoch's summaries (``step``: the epoch, counted from 1); off the training thread.
@@ -136,15 +124,8 @@ class ValidationSummaries(keras.callbacks.Callback):
         except Exception as error:  # a figure is not worth a run
             log.warning("TensorBoard summaries of epoch %d not written: %s: %s", step, type(error).__name__, error)
 
-    def wait(self) -> None:
-        """Until the summaries being drawn are written."""
-        if self.drawing is not None:
-            self.drawing.join()
-            self.drawing = None
-
     def on_train_end(self, logs: dict | None = None) -> None:
-        self.start_drawing()  # the last epoch's
-        self.wait()
+        self.figures.finish()  # the last epoch's
         if self.writer is not None:
             self.writer.flush()
 
