@@ -6,7 +6,6 @@ import importlib
 import importlib.util
 import json
 import os
-import shutil
 import sys
 import zipfile
 from collections.abc import Iterator
@@ -72,10 +71,7 @@ def save_model(model: keras.Model, path: Path, metadata: dict[str, Any]) -> None
 
 def update_metadata(path: Path, values: dict[str, Any]) -> None:
     """Add ``values`` to the metadata inside the ``.keras`` file at ``path``, atomically."""
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    shutil.copyfile(path, tmp)
-    rewrite_entries(tmp, {METADATA_ENTRY: json.dumps({**read_metadata(path), **values}, indent=2)})
-    os.replace(tmp, path)
+    rewrite_entries(path, {METADATA_ENTRY: json.dumps({**read_metadata(path), **values}, indent=2)})
 
 
 def rewrite_entries(path: Path, entries: dict[str, str]) -> None:

@@ -77,7 +77,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         raise RunStopped(f"no epoch produced a finite {monitor}; nothing to save (try a lower learning rate)")
     metrics = evaluate_best(cfg, model, checkpoint, splits)
     if cfg.data.task == "multilabel":
-        metrics.update(store_thresholds(run_dir / MODEL_FILE, splits))
+        metrics.update(store_thresholds(best_model(cfg, model, checkpoint, splits), run_dir / MODEL_FILE, splits))
     epochs_run = len(past) + len(history.epoch)
     metrics.update(best_epoch=checkpoint.best_epoch + 1, epochs_run=epochs_run, wall_time_s=time.time() - started)
     metrics[f"best_{cfg.trainer.monitor}"] = checkpoint.best
@@ -261,11 +261,7 @@ def evaluate_best(
     data and metrics). After a resume whose best epoch came before the restart,
     the model is loaded from the file.
     """
-    if checkpoint.best_weights is None:
-        model = load_model(checkpoint.path)
-        compile_model(model, cfg, len(splits.class_names), jit_compile=False)
-    else:
-        model.set_weights(checkpoint.best_weights)
+    model = best_model(cfg, model, checkpoint, splits)
     metrics: dict[str, float] = {}
     known = checkpoint.best_logs if cfg.trainer.validation_steps is None else None
     for split, ds in (("val", splits.val), ("test", splits.test)):
@@ -279,20 +275,32 @@ def evaluate_best(
     return metrics
 
 
-def store_thresholds(model_path: Path, splits: Splits) -> dict[str, float]:
-    """Tune per-class thresholds on the validation split, store them in model.keras; their metrics, flat."""
-    model = load_model(model_path)
+def best_model(cfg: DictConfig, model: keras.Model, checkpoint: BestModelCheckpoint, splits: Splits) -> keras.Model:
+    """The trained model with the best epoch's weights from memory; after a resume past that epoch, the file's."""
+    if checkpoint.best_weights is None:
+        model = load_model(checkpoint.path)
+        compile_model(model, cfg, len(splits.class_names), jit_compile=False)
+    else:
+        model.set_weights(checkpoint.best_weights)
+    return model
+
+
+def store_thresholds(model: keras.Model, model_path: Path, splits: Splits) -> dict[str, float]:
+    """Tune per-class thresholds of the best ``model`` on the validation split, store them in model.keras.
+
+    Returns their metrics, flat; each split is predicted once.
+    """
     names = splits.class_names
-    if splits.val is None:
+    predicted = {split: predict_split(model, ds) for split, ds in (("val", splits.val), ("test", splits.test)) if ds}
+    if "val" not in predicted:
         thresholds = np.full(len(names), DEFAULT_THRESHOLD)
         log.info("No validation split (data.val_split=0): every class keeps the threshold %s", DEFAULT_THRESHOLD)
     else:
-        thresholds = tune_thresholds(*predict_split(model, splits.val))
+        thresholds = tune_thresholds(*predicted["val"])
     update_metadata(model_path, {"thresholds": dict(zip(names, thresholds.tolist(), strict=True))})
     metrics = {f"threshold_{name}": float(t) for name, t in zip(names, thresholds, strict=True)}
-    for split, ds in (("val", splits.val), ("test", splits.test)):
-        if ds is not None:
-            metrics.update(threshold_metrics(split, *predict_split(model, ds), thresholds))
+    for split, (truth, probabilities) in predicted.items():
+        metrics.update(threshold_metrics(split, truth, probabilities, thresholds))
     log.info(
         "Per-class thresholds (best validation F1): %s",
         ", ".join(f"{n} {t:g}" for n, t in zip(names, thresholds, strict=True)),
@@ -301,12 +309,9 @@ def store_thresholds(model_path: Path, splits: Splits) -> dict[str, float]:
 
 
 def predict_split(model: keras.Model, dataset: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(multi-hot labels, sigmoid probabilities) of a whole split, batch by batch in the pipeline's order."""
-    truth, probabilities = [], []
-    for x, y in dataset:
-        truth.append(np.asarray(y))
-        probabilities.append(np.asarray(model(x, training=False), dtype=np.float64))
-    return np.concatenate(truth), np.concatenate(probabilities)
+    """(multi-hot labels, sigmoid probabilities) of a whole split, in the pipeline's order (Keras's traced predict)."""
+    truth = np.concatenate([np.asarray(y) for _, y in dataset])
+    return truth, np.asarray(model.predict(dataset, verbose=0), dtype=np.float64)
 
 
 def report(cfg: DictConfig, run_dir: Path, metrics: dict[str, float]) -> None:
