@@ -29,6 +29,7 @@ from kfactory.train.resume import (
     RESTART,
     check_run_dir,
     complete_run_metric,
+    monitored_value,
     prepare_restart,
     resume_mode,
 )
@@ -145,7 +146,7 @@ def train_folds(cfg: DictConfig, run_dir: Path, dir_key: str, hydra_cfg: DictCon
     write_json_atomic(run_dir / METRICS_FILE, metrics)
     monitor = cfg.trainer.monitor
     log.info("Mean of %d folds: %s=%.4f", len(done), monitor, metrics.get(monitor, float("nan")))
-    return metrics.get(monitor, metrics.get(f"best_{monitor}"))
+    return monitored_value(metrics, monitor)
 
 
 def save_config(cfg: DictConfig, run_dir: Path) -> None:

@@ -123,6 +123,11 @@ def complete_run_metric(run_dir: Path, monitor: str) -> float | None:
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
     drop_backup(run_dir)  # killed between metrics.json and the backup's removal
     log.info("%s", complete_message(run_dir, metrics))
+    return monitored_value(metrics, monitor)
+
+
+def monitored_value(metrics: dict[str, Any], monitor: str) -> float | None:
+    """What a run returns to its sweeper: ``monitor`` on the whole split, else its best epoch's value."""
     return metrics.get(monitor, metrics.get(f"best_{monitor}"))
 
 
