@@ -124,3 +124,42 @@ def test_release_finished_job_frees_the_traced_train_step() -> None:
     assert traced_graphs() > before  # the probe sees what a fit leaves behind
     release_finished_job()
     assert traced_graphs() <= before
+
+
+@pytest.mark.parametrize("built_before", [False, True])
+def test_each_step_is_traced_once_when_its_variables_exist_before_fit(built_before: bool, tmp_path: Path) -> None:
+    """Adam's slots, the metrics' totals and the validation tap exist before fit: no step is traced twice."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from kfactory.train.compute import build_before_fit
+    from kfactory.train.tensorboard import ValidationSummaries
+    from tests.conftest import TINY, compose_config
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (24, 8, 8, 3)).astype(np.float32)
+    labels = np.eye(3, dtype=np.float32)[np.arange(24) % 3]
+    data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(3, "softmax")])
+    traces = {"train": 0, "test": 0}
+
+    def counted(kind: str, step):  # Python runs a step's body only while TensorFlow traces it
+        def step_fn(batch):
+            traces[kind] += 1
+            return step(batch)
+
+        return step_fn
+
+    object.__setattr__(model, "train_step", counted("train", model.train_step))
+    object.__setattr__(model, "test_step", counted("test", model.test_step))
+    cfg = compose_config([*TINY, "trainer.tensorboard.max_samples=8"], run_dir=tmp_path)
+    extras = ValidationSummaries(tmp_path / "tensorboard", data, ["a", "b", "c"], cfg)
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    if built_before:
+        build_before_fit(model, data.element_spec)
+    history = model.fit(data, validation_data=data, epochs=2, verbose=0, callbacks=[extras])
+    assert extras.tap is not None and extras.tap.read()[1].shape == (8, 3)  # the tap still records
+    assert np.isfinite(history.history["val_accuracy"]).all()
+    expected = {"train": 1, "test": 1} if built_before else {"train": 2, "test": 1}  # Keras alone traces twice
+    assert traces == expected

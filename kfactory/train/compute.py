@@ -1,14 +1,18 @@
-"""TensorFlow runtime settings: seeds, threads, determinism, precision, and the rule that sets XLA."""
+"""TensorFlow runtime settings: seeds, threads, determinism, precision, the rule that sets XLA, and tracing once."""
 
 from __future__ import annotations
 
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
 from kfactory.train.distribute import split_cpu
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +92,22 @@ def launcher_thread_budget() -> int | None:
     budget = max(1, cores // workers)
     log.info("TensorFlow threads: %d (%d cores shared by %d parallel jobs)", budget, cores, workers)
     return budget
+
+
+def build_before_fit(model: keras.Model, element_spec: Any) -> None:
+    """Create the optimizer's and the compiled metrics' variables before ``fit`` traces its first step.
+
+    Without a distribution strategy Keras creates them while tracing the first
+    training step, and a variable created during a trace makes TensorFlow trace
+    the step again: for ResNet50 at 32 px on two cores the first step took 19.5 s
+    instead of 11 s. This is Keras's own symbolic build (what ``fit`` runs under a
+    strategy), from the shapes of ``element_spec``; where it fails (a model of your
+    own that cannot run symbolically), Keras builds as it would have.
+    """
+    try:
+        model._symbolic_build(data_batch=element_spec)
+    except Exception as error:  # the step traces twice, as in plain Keras
+        log.debug("Variables left to the first trace (%s: %s)", type(error).__name__, error)
 
 
 def has_gpu() -> bool:

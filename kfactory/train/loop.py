@@ -23,7 +23,7 @@ from kfactory.registry import LOSSES, OPTIMIZERS, input_size, label_loss, metric
 from kfactory.schema import LossConfig, OptimizerConfig, extra_keys
 from kfactory.targets import TARGET, build, is_custom_model, target_of
 from kfactory.train.callbacks import BestModelCheckpoint, make_callbacks, stop_if_diverged
-from kfactory.train.compute import choose_jit_compile, configure_tensorflow
+from kfactory.train.compute import build_before_fit, choose_jit_compile, configure_tensorflow
 from kfactory.train.distribute import make_strategy
 from kfactory.train.finetune import fit_in_phases
 from kfactory.train.multilabel import DEFAULT_THRESHOLD, multilabel_metrics, threshold_metrics, tune_thresholds
@@ -65,6 +65,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         jit = xla.jit if probe is None or probe.decided is None else probe.decided
         with model.distribute_strategy.scope():
             compile_model(model, cfg, len(splits.class_names), jit, learning_rate)
+            build_before_fit(model, splits.train.element_spec)
 
     past = resume_history(cfg.resume, cfg.trainer.epochs, run_dir)
     checkpoint.replay(past)

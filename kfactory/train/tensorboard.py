@@ -62,7 +62,7 @@ class ValidationSummaries(keras.callbacks.Callback):
     def set_model(self, model: keras.Model) -> None:
         super().set_model(model)
         if self.val_data is not None and self.settings.summary_freq:
-            self.tap = ValidationOutputs.attach(model, self.settings.max_samples)
+            self.tap = ValidationOutputs.attach(model, self.settings.max_samples, self.val_data.element_spec)
 
     def on_test_begin(self, logs: dict | None = None) -> None:
         if self.tap is not None:
@@ -136,9 +136,11 @@ class ValidationOutputs:
     Wraps the model's ``compute_metrics`` (called by ``test_step`` with every
     batch's labels and outputs) so that, while the test step is traced, it also
     writes the first ``capacity`` rows into variables; the training step is
-    traced without it. Nothing is saved with the model: the wrappers are
-    instance attributes, not layers or weights. Under a distribution strategy
-    (replicas would write the same rows) nothing is attached.
+    traced without it. The variables exist before the first trace where the
+    label and output widths are known: a variable created while tracing makes
+    TensorFlow trace the test step a second time. Nothing is saved with the
+    model: the wrappers are instance attributes, not layers or weights. Under a
+    distribution strategy (replicas would write the same rows) nothing is attached.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -148,11 +150,23 @@ class ValidationOutputs:
         self.outputs: tf.Variable | None = None
         self.tracing_test = False
 
+    def allocate(self, label_width: int, output_width: int) -> None:
+        """Create the variables for rows of these widths (labels flattened: one column for sparse labels)."""
+        with tf.init_scope():
+            self.labels = tf.Variable(tf.zeros((self.capacity + 1, label_width)), trainable=False)
+            self.outputs = tf.Variable(tf.zeros((self.capacity + 1, output_width)), trainable=False)
+
     @classmethod
-    def attach(cls, model: keras.Model, capacity: int) -> ValidationOutputs | None:
+    def attach(cls, model: keras.Model, capacity: int, element_spec: Any = None) -> ValidationOutputs | None:
+        """Tap ``model``'s test step; ``element_spec`` (the validation data's, (images, labels)) sizes the rows."""
         if model.distribute_strategy.num_replicas_in_sync > 1:
             return None
         tap = cls(capacity)
+        outputs = getattr(model, "outputs", None) or [None]  # a subclassed model may have none
+        label_width = flat_width(element_spec[1]) if isinstance(element_spec, tuple) and len(element_spec) > 1 else None
+        output_width = flat_width(outputs[0])
+        if label_width is not None and output_width is not None:
+            tap.allocate(label_width, output_width)
         test_step, compute_metrics = model.test_step, model.compute_metrics
 
         def tapped_test_step(data: Any) -> Any:
@@ -176,10 +190,8 @@ class ValidationOutputs:
         rows = tf.shape(y_pred)[0]
         y = tf.reshape(tf.cast(y, tf.float32), (-1, math.prod(y.shape[1:])))  # sparse labels: one column
         y_pred = tf.reshape(tf.cast(y_pred, tf.float32), (-1, math.prod(y_pred.shape[1:])))
-        if self.outputs is None:  # created on the first trace, outside it, at the batch's widths
-            with tf.init_scope():
-                self.labels = tf.Variable(tf.zeros((self.capacity + 1, y.shape[1])), trainable=False)
-                self.outputs = tf.Variable(tf.zeros((self.capacity + 1, y_pred.shape[1])), trainable=False)
+        if self.outputs is None or self.labels is None:  # widths unknown before: made on the first trace
+            self.allocate(y.shape[1], y_pred.shape[1])
         index = tf.minimum(self.count + tf.range(rows), self.capacity)[:, None]
         self.labels.scatter_nd_update(index, y)
         self.outputs.scatter_nd_update(index, y_pred)
@@ -194,6 +206,15 @@ class ValidationOutputs:
         if self.outputs is None or kept == 0:
             return None
         return self.labels[:kept].numpy(), self.outputs[:kept].numpy().astype(np.float64)
+
+
+def flat_width(spec: Any) -> int | None:
+    """How many columns a batch of this tensor (or tensor spec) has once flattened per row; None if unknown."""
+    try:
+        dims = tuple(getattr(spec, "shape", None))  # a TensorShape or a KerasTensor's tuple
+    except (TypeError, ValueError):  # no shape, or an unknown rank
+        return None
+    return None if not dims or None in dims[1:] else math.prod(dims[1:])
 
 
 def take_images(dataset: tf.data.Dataset, indices: np.ndarray) -> np.ndarray:
