@@ -84,6 +84,7 @@ def test_predict_lists_every_label_above_its_threshold(multilabel_run, tmp_path)
         expected = {n for n in CLASSES if row[f"prob_{n}"] >= thresholds[n]}
         listed = [n for n in row["labels"].split(";") if n]
         assert set(listed) == expected
+        assert row["exact_match"] == (set(listed) == set(filter(None, row["true_labels"].split(";"))))
         probs = [float(p) for p in str(row["probabilities"]).split(";") if p]
         assert probs == sorted(probs, reverse=True) and len(probs) == len(listed)
     assert exact == pytest.approx(table["exact_match"].mean()) and exact > 0.5

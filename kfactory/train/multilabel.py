@@ -8,6 +8,8 @@ precision is computed from the validation predictions with numpy.
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 import numpy as np
 
@@ -68,6 +70,12 @@ def average_precision(truth: np.ndarray, scores: np.ndarray) -> float:
     hits = truth[order]
     precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
     return float(precision[hits].mean())
+
+
+def stored_thresholds(metadata: dict[str, Any], class_names: list[str]) -> np.ndarray:
+    """A model's per-class thresholds in class order, from its metadata (``DEFAULT_THRESHOLD`` where none)."""
+    stored = metadata.get("thresholds") or {}
+    return np.array([stored.get(name, DEFAULT_THRESHOLD) for name in class_names], dtype=np.float64)
 
 
 def tune_thresholds(truth: np.ndarray, probabilities: np.ndarray) -> np.ndarray:

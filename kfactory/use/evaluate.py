@@ -15,7 +15,7 @@ from kfactory.model.build import to_probabilities
 from kfactory.model.checkpoint import find_model_file, load_model, read_metadata, write_json_atomic
 from kfactory.schema import apply_schema
 from kfactory.train.loop import compile_model
-from kfactory.train.multilabel import DEFAULT_THRESHOLD, class_scores
+from kfactory.train.multilabel import class_scores, stored_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> float:
     multilabel = metadata.get("task") == "multilabel"
     probabilities = to_probabilities(model.predict(data, verbose=0), metadata.get("activation", "softmax"), multilabel)
     if multilabel:
-        report = label_set_report(probabilities, labels, class_names, metadata.get("thresholds") or {})
+        report = label_set_report(probabilities, labels, class_names, stored_thresholds(metadata, class_names))
     else:
         report = class_report(probabilities, labels, class_names)
     write_json_atomic(run_dir / "eval_metrics.json", values)
@@ -80,13 +80,12 @@ def class_report(probabilities: np.ndarray, labels: np.ndarray, class_names: lis
 
 
 def label_set_report(
-    probabilities: np.ndarray, labels: np.ndarray, class_names: list[str], thresholds: dict[str, float]
+    probabilities: np.ndarray, labels: np.ndarray, class_names: list[str], thresholds: np.ndarray
 ) -> pd.DataFrame:
     """Per class of a multi-label model: its threshold, F1 there, average precision and support; the macro average."""
-    cut = np.array([thresholds.get(n, DEFAULT_THRESHOLD) for n in class_names])
-    scores = class_scores(labels, probabilities, cut)
+    scores = class_scores(labels, probabilities, thresholds)
     table = pd.DataFrame(
-        {"threshold": cut, "f1": scores["f1"], "ap": scores["ap"], "support": scores["support"]},
+        {"threshold": thresholds, "f1": scores["f1"], "ap": scores["ap"], "support": scores["support"]},
         index=pd.Index(class_names, name="class"),
     )
     table.loc["macro avg"] = [np.nan, scores["f1"].mean(), np.nanmean(scores["ap"]), table["support"].sum()]

@@ -33,7 +33,7 @@ from kfactory.model.checkpoint import (
 )
 from kfactory.paths import expand_path
 from kfactory.registry import PROBABILITY_ACTIVATIONS
-from kfactory.train.multilabel import DEFAULT_THRESHOLD
+from kfactory.train.multilabel import stored_thresholds
 from kfactory.use.model_card import write_model_card
 from kfactory.use.predict import list_inputs
 
@@ -122,8 +122,7 @@ def class_outputs(model: keras.Model, class_names: list[str], activation: str) -
 def label_set_outputs(model: keras.Model, class_names: list[str], metadata: dict[str, Any]) -> Callable:
     """Pixels to per-class sigmoid ``probabilities``, ``class_names`` and ``labels``: each class's name where
     its probability reaches its stored threshold, else an empty string."""
-    stored = metadata.get("thresholds") or {}
-    thresholds = tf.constant([stored.get(n, DEFAULT_THRESHOLD) for n in class_names], tf.float32)
+    thresholds = tf.constant(stored_thresholds(metadata, class_names), tf.float32)
 
     def from_pixels(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         probabilities = model(tf.cast(pixels, tf.float32), training=False)

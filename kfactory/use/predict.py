@@ -27,7 +27,7 @@ from kfactory.errors import ConfigError
 from kfactory.model.build import to_probabilities
 from kfactory.model.checkpoint import PIXELS_SIGNATURE, find_model_file, is_saved_model, load_model, read_metadata
 from kfactory.paths import expand_path
-from kfactory.train.multilabel import DEFAULT_THRESHOLD
+from kfactory.train.multilabel import stored_thresholds
 from kfactory.use.annotate import annotate_image, annotated_path, contact_sheet, input_root
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,7 @@ def load_predictor(path: Path, safe_mode: bool = True) -> Predictor:
     metadata = read_metadata(path)
     predictor = _load(path, metadata, safe_mode)
     if metadata.get("task") == "multilabel":
-        thresholds = metadata.get("thresholds") or {}
-        predictor.thresholds = np.array([thresholds.get(n, DEFAULT_THRESHOLD) for n in predictor.class_names])
+        predictor.thresholds = stored_thresholds(metadata, predictor.class_names)
         predictor.label_separator = metadata.get("label_separator", predictor.label_separator)
     return predictor
 
@@ -113,7 +112,7 @@ def predict(cfg: DictConfig, run_dir: Path) -> float | None:
     record_unreadable(files, kept, run_dir)
     if predictor.thresholds is not None:
         if cfg.predict.annotate:
-            log.warning("predict.annotate: images are annotated with top-k classes, not drawn for a multi-label model")
+            log.warning("predict.annotate=true draws nothing for a multi-label model; predictions.csv lists the labels")
         return predict_label_sets(predictor, [files[i] for i in kept], probabilities, true_labels, kept, run_dir)
     table = top_k_table([files[i] for i in kept], probabilities, predictor.class_names, cfg.predict.top_k)
     accuracy = None
@@ -143,9 +142,10 @@ def predict_label_sets(
     table = label_set_table(files, probabilities, predictor.class_names, predictor.thresholds, separator)
     exact = None
     if true_labels is not None:
-        truth = [separator.join(sorted(split_label_sets([true_labels[i]], separator)[0])) for i in kept]
-        table.insert(3, "true_labels", truth)
-        predicted = [separator.join(sorted(filter(None, p.split(separator)))) for p in table["labels"]]
+        truth = [set(labels) for labels in split_label_sets([true_labels[i] for i in kept], separator)]
+        names = np.array(predictor.class_names)
+        predicted = [set(names[row >= predictor.thresholds]) for row in probabilities]
+        table.insert(3, "true_labels", [separator.join(sorted(labels)) for labels in truth])
         table.insert(4, "exact_match", [p == t for p, t in zip(predicted, truth, strict=True)])
         exact = float(table["exact_match"].mean()) if len(table) else None
         log.info("Exact-match ratio on %d labelled images: %s", len(table), exact)
