@@ -177,6 +177,7 @@ ARTIFACTS = [
     ("  of which PR curves", "kfactory.train.tensorboard", "write_pr_curves"),
     ("  of which confusion matrix", "kfactory.train.tensorboard", "write_confusion_matrix"),
     ("  of which image grid", "kfactory.train.tensorboard", "write_image_grid"),
+    ("variables built before fit, so each step traces once (once)", "kfactory.train.compute", "build_before_fit"),
     ("final evaluation of the best model (once)", "kfactory.train.loop", "evaluate_best"),
     ("HParams and final/* scalars (once)", "kfactory.train.tensorboard", "write_final_summaries"),
 ]
