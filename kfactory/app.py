@@ -121,7 +121,7 @@ def train_folds(cfg: DictConfig, run_dir: Path, dir_key: str, hydra_cfg: DictCon
     Each fold resumes, or is skipped when complete, as ``resume`` says; a pruned fold ends the
     run (the trial is pruned), and the means are then over the folds that ran.
     """
-    from kfactory.report.folds import FOLDS_KEY, fold_means
+    from kfactory.report.folds import FOLDS_KEY, STD_SUFFIX, fold_means
 
     folds, done = cfg.hparams_search.cv_folds, []
     for fold in range(folds):
@@ -139,7 +139,9 @@ def train_folds(cfg: DictConfig, run_dir: Path, dir_key: str, hydra_cfg: DictCon
             log.info("Fold %d was pruned; the folds after it are not trained", fold)
             break
     metrics = fold_means(done)
-    metrics.update({key: sum(m[key] for m in done) for key in ("epochs_run", "wall_time_s")})  # the run's totals
+    for key in ("epochs_run", "wall_time_s"):  # the run's totals, so no spread beside them
+        metrics.pop(f"{key}{STD_SUFFIX}", None)
+        metrics[key] = sum(m[key] for m in done)
     metrics[FOLDS_KEY] = len(done)
     if done[-1].get("pruned"):
         metrics.update(pruned=True, pruned_epoch=done[-1]["pruned_epoch"], pruned_fold=len(done) - 1)

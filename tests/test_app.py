@@ -209,6 +209,7 @@ def test_cv_folds_trains_each_fold_in_its_folder_and_returns_their_mean(hydra_jo
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["val_accuracy"] == pytest.approx(0.7) and metrics["val_accuracy_std"] == pytest.approx(0.1633, 1e-3)
     assert metrics["folds"] == 3 and metrics["epochs_run"] == 6 and metrics["wall_time_s"] == 4.5  # totals
+    assert "epochs_run_std" not in metrics and "wall_time_s_std" not in metrics  # no spread beside a total
     saved = OmegaConf.load(run_dir / "fold_2" / ".hydra" / "config.yaml")  # what task=eval of a fold reads
     assert (saved.data.folds, saved.data.fold) == (3, 2)
 
