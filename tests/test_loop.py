@@ -95,7 +95,7 @@ def test_the_best_model_is_evaluated_from_memory_as_the_saved_file_would_be(tmp_
 
     from kfactory.model.checkpoint import load_model
     from kfactory.train.callbacks import BestModelCheckpoint
-    from kfactory.train.loop import compile_model, evaluate_best
+    from kfactory.train.loop import best_model, compile_model, evaluate_best
     from tests.conftest import compose_config
 
     cfg = compose_config(["trainer.validation_steps=null"])
@@ -118,13 +118,13 @@ def test_the_best_model_is_evaluated_from_memory_as_the_saved_file_would_be(tmp_
         for split, ds in (("val", val), ("test", test))
         for k, v in saved.evaluate(ds, verbose=0, return_dict=True).items()
     }
-    from_memory = evaluate_best(cfg, model, checkpoint, splits)
+    from_memory = evaluate_best(cfg, best_model(cfg, model, checkpoint, splits), checkpoint, splits)
     assert from_memory.keys() == expected.keys()
     for key, value in expected.items():
         assert from_memory[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
     checkpoint.best_weights = checkpoint.best_logs = None  # resumed after its best epoch: the file is read
     model.layers[0].kernel.assign(model.layers[0].kernel * 2.0)
-    from_file = evaluate_best(cfg, model, checkpoint, splits)
+    from_file = evaluate_best(cfg, best_model(cfg, model, checkpoint, splits), checkpoint, splits)
     for key, value in expected.items():
         assert from_file[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key

@@ -99,8 +99,8 @@ def build_before_fit(model: keras.Model, element_spec: Any) -> None:
 
     Without a distribution strategy Keras creates them while tracing the first
     training step, and a variable created during a trace makes TensorFlow trace
-    the step again: for ResNet50 at 32 px on two cores the first step took 19.5 s
-    instead of 11 s. This is Keras's own symbolic build (what ``fit`` runs under a
+    the step again: for ResNet50 at 32 px on two cores the first step takes 20.0 s
+    instead of 11.2 s (benchmarks/first_step.py). This is Keras's own symbolic build (what ``fit`` runs under a
     strategy), from the shapes of ``element_spec``; where it fails (a model of your
     own that cannot run symbolically), Keras builds as it would have.
     """

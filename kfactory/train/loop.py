@@ -76,9 +76,10 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     if checkpoint.best is None:
         monitor = cfg.trainer.monitor
         raise RunStopped(f"no epoch produced a finite {monitor}; nothing to save (try a lower learning rate)")
-    metrics = evaluate_best(cfg, model, checkpoint, splits)
+    best = best_model(cfg, model, checkpoint, splits)
+    metrics = evaluate_best(cfg, best, checkpoint, splits)
     if cfg.data.task == "multilabel":
-        metrics.update(store_thresholds(best_model(cfg, model, checkpoint, splits), run_dir / MODEL_FILE, splits))
+        metrics.update(store_thresholds(best, run_dir / MODEL_FILE, splits))
     epochs_run = len(past) + len(history.epoch)
     metrics.update(best_epoch=checkpoint.best_epoch + 1, epochs_run=epochs_run, wall_time_s=time.time() - started)
     metrics[f"best_{cfg.trainer.monitor}"] = checkpoint.best
@@ -252,17 +253,14 @@ def model_metadata(cfg: DictConfig, splits: Splits) -> dict[str, Any]:
 
 
 def evaluate_best(
-    cfg: DictConfig, model: keras.Model, checkpoint: BestModelCheckpoint, splits: Splits
+    cfg: DictConfig, best: keras.Model, checkpoint: BestModelCheckpoint, splits: Splits
 ) -> dict[str, float]:
-    """Validation and test metrics of the best model (the one in model.keras), as flat floats.
+    """Validation and test metrics of the ``best`` model (``best_model``: the one in model.keras), as flat floats.
 
-    The trained model takes the best epoch's weights from memory and evaluates
-    with the functions fit already built. Its validation metrics are that epoch's
-    logs when they covered the whole split (fit validates with the same model,
-    data and metrics). After a resume whose best epoch came before the restart,
-    the model is loaded from the file.
+    Its validation metrics are the best epoch's logs when they covered the whole
+    split (fit validates with the same model, data and metrics); the rest is
+    evaluated, with the functions fit already built when ``best`` is the trained model.
     """
-    model = best_model(cfg, model, checkpoint, splits)
     metrics: dict[str, float] = {}
     known = checkpoint.best_logs if cfg.trainer.validation_steps is None else None
     for split, ds in (("val", splits.val), ("test", splits.test)):
@@ -271,13 +269,16 @@ def evaluate_best(
         if split == "val" and known is not None and any(key.startswith("val_") for key in known):
             metrics.update({key: value for key, value in known.items() if key.startswith("val_")})
             continue
-        values = model.evaluate(ds, verbose=0, return_dict=True)
+        values = best.evaluate(ds, verbose=0, return_dict=True)
         metrics.update({f"{split}_{k}": float(v) for k, v in values.items()})
     return metrics
 
 
 def best_model(cfg: DictConfig, model: keras.Model, checkpoint: BestModelCheckpoint, splits: Splits) -> keras.Model:
-    """The trained model with the best epoch's weights from memory; after a resume past that epoch, the file's."""
+    """The trained model with the best epoch's weights from memory; after a resume past that epoch, the file's.
+
+    Called once per run: the file is loaded and compiled at most once.
+    """
     if checkpoint.best_weights is None:
         model = load_model(checkpoint.path)
         compile_model(model, cfg, len(splits.class_names), jit_compile=False)

@@ -162,9 +162,9 @@ class ValidationOutputs:
         if model.distribute_strategy.num_replicas_in_sync > 1:
             return None
         tap = cls(capacity)
+        labels = element_spec[1] if isinstance(element_spec, tuple) and len(element_spec) > 1 else None
         outputs = getattr(model, "outputs", None) or [None]  # a subclassed model may have none
-        label_width = flat_width(element_spec[1]) if isinstance(element_spec, tuple) and len(element_spec) > 1 else None
-        output_width = flat_width(outputs[0])
+        label_width, output_width = flat_width(labels), flat_width(outputs[0])
         if label_width is not None and output_width is not None:
             tap.allocate(label_width, output_width)
         test_step, compute_metrics = model.test_step, model.compute_metrics
@@ -188,10 +188,11 @@ class ValidationOutputs:
     def record(self, y: tf.Tensor, y_pred: tf.Tensor) -> None:
         """Write a batch's rows after those already kept; rows past ``capacity`` go to a spare last row."""
         rows = tf.shape(y_pred)[0]
-        y = tf.reshape(tf.cast(y, tf.float32), (-1, math.prod(y.shape[1:])))  # sparse labels: one column
-        y_pred = tf.reshape(tf.cast(y_pred, tf.float32), (-1, math.prod(y_pred.shape[1:])))
+        label_width, output_width = flat_width(y), flat_width(y_pred)  # sparse labels: one column
         if self.outputs is None or self.labels is None:  # widths unknown before: made on the first trace
-            self.allocate(y.shape[1], y_pred.shape[1])
+            self.allocate(label_width, output_width)
+        y = tf.reshape(tf.cast(y, tf.float32), (-1, label_width))
+        y_pred = tf.reshape(tf.cast(y_pred, tf.float32), (-1, output_width))
         index = tf.minimum(self.count + tf.range(rows), self.capacity)[:, None]
         self.labels.scatter_nd_update(index, y)
         self.outputs.scatter_nd_update(index, y_pred)
