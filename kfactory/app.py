@@ -121,6 +121,7 @@ def train_folds(cfg: DictConfig, run_dir: Path, dir_key: str, hydra_cfg: DictCon
     Each fold resumes, or is skipped when complete, as ``resume`` says; a pruned fold ends the
     run (the trial is pruned), and the means are then over the folds that ran.
     """
+    from kfactory.data.split_record import share_with_fold
     from kfactory.report.folds import FOLDS_KEY, STD_SUFFIX, fold_means
 
     folds, done = cfg.hparams_search.cv_folds, []
@@ -130,6 +131,7 @@ def train_folds(cfg: DictConfig, run_dir: Path, dir_key: str, hydra_cfg: DictCon
         log.info("Fold %d of %d: %s", fold, folds, fold_dir)
         if plan_training(fold_cfg, fold_dir, dir_key, hydra_cfg):
             save_config(fold_cfg, fold_dir)
+            share_with_fold(run_dir / f"{FOLD_DIR}0", fold_dir, fold)  # the split fold 0 drew and recorded
             run_task(fold_cfg, fold_dir)
             release_memory()  # before the next fold builds its model
         else:

@@ -181,6 +181,9 @@ class DataConfig:
     folds: int = 0
     fold: int = 0
     cache: str = "memory"  # memory | disk (a file in the run directory) | none
+    # refuse | use_remaining: when an image of a run's recorded split (splits.csv) is gone or changed since,
+    # eval, resume and the folds of a cross-validation refuse, or leave it out, say so and use the rest
+    on_changed: str = "refuse"
     shuffle_buffer: int = 4096
     class_weight: Any = None  # null | balanced | {class_name: weight}
     augment: list[Any] = field(default_factory=list)  # {name: <keras.layers layer>, its arguments...}, in order

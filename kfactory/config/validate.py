@@ -15,6 +15,7 @@ from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from kfactory.data.label_sets import TASKS as TASKS_OF_LABELS
 from kfactory.data.label_sets import is_multilabel
+from kfactory.data.split_record import ON_CHANGED
 from kfactory.errors import ConfigError
 from kfactory.overrides import split_override
 from kfactory.paths import check_variables, expand_path
@@ -69,6 +70,7 @@ def _validate(cfg: DictConfig) -> None:
     _check_paths(cfg)
     if not isinstance(cfg.resume, bool) and cfg.resume != "auto":  # 1 == True: compare types, not values
         raise ConfigError("resume", cfg.resume, "true, false or auto (resume if there is a run to resume)")
+    _check_choice("data.on_changed", cfg.data.on_changed, ON_CHANGED)
     if cfg.task == "train":
         source = settle_label_task(cfg)
         _check_model(cfg.model, cfg.finetune)

@@ -9,6 +9,7 @@ file for ``disk``). In-memory arrays of other sizes are resized per batch.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,13 +18,27 @@ import tensorflow as tf
 from omegaconf import DictConfig
 
 from kfactory.data.augment import build_augmenter
-from kfactory.data.image_check import drop_unreadable, read_image
+from kfactory.data.image_check import decode_all, drop_unreadable, read_image
 from kfactory.data.label_sets import is_multilabel
 from kfactory.data.sources import ImageSource, describe_source, split_source
+from kfactory.data.split_record import (
+    ARRAYS,
+    SPLIT_NAMES,
+    SplitRecord,
+    check_files,
+    check_settings,
+    read_split,
+    record_split,
+    recorded_source,
+    source_key,
+    write_split,
+)
+from kfactory.errors import ConfigError
 from kfactory.model.build import output_units
 from kfactory.registry import input_size, label_loss, sparse_labels
 
 AUTOTUNE = tf.data.AUTOTUNE
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,6 +51,7 @@ class Splits:
     test: tf.data.Dataset | None
     indices: dict[str, np.ndarray]
     skipped: list[str] = field(default_factory=list)  # unreadable files left out of every split
+    drawn: bool = True  # False: read from a recorded split (splits.csv)
 
     @property
     def class_names(self) -> list[str]:
@@ -57,13 +73,20 @@ def load_source(data: DictConfig) -> ImageSource:
     return ImageSource(names, labels, images=images.astype(np.uint8))
 
 
-def make_splits(cfg: DictConfig, run_dir: Path | None = None) -> Splits:
-    """Seeded, stratified splits of ``cfg.data`` as batched pipelines."""
-    # With a memory cache, the check's single decode pass also fills the cache.
-    decode_size = input_size(cfg.model) if cfg.data.cache == "memory" else None
-    source, skipped = drop_unreadable(load_source(cfg.data), cfg.data, run_dir, decode_size)
-    train_idx, val_idx, test_idx = split_source(source, cfg.data, cfg.seed)
-    indices = {"train": train_idx, "val": val_idx, "test": test_idx}
+def make_splits(cfg: DictConfig, run_dir: Path | None = None, recorded: SplitRecord | None = None) -> Splits:
+    """Seeded, stratified splits of ``cfg.data`` as batched pipelines.
+
+    The split is ``recorded`` (eval passes its run's), else the one recorded in
+    ``run_dir`` (resume, the folds of a cross-validation), else drawn now and
+    recorded in ``run_dir`` (kfactory.data.split_record).
+    """
+    if recorded is None and run_dir is not None and (recorded := read_split(run_dir)) is not None:
+        check_settings(recorded, cfg.data, cfg.seed)
+        recorded = recorded.for_fold(cfg.data.fold) if cfg.data.folds else recorded
+    if recorded is None:
+        source, skipped, indices = draw_split(cfg, run_dir)
+    else:
+        source, skipped, indices = read_recorded_split(cfg, recorded)
     if source.images is not None:  # one tensor for all splits, and no second copy kept as an array
         source = replace(source, images=tf.convert_to_tensor(source.images))
     pipelines = {
@@ -72,7 +95,42 @@ def make_splits(cfg: DictConfig, run_dir: Path | None = None) -> Splits:
         else None
         for name, idx in indices.items()
     }
-    return Splits(source, pipelines["train"], pipelines["val"], pipelines["test"], indices, skipped)
+    train, val, test = (pipelines[name] for name in SPLIT_NAMES)
+    return Splits(source, train, val, test, indices, skipped, drawn=recorded is None)
+
+
+def draw_split(cfg: DictConfig, run_dir: Path | None) -> tuple[ImageSource, list[str], dict[str, np.ndarray]]:
+    """The source less its unreadable files, those files, and a split drawn now (recorded in ``run_dir``)."""
+    # With a memory cache, the check's single decode pass also fills the cache.
+    decode_size = input_size(cfg.model) if cfg.data.cache == "memory" else None
+    listed = load_source(cfg.data)
+    source, skipped = drop_unreadable(listed, cfg.data, run_dir, decode_size)
+    indices = dict(zip(SPLIT_NAMES, split_source(source, cfg.data, cfg.seed), strict=True))
+    if run_dir is not None:
+        write_split(run_dir, record_split(listed, skipped, source, indices, cfg.data, cfg.seed))
+    return source, skipped, indices
+
+
+def read_recorded_split(cfg: DictConfig, recorded: SplitRecord) -> tuple[ImageSource, list[str], dict[str, np.ndarray]]:
+    """The source, skipped files and split of ``recorded``, once its images are checked to be as recorded.
+
+    The files it lists as unreadable are not decoded again; with a memory cache
+    the others are decoded once, as when the split was drawn.
+    """
+    arrays = load_source(cfg.data) if recorded.kind == ARRAYS else None
+    recorded = check_files(recorded, cfg.data, arrays)
+    source, indices, skipped = recorded_source(recorded, arrays)
+    log.info(
+        "Split: as recorded in %s (%s)",
+        recorded.where,
+        ", ".join(f"{name} {count}" for name, count in recorded.counts().items() if count),
+    )
+    if cfg.data.cache == "memory" and source.paths is not None:
+        images, bad = decode_all(source.paths, input_size(cfg.model))
+        if len(bad):
+            raise ConfigError(*source_key(cfg.data), f"images that decode ({source.paths[bad[0]]} no longer does)")
+        source = replace(source, images=images)
+    return source, skipped, indices
 
 
 def make_dataset(

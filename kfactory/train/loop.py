@@ -68,6 +68,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             build_before_fit(model, splits.train.element_spec)
 
     past = resume_history(cfg.resume, cfg.trainer.epochs, run_dir)
+    if past and splits.drawn:
+        log.warning("%s has no recorded split (a run from before splits were recorded): drawn again", run_dir)
     checkpoint.replay(past)
     callbacks = [*([probe] if probe else []), *make_callbacks(cfg, run_dir, checkpoint, splits, past)]
     weights = describe_training(cfg, splits, run_dir)

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kfactory.config.validate import settle_label_task
 from kfactory.data.pipeline import make_splits
+from kfactory.data.split_record import SPLITS_FILE, SplitRecord, read_split
 from kfactory.model.build import to_probabilities
 from kfactory.model.checkpoint import find_model_file, load_model, read_metadata, write_json_atomic
 from kfactory.schema import apply_schema
@@ -39,7 +40,8 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> float:
     """Evaluate ``cfg.ckpt_path`` on its test split (its validation split if it has none: ``val_*`` keys)."""
     model_path = find_model_file(cfg.ckpt_path)
     train_cfg = training_config(model_path, cfg)
-    splits = make_splits(train_cfg)
+    train_cfg.data.on_changed = cfg.data.on_changed  # this command's choice, not the training run's
+    splits = make_splits(train_cfg, recorded=scored_split(model_path.parent))
     metadata = read_metadata(model_path)
     class_names = metadata.get("class_names", splits.class_names)
     model = load_model(model_path, safe_mode=not cfg.unsafe_load)
@@ -59,6 +61,22 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> float:
     log.info("%s metrics of %s: %s", "Test" if split == "test" else "Validation", model_path, shown)
     log.info("Per-class report:\n%s", report.to_string(float_format=lambda v: f"{v:.3f}"))
     return values.get(f"{split}_accuracy", values.get(f"{split}_loss", float("nan")))
+
+
+def scored_split(run_dir: Path) -> SplitRecord | None:
+    """The split eval scores as ``run_dir`` recorded it: its test images, else (no test split) its validation ones.
+
+    None for a run from before splits were recorded: its split is drawn again, as training drew it.
+    """
+    record = read_split(run_dir)
+    if record is None:
+        log.warning(
+            "No %s in %s (a run from before splits were recorded): drawing its split again from the files there now",
+            SPLITS_FILE,
+            run_dir,
+        )
+        return None
+    return record.only("test" if record.counts()["test"] else "val")
 
 
 def class_report(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> pd.DataFrame:
