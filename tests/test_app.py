@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kfactory import app
 from kfactory.errors import ConfigError, RunStopped, Terminated
-from tests.conftest import compose_config, run_cli
+from tests.conftest import compose_config, run_cli, write_image_folder
 
 REFUSAL = ConfigError("model.dropout", 2, "a number in [0, 1)")
 DROPOUT_REFUSAL = "model.dropout=2 is not accepted: a number in [0, 1)"
@@ -235,6 +235,32 @@ def test_a_pruned_fold_ends_the_cv_run_as_pruned(hydra_job, monkeypatch):
     assert [fold for fold, _, _ in calls] == [0, 1]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["pruned"] is True and metrics["pruned_fold"] == 1 and metrics["folds"] == 2
+
+
+def test_cv_folds_read_the_split_fold_0_recorded_even_after_images_are_added(hydra_job, monkeypatch, tmp_path):
+    from kfactory.data.pipeline import make_splits
+
+    images = write_image_folder(tmp_path / "images", {"cats": 8, "dogs": 8}, size=8)
+    data = ["data=folder", f"data.path={images}", "data.cache=none", "data.test_split=0.25"]
+    cfg, run_dir = hydra_job(["hparams_search.cv_folds=3", *data, "model.input_size=[32,32]", "model.weights=null"])
+    used = {}
+
+    def run_task(cfg, fold_dir):  # each fold builds its data as training does, and adds images after fold 0
+        splits = make_splits(cfg, fold_dir)
+        used[cfg.data.fold] = {name: {splits.source.paths[i] for i in idx} for name, idx in splits.indices.items()}
+        more = write_image_folder(tmp_path / f"more_{cfg.data.fold}", {"cats": 2}, size=8, seed=cfg.data.fold + 1)
+        for path in (more / "cats").iterdir():
+            path.rename(images / "cats" / f"new_{cfg.data.fold}_{path.name}")
+        (fold_dir / "metrics.json").write_text(json.dumps({"val_accuracy": 0.5, "epochs_run": 1, "wall_time_s": 1}))
+
+    monkeypatch.setattr(app, "run_task", run_task)
+    app.kfactory(cfg)
+    assert len(list((images / "cats").iterdir())) == 14  # images were added after each fold
+    assert used[0]["test"] == used[1]["test"] == used[2]["test"] and len(used[0]["test"]) == 4
+    assert all(len(used[fold]["train"] | used[fold]["val"]) == 12 for fold in range(3))  # never the new images
+    vals = [used[fold]["val"] for fold in range(3)]
+    assert sum(map(len, vals)) == 12 and len(set().union(*vals)) == 12  # the folds partition the 12
+    assert all((run_dir / f"fold_{fold}" / "splits.csv").is_file() for fold in range(3))
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from kfactory.use.evaluate import class_report, training_config
-from tests.conftest import compose_config
+from tests.conftest import compose_config, run_cli
 
 
 def test_class_report_counts_per_class_and_averages_the_classes():
@@ -139,3 +139,77 @@ def test_a_run_trained_without_a_test_split_is_scored_on_its_validation_split(ru
     assert report.loc["macro avg", "support"] == size == 6
     metrics = json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())
     assert set(metrics) == {"val_accuracy", "val_loss"}  # named for the split they come from
+
+
+@pytest.fixture
+def recorded_run(run_dir, tmp_path) -> Path:
+    """A copy of the run and its images, with the split training records (splits.csv) written for it."""
+    from kfactory.data.pipeline import make_splits
+
+    shutil.copytree(run_dir.parent / "images", tmp_path / "images")
+    shutil.copytree(run_dir, tmp_path / "run")
+    cfg = OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml")
+    cfg.data.path = str(tmp_path / "images")
+    OmegaConf.save(cfg, tmp_path / "run" / ".hydra" / "config.yaml")
+    make_splits(cfg, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def recorded_files(run: Path, split: str) -> list[str]:
+    rows = pd.read_csv(run / "splits.csv")
+    return rows.loc[rows["split"] == split, "file"].tolist()
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def test_eval_scores_the_recorded_test_split_and_not_images_added_since(recorded_run, tmp_path, caplog):
+    from PIL import Image
+
+    accuracy, size = expected_accuracy(recorded_run, "test")  # the split as drawn, before any image is added
+    for i in range(6):
+        Image.new("RGB", (SIDE, SIDE), (BRIGHT,) * 3).save(tmp_path / "images" / "a" / f"new_{i}.png")
+    with caplog.at_level(logging.INFO):
+        assert run_eval(recorded_run, tmp_path / "eval") == pytest.approx(accuracy)
+    assert pd.read_csv(tmp_path / "eval" / "class_report.csv", index_col=0).loc["macro avg", "support"] == size == 12
+    assert "Split: as recorded in" in caplog.text and "No splits.csv" not in caplog.text
+
+
+@pytest.mark.slow  # a CLI run: TensorFlow's import
+def test_eval_refuses_in_one_line_when_a_test_image_is_gone_and_changes_no_file(recorded_run, tmp_path):
+    gone = recorded_files(recorded_run, "test")[0]
+    Path(gone).unlink()
+    before = snapshot(recorded_run)
+    result = run_cli(["task=eval", f"ckpt_path={recorded_run}", f"hydra.run.dir={tmp_path / 'eval'}"])
+    assert result.returncode == 2, result.stderr[-2000:]
+    refusals = [line for line in (result.stdout + result.stderr).splitlines() if "is not accepted" in line]
+    assert len(refusals) == 1 and "Traceback" not in result.stderr
+    assert f"data.path={tmp_path / 'images'} is not accepted: the test images recorded in" in refusals[0]
+    assert f"of 12, 1 ({gone}) gone, 0 changed" in refusals[0]
+    assert "add data.on_changed=use_remaining to use the other 11" in refusals[0]
+    assert snapshot(recorded_run) == before and not (tmp_path / "eval" / "eval_metrics.json").exists()
+
+
+def test_a_changed_test_image_is_refused_and_use_remaining_scores_the_rest(recorded_run, tmp_path, caplog):
+    from kfactory.errors import ConfigError
+    from kfactory.use.evaluate import evaluate
+
+    changed = recorded_files(recorded_run, "test")[3]
+    Path(changed).write_bytes(Path(changed).read_bytes() + b"\0")  # one byte longer
+    with pytest.raises(ConfigError, match=rf"of 12, 0 gone, 1 \({changed}\) changed \(size or mtime\)"):
+        run_eval(recorded_run, tmp_path / "refused")
+    out = tmp_path / "eval"
+    out.mkdir()
+    opt_in = compose_config(["task=eval", f"ckpt_path={recorded_run}", "data.on_changed=use_remaining"])
+    with caplog.at_level(logging.WARNING):
+        evaluate(opt_in, out)
+    assert pd.read_csv(out / "class_report.csv", index_col=0).loc["macro avg", "support"] == 11
+    assert "data.on_changed=use_remaining: of the 12 test images recorded in" in caplog.text
+    assert f"1 ({changed}) changed" in caplog.text and "using the other 11" in caplog.text
+
+
+def test_a_run_from_before_splits_were_recorded_draws_its_split_and_says_so_once(run_dir, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="kfactory.use.evaluate"):
+        run_eval(run_dir, tmp_path / "eval")
+    assert caplog.text.count("No splits.csv in") == 1 and "a run from before splits were recorded" in caplog.text

@@ -105,9 +105,9 @@ def file_stats(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fingerprint(names: Sequence[str], sizes: np.ndarray, stamps: np.ndarray) -> str:
-    """A sha256 over every (name, size, stamp) row, in order: equal exactly when the listing and stats are."""
-    lines = "".join(f"{n}\t{s}\t{t}\n" for n, s, t in zip(names, sizes.tolist(), stamps.tolist(), strict=True))
-    return hashlib.sha256(lines.encode("utf-8", "surrogateescape")).hexdigest()
+    """A sha256 over the (name, size, stamp) rows, in any order: equal exactly when the files and their stats are."""
+    lines = sorted(f"{n}\t{s}\t{t}\n" for n, s, t in zip(names, sizes.tolist(), stamps.tolist(), strict=True))
+    return hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def data_fingerprint(paths: Sequence[str]) -> tuple[str, np.ndarray, np.ndarray]:
