@@ -30,6 +30,8 @@ def test_train_writes_model_metrics_history_tensorboard_and_config(trained_run):
     assert {"accuracy", "loss", "val_accuracy", "val_loss"} <= set(history.columns)
     assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
     assert (run_dir / ".hydra" / "config.yaml").is_file()
+    splits = pd.read_csv(run_dir / "splits.csv")  # digits: one row per image, by row number
+    assert len(splits) == 1797 and splits["split"].value_counts()["test"] == 179
     assert f"tensorboard --logdir {run_dir / 'tensorboard'}" in output
     assert str(run_dir / "model.keras") in output
 
@@ -56,6 +58,7 @@ def test_eval_reproduces_the_runs_test_metrics(trained_run, tmp_path):
     report = pd.read_csv(tmp_path / "class_report.csv", index_col=0)
     assert report.loc["macro avg", "support"] == 179 and "precision" in report.columns
     assert "Per-class report" in result.stdout + result.stderr
+    assert f"Split: as recorded in {run_dir / 'splits.csv'}" in result.stdout + result.stderr
 
 
 def test_predict_writes_top_k_labels_and_probabilities(trained_run, tmp_path):
