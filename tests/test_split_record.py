@@ -270,3 +270,22 @@ def test_a_100k_row_record_is_read_and_checked_in_seconds(tmp_path, monkeypatch)
     assert len(source.paths) == count - 1 and len(indices["test"]) == count // 10 and files[7] not in source.paths
     assert source.labels[:3].tolist() == [0, 1, 2]
     assert seconds < 10, f"{seconds:.1f} s to read and check 100,000 rows"
+
+
+def test_an_in_memory_row_that_differs_or_is_gone_is_found_by_its_digest():
+    from kfactory.data.sources import load_digits, split_indices
+    from kfactory.data.split_record import record_split
+
+    digits = load_digits()
+    data = compose_config(["model.input_size=[32,32]"]).data
+    indices = dict(zip(SPLITS, split_indices(digits.labels, 0.1, 0.1, seed=0), strict=True))
+    record = record_split(digits, [], digits, indices, data, seed=0)
+    assert check_files(record, data, digits) is record  # loaded again, unchanged
+    test_rows = record.rows.loc[record.rows["split"] == "test", "file"].astype(int).tolist()
+    digits.images[test_rows[0], 0, 0, 0] ^= 1  # one pixel of one test image
+    fewer = type(digits)(digits.class_names, digits.labels[:-1], images=digits.images[:-1])  # the last row gone
+    changed = rf"1 \({test_rows[0]}\) changed \(pixels or label\)"
+    with pytest.raises(ConfigError, match=rf"^data\.source=digits .* of 179, 0 gone, {changed}; .* the other 178$"):
+        check_files(record.only("test"), data, digits)
+    with pytest.raises(ConfigError, match=rf"of 1797, 1 \({len(digits) - 1}\) gone, {changed}"):
+        check_files(record, data, fewer)

@@ -272,7 +272,8 @@ def check_files(record: SplitRecord, data: DictConfig, arrays: ImageSource | Non
     if not bad.any():
         return record
     splits = "/".join(name for name in SPLIT_NAMES if (used["split"] == name).any())
-    what = f"{_first(used['file'], gone)} gone, {_first(used['file'], changed)} changed (size or mtime)"
+    how = "size or mtime" if record.kind == FILES else "pixels or label"
+    what = f"{_first(used['file'], gone)} gone, {_first(used['file'], changed)} changed ({how})"
     remaining = int((~bad).sum())
     if data.on_changed != "use_remaining" or not remaining:
         todo = f"add data.on_changed=use_remaining to use the other {remaining}" if remaining else "none remain"
