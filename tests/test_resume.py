@@ -189,6 +189,7 @@ def test_a_run_killed_after_its_first_epoch_resumes_and_finishes_all_epochs(tmp_
         process.send_signal(signal.SIGKILL)
         process.wait()
     assert not (run_dir / "metrics.json").exists()
+    recorded = (run_dir / "splits.csv").read_bytes()
 
     refused = run_cli(args, timeout=120)  # the same directory again, without resume=true
     assert refused.returncode == 2 and "resume=true" in refused.stdout + refused.stderr
@@ -197,6 +198,8 @@ def test_a_run_killed_after_its_first_epoch_resumes_and_finishes_all_epochs(tmp_
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, output[-3000:]
     assert "Resuming" in output
+    assert f"Split: as recorded in {run_dir / 'splits.csv'}" in output and "no recorded split" not in output
+    assert (run_dir / "splits.csv").read_bytes() == recorded  # read, not drawn and written again
     epochs = [int(line.split(",")[0]) for line in (run_dir / "history.csv").read_text().splitlines()[1:]]
     assert epochs == [1, 2, 3, 4]
     metrics = json.loads((run_dir / "metrics.json").read_text())
