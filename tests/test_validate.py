@@ -38,6 +38,8 @@ REFUSALS = [
     (["optimizer.learning_rate=-0.1"], "optimizer.learning_rate"),
     (["trainer.epochs=0"], "trainer.epochs"),
     (["data.batch_size=0"], "data.batch_size"),
+    (["data.on_changed=evaluate_anyway"], "data.on_changed"),
+    (["task=eval", "ckpt_path={tmp}/not_a_model.keras", "data.on_changed=skip"], "data.on_changed"),
     (["model.dropout=1.0"], "model.dropout"),
     (["model.dropout=-0.1"], "model.dropout"),
     (["model.activation=swishy"], "model.activation"),
