@@ -145,13 +145,18 @@ def write_synced(path: Path, data: bytes) -> None:
 class DecodedImages:
     """An entry's images, addressed by the index of a readable file: one array in memory, or its shards on disk."""
 
-    def __init__(self, entry: Entry, in_memory: bool) -> None:
+    def __init__(self, entry: Entry, listed: np.ndarray, in_memory: bool) -> None:
+        """``listed[i]``: the index, among the files the entry was built from, of the source's image ``i``."""
         self.entry, self.size = entry, entry.size
-        kept = np.setdiff1d(np.arange(entry.manifest["files"]), entry.unreadable)
-        # record r holds readable file record_index[r] (an index into the source without its unreadable files)
-        self.record_index = np.searchsorted(kept, entry.order())
-        self.position = np.empty(len(self.record_index), np.int64)
-        self.position[self.record_index] = np.arange(len(self.record_index))
+        order = entry.order()  # record r holds listed file order[r]
+        record_of_listed = np.full(entry.manifest["files"], -1, np.int64)
+        record_of_listed[order] = np.arange(len(order))
+        self.position = record_of_listed[listed]  # the record of each source image
+        if (self.position < 0).any():
+            raise ValueError(f"the decode cache {entry.path} holds no record of an image it is asked for")
+        # record r holds source image record_index[r] (-1: an image this source does not use)
+        self.record_index = np.full(len(order), -1, np.int64)
+        self.record_index[self.position] = np.arange(len(listed))
         self.pixels = load_pixels(entry) if in_memory else None
 
     def stream_order(self, indices: np.ndarray) -> np.ndarray:
@@ -183,7 +188,7 @@ class DecodedImages:
         member = np.zeros(len(self.record_index), bool)
         member[self.position[indices]] = True
         record_member = tf.constant(member)
-        record_label = tf.constant(labels[self.record_index])
+        record_label = tf.constant(labels[np.maximum(self.record_index, 0)])  # members' labels; others unread
         files, counts = zip(*((str(p), n) for p, n in self.entry.shards()), strict=True)
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         shards = tf.data.Dataset.from_tensor_slices((list(files), starts, np.asarray(counts, np.int64)))

@@ -89,8 +89,9 @@ def prepare_images(source: ImageSource, cfg: DictConfig, run_dir: Path | None) -
     size = input_size(cfg.model)
     in_memory = fits_in_memory(data.cache, len(source), size, data.cache_budget_gb)  # refuses before decoding
     entry = ensure_entry(source.paths, size, cache_root(data.cache_dir), data.path or data.csv or data.source)
-    source, skipped = leave_out(source, entry.unreadable, data, run_dir)
-    return replace(source, decoded=DecodedImages(entry, in_memory)), skipped
+    kept, skipped = leave_out(source, entry.unreadable, data, run_dir)
+    listed = np.setdiff1d(np.arange(len(source)), entry.unreadable)  # each kept image's place in the listing
+    return replace(kept, decoded=DecodedImages(entry, listed, in_memory)), skipped
 
 
 def make_dataset(source: ImageSource, indices: np.ndarray, cfg: DictConfig, training: bool) -> tf.data.Dataset:
