@@ -122,7 +122,7 @@ BUILD = textwrap.dedent(
         return write(*args)
     cache_build._next_shard = slow_next_shard
     cache_build.SHARD_BYTES = 1
-    entry = cache_build.ensure_entry(list_folder(folder).paths, (16, 16), root, folder)
+    entry, _ = cache_build.ensure_entry(list_folder(folder).paths, (16, 16), root, folder)
     print("ENTRY", entry.path)
     """
 )
@@ -160,13 +160,13 @@ def test_two_processes_building_one_cache_publish_one_identical_entry(folder, tm
     assert sorted(p.name for p in root.iterdir() if not p.name.endswith((".lock", ".holder"))) == [
         Path(published.pop()).name
     ]
-    alone = ensure_entry(list_folder(str(folder)).paths, (16, 16), tmp_path / "alone", str(folder))
+    alone, _ = ensure_entry(list_folder(str(folder)).paths, (16, 16), tmp_path / "alone", str(folder))
     assert entry_content(next(p for p in root.iterdir() if p.is_dir())) == entry_content(alone.path)
 
 
 @pytest.mark.slow  # a process that imports TensorFlow
 def test_a_killed_build_is_never_read_and_the_next_build_replaces_it(folder, tmp_path):
-    from kfactory.data.cache_build import ensure_entry
+    from kfactory.data.cache_build import canonical_files, ensure_entry
     from kfactory.data.cache_store import entry_key, file_stats, open_entry
     from kfactory.data.sources import list_folder
 
@@ -177,9 +177,10 @@ def test_a_killed_build_is_never_read_and_the_next_build_replaces_it(folder, tmp
         time.sleep(0.05)
     builder.send_signal(signal.SIGKILL)
     builder.wait()
-    key = entry_key(paths, file_stats(paths), (16, 16))
+    files = canonical_files(paths).tolist()
+    key = entry_key(files, file_stats(files), (16, 16))
     assert list(root.glob(".*.tmp-*")) and open_entry(root, key) is None  # half-built, and not readable
-    entry = ensure_entry(paths, (16, 16), root, str(folder))
+    entry, _ = ensure_entry(paths, (16, 16), root, str(folder))
     assert entry.manifest["readable"] == 24 and not list(root.glob(".*.tmp-*"))
 
 
@@ -208,7 +209,7 @@ def test_the_cache_command_lists_and_deletes_entries(folder, tmp_path, capsys):
     from kfactory.data.sources import list_folder
 
     root = tmp_path / "cache"
-    entry = ensure_entry(list_folder(str(folder)).paths, (16, 16), root, str(folder))
+    entry, _ = ensure_entry(list_folder(str(folder)).paths, (16, 16), root, str(folder))
     assert main(["--cache-dir", str(root), "list"]) == 0
     listed = capsys.readouterr().out
     assert f"{root}: 1 entries" in listed and entry.key in listed and str(folder) in listed

@@ -48,18 +48,24 @@ SHARDS_READ_AT_ONCE = 4  # training interleaves this many shards, in a new order
 SHUFFLE_BYTES = 256 * 2**20  # a streamed training split shuffles at most this many bytes of images
 
 
-def ensure_entry(paths: list[str], size: tuple[int, int], root: Path, source: str) -> Entry:
-    """The entry for ``paths`` at ``size`` under ``root``: opened if published, else built (once, across processes)."""
+def canonical_files(paths: list[str]) -> np.ndarray:
+    """The distinct absolute paths of ``paths``, sorted: what an entry is built from, whatever the listing order."""
+    return np.unique(np.asarray([os.path.abspath(p) for p in paths], dtype=str))
+
+
+def ensure_entry(paths: list[str], size: tuple[int, int], root: Path, source: str) -> tuple[Entry, np.ndarray]:
+    """The entry for ``paths`` at ``size`` under ``root`` and the files it indexes (``canonical_files``):
+    opened if published, else built (once, across processes)."""
     started = time.time()
-    key = entry_key(paths, file_stats(paths), size)
+    files = canonical_files(paths)
+    key = entry_key(files.tolist(), file_stats(files.tolist()), size)
     entry = open_entry(root, key)
     if entry is None:
         with build_lock(root, key, log):
             entry = open_entry(root, key)  # another job may have published it while this one waited
             if entry is None:
                 remove_abandoned_builds(root, key)
-                entry = build_entry(paths, size, root, key, source)
-                return entry
+                return build_entry(files.tolist(), size, root, key, source), files
     log.info(
         "Decode cache: %d images at %dx%d from %s (listed and checked in %.1f s)",
         entry.manifest["readable"],
@@ -67,7 +73,7 @@ def ensure_entry(paths: list[str], size: tuple[int, int], root: Path, source: st
         entry.path,
         time.time() - started,
     )
-    return entry
+    return entry, files
 
 
 def build_entry(paths: list[str], size: tuple[int, int], root: Path, key: str, source: str) -> Entry:
@@ -145,9 +151,10 @@ def write_synced(path: Path, data: bytes) -> None:
 class DecodedImages:
     """An entry's images, addressed by the index of a readable file: one array in memory, or its shards on disk."""
 
-    def __init__(self, entry: Entry, listed: np.ndarray, in_memory: bool) -> None:
-        """``listed[i]``: the index, among the files the entry was built from, of the source's image ``i``."""
+    def __init__(self, entry: Entry, files: np.ndarray, paths: list[str], in_memory: bool) -> None:
+        """Images ``paths`` (readable ones) of ``entry``, which was built from ``files`` (``ensure_entry``)."""
         self.entry, self.size = entry, entry.size
+        listed = listed_index(files, paths)
         order = entry.order()  # record r holds listed file order[r]
         record_of_listed = np.full(entry.manifest["files"], -1, np.int64)
         record_of_listed[order] = np.arange(len(order))
@@ -210,6 +217,16 @@ class DecodedImages:
             buffer = max(1, min(len(indices), shuffle, SHUFFLE_BYTES // record_bytes))
             ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
         return ds.batch(batch)
+
+
+def listed_index(files: np.ndarray, paths: list[str]) -> np.ndarray:
+    """The place of each of ``paths`` among an entry's ``files``."""
+    return np.searchsorted(files, np.asarray([os.path.abspath(p) for p in paths], dtype=str))
+
+
+def unreadable_paths(entry: Entry, files: np.ndarray, paths: list[str]) -> np.ndarray:
+    """Indices into ``paths`` of the files ``entry`` found unreadable."""
+    return np.flatnonzero(np.isin(listed_index(files, paths), entry.unreadable))
 
 
 def load_pixels(entry: Entry) -> np.ndarray:

@@ -20,7 +20,7 @@ import tensorflow as tf
 from omegaconf import DictConfig
 
 from kfactory.data.augment import build_augmenter
-from kfactory.data.cache_build import DecodedImages, ensure_entry
+from kfactory.data.cache_build import DecodedImages, ensure_entry, unreadable_paths
 from kfactory.data.cache_store import cache_root, fits_in_memory
 from kfactory.data.image_check import drop_unreadable, leave_out, read_image
 from kfactory.data.label_sets import is_multilabel
@@ -88,10 +88,9 @@ def prepare_images(source: ImageSource, cfg: DictConfig, run_dir: Path | None) -
         return drop_unreadable(source, data, run_dir)
     size = input_size(cfg.model)
     in_memory = fits_in_memory(data.cache, len(source), size, data.cache_budget_gb)  # refuses before decoding
-    entry = ensure_entry(source.paths, size, cache_root(data.cache_dir), data.path or data.csv or data.source)
-    kept, skipped = leave_out(source, entry.unreadable, data, run_dir)
-    listed = np.setdiff1d(np.arange(len(source)), entry.unreadable)  # each kept image's place in the listing
-    return replace(kept, decoded=DecodedImages(entry, listed, in_memory)), skipped
+    entry, files = ensure_entry(source.paths, size, cache_root(data.cache_dir), data.path or data.csv or data.source)
+    kept, skipped = leave_out(source, unreadable_paths(entry, files, source.paths), data, run_dir)
+    return replace(kept, decoded=DecodedImages(entry, files, kept.paths, in_memory)), skipped
 
 
 def make_dataset(source: ImageSource, indices: np.ndarray, cfg: DictConfig, training: bool) -> tf.data.Dataset:
