@@ -215,3 +215,24 @@ def test_the_cache_command_lists_and_deletes_entries(folder, tmp_path, capsys):
     assert f"{root}: 1 entries" in listed and entry.key in listed and str(folder) in listed
     assert main(["--cache-dir", str(root), "delete", "no-such-key"]) == 2 and entry.path.is_dir()
     assert main(["--cache-dir", str(root), "delete", entry.key]) == 0 and not entry.path.exists()
+
+
+def test_an_entry_opened_by_its_key_serves_a_subset_of_its_files(folder, tmp_path):
+    import tensorflow as tf
+
+    from kfactory.data.cache_build import DecodedImages, ensure_entry, open_built
+    from kfactory.data.image_check import read_image
+    from kfactory.data.sources import list_folder
+
+    paths = list_folder(str(folder)).paths
+    entry, files = ensure_entry(paths, (16, 16), tmp_path / "cache", str(folder))
+    opened, listed = open_built(tmp_path / "cache", entry.key)
+    assert opened.path == entry.path and listed.tolist() == files.tolist()
+    subset = paths[::5]
+    for in_memory in (False, True):
+        decoded = DecodedImages(opened, listed, subset, in_memory=in_memory)
+        ds = decoded.batches(np.arange(len(subset)), np.arange(len(subset)), False, 1, 0, 2)
+        got = {int(y): x for images, labels in ds for x, y in zip(images.numpy(), labels.numpy(), strict=True)}
+        assert sorted(got) == list(range(len(subset)))
+        assert all(np.array_equal(got[i], read_image(tf.constant(p), (16, 16)).numpy()) for i, p in enumerate(subset))
+    assert open_built(tmp_path / "cache", "no-such-key") is None

@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from kfactory.data.cache_store import (
     DECODER,
+    FILES_FILE,
     FORMAT,
     MANIFEST,
     ORDER_FILE,
@@ -76,6 +77,15 @@ def ensure_entry(paths: list[str], size: tuple[int, int], root: Path, source: st
     return entry, files
 
 
+def open_built(root: Path, key: str) -> tuple[Entry, np.ndarray] | None:
+    """The published entry ``key`` and the files it was built from, without listing or statting them; or None."""
+    entry = open_entry(root, key)
+    if entry is None:
+        return None
+    text = (entry.path / FILES_FILE).read_bytes().decode("utf-8", "surrogateescape")
+    return entry, np.asarray(text.split("\n") if text else [], dtype=str)
+
+
 def build_entry(paths: list[str], size: tuple[int, int], root: Path, key: str, source: str) -> Entry:
     """Decode every file once into a temporary folder, then publish it as ``key``."""
     tmp = temporary_folder(root, key)
@@ -83,6 +93,7 @@ def build_entry(paths: list[str], size: tuple[int, int], root: Path, key: str, s
     try:
         shards, order = write_shards(paths, size, tmp)
         np.save(tmp / ORDER_FILE, order)
+        write_synced(tmp / FILES_FILE, "\n".join(paths).encode("utf-8", "surrogateescape"))
         manifest = {
             "format": FORMAT,
             "decoder": DECODER,

@@ -43,6 +43,7 @@ FORMAT = "kfactory-decoded-v1"  # the on-disk layout; bump when the records chan
 DECODER = "decode_image-v1"  # kfactory.data.image_check.decode_image; bump when its pixels change
 MANIFEST = "manifest.json"
 ORDER_FILE = "order.npy"  # record r holds the image of file order[r] of the listed files
+FILES_FILE = "files.txt"  # the listed files: distinct absolute paths, sorted, one a line
 BUDGET_FRACTION = 0.5  # data.cache_budget_gb=null: this share of the memory available at start
 WAIT_LOG_SECONDS = 30  # a job waiting for another's build says so this often
 
