@@ -180,11 +180,16 @@ class DataConfig:
     # with -m data.fold='range(K)' data.folds=K; the sweep summary reports each group's mean and std.
     folds: int = 0
     fold: int = 0
-    cache: str = "memory"  # memory | disk (a file in the run directory) | none
+    # auto | memory | disk | none. Files are decoded once into the shared decode cache (cache_dir), which every
+    # run on the same files at the same size reuses; auto keeps it in memory when it fits cache_budget_gb, else
+    # streams it from disk; memory refuses data that does not fit; disk always streams; none decodes every epoch.
+    cache: str = "auto"
+    cache_dir: Optional[str] = None  # null: $KFACTORY_CACHE_DIR, else ~/.cache/kfactory/decoded (XDG_CACHE_HOME)
+    cache_budget_gb: Optional[float] = None  # memory for decoded images; null: half the memory available at start
+    shuffle_buffer: int = 4096  # examples; a training stream from the disk cache shuffles at most 256 MB of them
     # refuse | use_remaining: when an image of a run's recorded split (splits.csv) is gone or changed since,
     # eval, resume and the folds of a cross-validation refuse, or leave it out, say so and use the rest
     on_changed: str = "refuse"
-    shuffle_buffer: int = 4096
     class_weight: Any = None  # null | balanced | {class_name: weight}
     augment: list[Any] = field(default_factory=list)  # {name: <keras.layers layer>, its arguments...}, in order
 

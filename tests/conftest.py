@@ -28,6 +28,21 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def decode_cache_dir(tmp_path_factory) -> Path:
+    """The shared decode cache of every test (and the runs they start) lives in the session's temporary folder."""
+    from kfactory.data.cache_store import CACHE_DIR_VARIABLE
+
+    folder = tmp_path_factory.mktemp("decode_cache")
+    previous = os.environ.get(CACHE_DIR_VARIABLE)
+    os.environ[CACHE_DIR_VARIABLE] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop(CACHE_DIR_VARIABLE, None)
+    else:
+        os.environ[CACHE_DIR_VARIABLE] = previous
+
+
 def compose_config(overrides: list[str] | None = None, run_dir: Path | None = None) -> DictConfig:
     """The real composed config, as ``run.py`` would see it."""
     register_schema()

@@ -98,7 +98,7 @@ def test_the_augmented_preview_shows_the_first_training_images_without_shuffling
     from kfactory.train.loop import describe_training
 
     folder = write_image_folder(tmp_path / "images", {"a": 12, "b": 12}, size=16)
-    overrides = ["data=folder", f"data.path={folder}", "model.input_size=[16,16]", "data.cache=disk"]
+    overrides = ["data=folder", f"data.path={folder}", "model.input_size=[16,16]", "data.cache=none"]  # read afresh
     overrides += ["data.augment=[{name: RandomFlip}]", "data.class_weight=balanced", "data.batch_size=8"]
     cfg = compose_config([*overrides, "data.val_split=0", "data.test_split=0"])
     splits = make_splits(cfg, tmp_path)

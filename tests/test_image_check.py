@@ -129,11 +129,11 @@ def test_the_check_pass_says_what_it_does_and_shows_progress_on_long_passes(
     from kfactory.data.sources import list_folder
 
     root, _ = broken_folder
-    cfg = compose_config(["data=folder", f"data.path={root}"])
+    cfg = compose_config(["data=folder", f"data.path={root}", "data.cache=none"])
     monkeypatch.setattr(image_check, "PROGRESS_MIN_FILES", 10_000)
     with caplog.at_level(logging.INFO, logger="kfactory.data.image_check"):
-        image_check.drop_unreadable(list_folder(str(root)), cfg.data, tmp_path, (16, 16))
-    assert "Decoding 23 images once to find unreadable files, keeping them in memory at 16x16" in caplog.text
+        image_check.drop_unreadable(list_folder(str(root)), cfg.data, tmp_path)
+    assert "Decoding 23 images once to find unreadable files" in caplog.text
     assert "23/23" not in capsys.readouterr().out  # a short pass: no progress bar
     monkeypatch.setattr(image_check, "PROGRESS_MIN_FILES", 10)
     image_check.drop_unreadable(list_folder(str(root)), cfg.data, tmp_path)

@@ -82,17 +82,12 @@ def test_the_recorded_unreadable_files_are_not_decoded_again(folder, tmp_path, m
 
     run_dir, cfg = new_run(tmp_path), folder_config(folder, "data.cache=memory")
     drawn = pipeline.make_splits(cfg, run_dir)
-
-    def decode_all(paths, size):
-        assert str(folder / "cats" / "broken.png") not in paths
-        return decoded(paths, size)
-
-    decoded = pipeline.decode_all
-    monkeypatch.setattr(pipeline, "decode_all", decode_all)
+    monkeypatch.setattr(pipeline, "ensure_entry", lambda *args: pytest.fail("the record names its decode cache entry"))
     monkeypatch.setattr(pipeline, "drop_unreadable", lambda *args: pytest.fail("the record lists unreadable files"))
     read = pipeline.make_splits(cfg, run_dir)
     assert read.skipped == drawn.skipped and split_files(read) == split_files(drawn)
-    assert tuple(read.source.images.shape) == (20, 32, 32, 3)  # the memory cache holds the readable files
+    assert read.source.decoded.entry.path == drawn.source.decoded.entry.path  # the entry the training run built
+    assert read.source.decoded.pixels.shape == (20, 32, 32, 3)  # held in memory: the readable files
 
 
 def test_an_in_memory_source_records_row_numbers_and_reads_them_back(tmp_path):

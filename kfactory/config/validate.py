@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
+from kfactory.data.cache_store import fits_in_memory
 from kfactory.data.label_sets import TASKS as TASKS_OF_LABELS
 from kfactory.data.label_sets import is_multilabel
 from kfactory.data.split_record import ON_CHANGED
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from kfactory.data.sources import ImageSource
 
 TASKS = ("train", "eval", "predict", "export")
-CACHE_MODES = ("memory", "disk", "none")
+CACHE_MODES = ("auto", "memory", "disk", "none")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 DATA_SOURCES = ("digits", "folder", "csv", "keras", CUSTOM)
 EXPORT_FORMATS = ("keras", "saved_model", "tflite")
@@ -78,7 +79,9 @@ def _validate(cfg: DictConfig) -> None:
         _check_optimizer(cfg.optimizer)
         _check_trainer(cfg.trainer, cfg.data.task == "multilabel")
         _check_cross_validation(cfg.data, cfg.hparams_search)
-        _check_data(cfg.data, cfg.hparams_search.cv_folds, source)
+        source = _check_data(cfg.data, cfg.hparams_search.cv_folds, source)
+        if source is not None and cfg.data.cache == "memory":  # refused here, before TensorFlow is imported
+            fits_in_memory(cfg.data.cache, len(source), input_size(cfg.model), cfg.data.cache_budget_gb)
         _check_transfer(cfg)
         check_targets(cfg)  # imports the modules of your own parts (see README, "Your own parts")
     else:
@@ -220,8 +223,11 @@ def _check_cross_validation(data: DictConfig, search: DictConfig) -> None:
         raise ConfigError("data.fold", data.fold, f"an integer from 0 to {data.folds - 1} (data.folds={data.folds})")
 
 
-def _check_data(data: DictConfig, cv_folds: int, source: ImageSource | None = None) -> None:
-    """``cv_folds``: hparams_search.cv_folds, the folds the run deals when data.folds does not."""
+def _check_data(data: DictConfig, cv_folds: int, source: ImageSource | None = None) -> ImageSource | None:
+    """``cv_folds``: hparams_search.cv_folds, the folds the run deals when data.folds does not.
+
+    Returns the source of a folder or CSV, described (listed, not decoded) to check it.
+    """
     folds, folds_key = (cv_folds, "hparams_search.cv_folds") if cv_folds else (data.folds, "data.folds")
     _check_choice("data.source", data.source, DATA_SOURCES)
     if data.batch_size < 1:
@@ -232,6 +238,8 @@ def _check_data(data: DictConfig, cv_folds: int, source: ImageSource | None = No
         total = data.val_split + data.test_split
         raise ConfigError("data.val_split + data.test_split", total, "a sum below 1, to leave training data")
     _check_choice("data.cache", data.cache, CACHE_MODES)
+    if data.cache_budget_gb is not None:
+        _check_number("data.cache_budget_gb", data.cache_budget_gb, 0, None, "null or a number of GB >= 0")
     required = REQUIRED_BY_SOURCE.get(data.source)
     if required and data[required] is None:
         raise ConfigError(f"data.{required}", None, f"a value: add data.{required}=... to the command line")
@@ -243,6 +251,8 @@ def _check_data(data: DictConfig, cv_folds: int, source: ImageSource | None = No
         source = source or describe_source(data)
         if folds:
             check_fold_sizes(source.labels, folds, data.test_split, source.class_names, folds_key)
+        return source
+    return None
 
 
 def settle_label_task(cfg: DictConfig) -> ImageSource | None:

@@ -3,17 +3,16 @@
 One parallel ``tf.data`` pass decodes every file once, with the decoder training
 uses; each file carries its index through the pass and ``ignore_errors`` drops
 the ones that fail, so the indices that come out are the readable files. No
-Python runs per image.
+Python runs per image. That pass is the one that builds the shared decode cache
+(``kfactory.data.cache_build``); with ``data.cache=none`` a check pass at 1/8
+scale finds them instead.
 The same files are then left out of every split, so a corrupt image can
 neither crash an epoch nor shift the split between ``train`` and ``eval``.
-With ``data.cache=memory`` that pass also keeps the resized images, so the
-files are decoded once per run, not once to check and again to train.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -34,8 +33,19 @@ JPEG_SCALES = (1, 2, 4, 8)  # libjpeg decodes at 1/ratio of full size for these 
 
 
 def find_unreadable(paths: list[str]) -> np.ndarray:
-    """Indices into ``paths`` of the files that cannot be read or decoded as an image."""
-    return decode_all(paths, CHECK_SIZE, keep=False)[1]
+    """Indices into ``paths`` of the files that cannot be read or decoded as an image (one pass, keeping nothing)."""
+    if not paths:
+        return np.zeros(0, np.int64)
+    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths), dtype=np.int64), paths))
+    ds = ds.map(lambda i, p: (i, read_image(p, CHECK_SIZE)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    kept, progress = [], progress_bar(len(paths))
+    for indices, _ in ds.ignore_errors().batch(256).prefetch(tf.data.AUTOTUNE):
+        kept.append(indices.numpy())
+        if progress:
+            progress.update(sum(map(len, kept)))
+    if progress:
+        progress.update(len(paths), finalize=True)  # the unreadable files are done too
+    return np.setdiff1d(np.arange(len(paths)), np.concatenate(kept)) if kept else np.arange(len(paths))
 
 
 def progress_bar(count: int) -> keras.utils.Progbar | None:
@@ -74,48 +84,20 @@ def _decode_jpeg_near(data: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
     )
 
 
-def decode_all(paths: list[str], size: tuple[int, int], keep: bool = True) -> tuple[tf.Tensor | None, np.ndarray]:
-    """One parallel pass decoding every file of ``paths`` at ``size`` with the training decoder.
-
-    Returns the readable files, in order, as one uint8 RGB tensor (None unless
-    ``keep``), and the indices of the unreadable ones.
-    """
-    if not paths:
-        return (tf.zeros((0, *size, 3), tf.uint8) if keep else None), np.zeros(0, np.int64)
-    ds = tf.data.Dataset.from_tensor_slices((np.arange(len(paths), dtype=np.int64), paths))
-    ds = ds.map(lambda i, p: (i, read_image(p, size)), num_parallel_calls=tf.data.AUTOTUNE, deterministic=keep)
-    kept, batches, progress = [], [], progress_bar(len(paths))
-    for indices, batch in ds.ignore_errors().batch(256).prefetch(tf.data.AUTOTUNE):
-        kept.append(indices.numpy())
-        if keep:
-            batches.append(batch)
-        if progress:
-            progress.update(sum(map(len, kept)))
-    if progress:
-        progress.update(len(paths), finalize=True)  # the unreadable files are done too
-    bad = np.setdiff1d(np.arange(len(paths)), np.concatenate(kept)) if kept else np.arange(len(paths))
-    if not keep:
-        return None, bad
-    return (tf.concat(batches, axis=0) if batches else tf.zeros((0, *size, 3), tf.uint8)), bad
-
-
-def drop_unreadable(
-    source: ImageSource, data: DictConfig, run_dir: Path | None, size: tuple[int, int] | None = None
-) -> tuple[ImageSource, list[str]]:
-    """``source`` (from ``data``) without its unreadable files, and their paths, listed in ``run_dir``.
-
-    With ``size``, the returned source also holds its images decoded at that size.
-    """
+def drop_unreadable(source: ImageSource, data: DictConfig, run_dir: Path | None) -> tuple[ImageSource, list[str]]:
+    """``source`` (from ``data``) without its unreadable files, found by one check pass, and their paths."""
     if source.paths is None:
         return source, []
-    kept_as = f", keeping them in memory at {size[0]}x{size[1]}" if size else ""
-    log.info("Decoding %d images once to find unreadable files%s", len(source), kept_as)
-    if size is None:
-        images, bad = None, find_unreadable(source.paths)
-    else:
-        images, bad = decode_all(source.paths, size)
+    log.info("Decoding %d images once to find unreadable files", len(source))
+    return leave_out(source, find_unreadable(source.paths), data, run_dir)
+
+
+def leave_out(
+    source: ImageSource, bad: np.ndarray, data: DictConfig, run_dir: Path | None
+) -> tuple[ImageSource, list[str]]:
+    """``source`` without the files at ``bad``, and their paths, listed in ``run_dir``; refuse if none is left."""
     if len(bad) == 0:
-        return replace(source, images=images), []
+        return source, []
     skipped = [source.paths[i] for i in bad]
     if len(bad) == len(source):
         key = {"csv": "data.csv", "custom": "data._target_"}.get(data.source, "data.path")
@@ -123,9 +105,10 @@ def drop_unreadable(
             key, data[key.split(".")[1]], f"readable images: none of its {len(source)} files decodes, e.g. {skipped[0]}"
         )
     keep = np.setdiff1d(np.arange(len(source)), bad)
-    kept = ImageSource(source.class_names, source.labels[keep], [source.paths[i] for i in keep], images)
+    kept = ImageSource(source.class_names, source.labels[keep], [source.paths[i] for i in keep])
     where = ""
     if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / SKIPPED_FILE).write_text("".join(f"{p}\n" for p in skipped))
         where = f"; all listed in {run_dir / SKIPPED_FILE}"
     shown = ", ".join(skipped[:SHOWN]) + (", ..." if len(skipped) > SHOWN else "")

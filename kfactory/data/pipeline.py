@@ -1,10 +1,13 @@
 """Image sources to batched ``tf.data`` pipelines: decode, resize, cache, prefetch.
 
-Files are read and decoded in parallel, no Python per image. With
-``data.cache=memory`` every file is decoded and resized once, by the check for
-unreadable files (``kfactory.data.image_check``), and batches are gathered from that
-array; with ``disk`` or ``none`` the pipeline decodes files (and caches them to a
-file for ``disk``). In-memory arrays of other sizes are resized per batch.
+Files are read and decoded in parallel, no Python per image. With ``data.cache``
+``auto`` (the default), ``memory`` or ``disk``, every file is decoded and resized
+once into the shared decode cache (``kfactory.data.cache_build``), which every
+later run on the same files reads instead; a run keeps that entry in memory when
+it fits ``data.cache_budget_gb`` (``memory`` insists on it, ``disk`` never does)
+and otherwise streams it from disk, so memory does not grow with the data. With
+``none`` the pipeline decodes the files every epoch. In-memory arrays (the
+digits, keras.datasets, a custom array) are gathered per batch and resized per batch.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import tensorflow as tf
 from omegaconf import DictConfig
 
 from kfactory.data.augment import build_augmenter
-from kfactory.data.image_check import decode_all, drop_unreadable, read_image
+from kfactory.data.cache_build import DecodedImages, ensure_entry, holds_all, open_built, unreadable_paths
+from kfactory.data.cache_store import cache_root, fits_in_memory
+from kfactory.data.image_check import drop_unreadable, leave_out, read_image
 from kfactory.data.label_sets import is_multilabel
 from kfactory.data.sources import ImageSource, describe_source, split_source
 from kfactory.data.split_record import (
@@ -38,6 +43,7 @@ from kfactory.model.build import output_units
 from kfactory.registry import input_size, label_loss, sparse_labels
 
 AUTOTUNE = tf.data.AUTOTUNE
+DECODE_CACHE_KEY = "decode_cache"  # splits.json: the decode cache entry the run's images were read from
 log = logging.getLogger(__name__)
 
 
@@ -87,12 +93,12 @@ def make_splits(cfg: DictConfig, run_dir: Path | None = None, recorded: SplitRec
         source, skipped, indices = draw_split(cfg, run_dir)
     else:
         source, skipped, indices = read_recorded_split(cfg, recorded)
+    if source.decoded is not None:  # streamed splits come in the order the cache holds them
+        indices = {name: source.decoded.stream_order(idx) for name, idx in indices.items()}
     if source.images is not None:  # one tensor for all splits, and no second copy kept as an array
         source = replace(source, images=tf.convert_to_tensor(source.images))
     pipelines = {
-        name: make_dataset(source, idx, cfg, training=name == "train", cache_dir=run_dir, split=name)
-        if len(idx)
-        else None
+        name: make_dataset(source, idx, cfg, training=name == "train") if len(idx) else None
         for name, idx in indices.items()
     }
     train, val, test = (pipelines[name] for name in SPLIT_NAMES)
@@ -101,21 +107,22 @@ def make_splits(cfg: DictConfig, run_dir: Path | None = None, recorded: SplitRec
 
 def draw_split(cfg: DictConfig, run_dir: Path | None) -> tuple[ImageSource, list[str], dict[str, np.ndarray]]:
     """The source less its unreadable files, those files, and a split drawn now (recorded in ``run_dir``)."""
-    # With a memory cache, the check's single decode pass also fills the cache.
-    decode_size = input_size(cfg.model) if cfg.data.cache == "memory" else None
     listed = load_source(cfg.data)
-    source, skipped = drop_unreadable(listed, cfg.data, run_dir, decode_size)
+    source, skipped = prepare_images(listed, cfg, run_dir)
     indices = dict(zip(SPLIT_NAMES, split_source(source, cfg.data, cfg.seed), strict=True))
     if run_dir is not None:
-        write_split(run_dir, record_split(listed, skipped, source, indices, cfg.data, cfg.seed))
+        record = record_split(listed, skipped, source, indices, cfg.data, cfg.seed)
+        if source.decoded is not None:  # eval and resume open this entry by name, without listing the folder
+            record.meta[DECODE_CACHE_KEY] = source.decoded.entry.key
+        write_split(run_dir, record)
     return source, skipped, indices
 
 
 def read_recorded_split(cfg: DictConfig, recorded: SplitRecord) -> tuple[ImageSource, list[str], dict[str, np.ndarray]]:
     """The source, skipped files and split of ``recorded``, once its images are checked to be as recorded.
 
-    The files it lists as unreadable are not decoded again; with a memory cache
-    the others are decoded once, as when the split was drawn.
+    The files it lists as unreadable are not decoded again; the others are read
+    from the decode cache entry the training run used (built again if it is gone).
     """
     arrays = load_source(cfg.data) if recorded.kind == ARRAYS else None
     recorded = check_files(recorded, cfg.data, arrays)
@@ -125,46 +132,61 @@ def read_recorded_split(cfg: DictConfig, recorded: SplitRecord) -> tuple[ImageSo
         recorded.where,
         ", ".join(f"{name} {count}" for name, count in recorded.counts().items() if count),
     )
-    if cfg.data.cache == "memory" and source.paths is not None:
-        images, bad = decode_all(source.paths, input_size(cfg.model))
-        if len(bad):
-            raise ConfigError(*source_key(cfg.data), f"images that decode ({source.paths[bad[0]]} no longer does)")
-        source = replace(source, images=images)
+    if source.paths is not None and cfg.data.cache != "none":
+        source = replace(source, decoded=recorded_images(source, cfg, recorded.meta.get(DECODE_CACHE_KEY)))
     return source, skipped, indices
 
 
-def make_dataset(
-    source: ImageSource,
-    indices: np.ndarray,
-    cfg: DictConfig,
-    training: bool,
-    cache_dir: Path | None = None,
-    split: str = "data",
-) -> tf.data.Dataset:
+def recorded_images(source: ImageSource, cfg: DictConfig, key: str | None) -> DecodedImages:
+    """The decode cache entry ``key`` (a recorded split's) for ``source``'s images, or one built for them now."""
+    data, size = cfg.data, input_size(cfg.model)
+    in_memory = fits_in_memory(data.cache, len(source), size, data.cache_budget_gb)
+    root = cache_root(data.cache_dir)
+    built = open_built(root, key) if key else None
+    if built is None or built[0].size != size or not holds_all(built[1], source.paths):
+        built = ensure_entry(source.paths, size, root, data.path or data.csv or data.source)
+    entry, files = built
+    bad = unreadable_paths(entry, files, source.paths)
+    if len(bad):
+        raise ConfigError(*source_key(data), f"images that decode ({source.paths[bad[0]]} no longer does)")
+    return DecodedImages(entry, files, source.paths, in_memory)
+
+
+def prepare_images(source: ImageSource, cfg: DictConfig, run_dir: Path | None) -> tuple[ImageSource, list[str]]:
+    """``source`` without its unreadable files (listed in ``run_dir``) and reading the decode cache as
+    ``data.cache`` says; also the paths left out."""
+    data = cfg.data
+    if source.paths is None:
+        return source, []
+    if data.cache == "none":
+        return drop_unreadable(source, data, run_dir)
+    size = input_size(cfg.model)
+    in_memory = fits_in_memory(data.cache, len(source), size, data.cache_budget_gb)  # refuses before decoding
+    entry, files = ensure_entry(source.paths, size, cache_root(data.cache_dir), data.path or data.csv or data.source)
+    kept, skipped = leave_out(source, unreadable_paths(entry, files, source.paths), data, run_dir)
+    return replace(kept, decoded=DecodedImages(entry, files, kept.paths, in_memory)), skipped
+
+
+def make_dataset(source: ImageSource, indices: np.ndarray, cfg: DictConfig, training: bool) -> tf.data.Dataset:
     """Batches of (uint8-valued float images at the model's size, encoded labels).
 
-    In-memory images (``source.images``, an array or a tensor) are gathered per
-    batch from shuffled indices, so neither shuffling nor an epoch copies whole
-    images.
+    In-memory images (``source.images``, an array or a tensor, or a decode cache
+    entry held in memory) are gathered per batch from shuffled indices, so
+    neither shuffling nor an epoch copies whole images.
     """
-    size = input_size(cfg.model)
+    size, data = input_size(cfg.model), cfg.data
     labels = source.labels[indices]
-    if source.images is None:
-        paths = np.asarray(source.paths)[indices]
-        ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    resize_batches = source.images is not None  # arrays stay at their own size (decoded files are at ``size``)
+    if source.decoded is not None:
+        ds = source.decoded.batches(indices, source.labels, training, data.shuffle_buffer, cfg.seed, data.batch_size)
+    elif source.images is None:
+        ds = _shuffled(tf.data.Dataset.from_tensor_slices((np.asarray(source.paths)[indices], labels)), training, cfg)
         ds = ds.map(lambda p, y: (read_image(p, size), y), num_parallel_calls=AUTOTUNE, deterministic=True)
-        ds = ds.ignore_errors(log_warning=True)
-        ds = _cache(ds, cfg.data.cache, cache_dir, split)
-        resize_batches = False
+        ds = ds.ignore_errors(log_warning=True).batch(data.batch_size)
     else:
-        ds = tf.data.Dataset.from_tensor_slices((indices, labels))
-        resize_batches = True  # arrays stay at their own size in memory (decoded files are at ``size`` already)
-    if training:
-        ds = ds.shuffle(min(len(indices), cfg.data.shuffle_buffer), seed=cfg.seed, reshuffle_each_iteration=True)
-    ds = ds.batch(cfg.data.batch_size)
-    if source.images is not None:
+        ds = _shuffled(tf.data.Dataset.from_tensor_slices((indices, labels)), training, cfg)
         pixels = tf.convert_to_tensor(source.images)  # a no-op for a tensor
-        ds = ds.map(lambda i, y: (tf.gather(pixels, i), y), num_parallel_calls=AUTOTUNE)
+        ds = ds.batch(data.batch_size).map(lambda i, y: (tf.gather(pixels, i), y), num_parallel_calls=AUTOTUNE)
     encode = label_encoder(label_loss(cfg.loss), len(source.class_names), is_multilabel(labels))
     ds = ds.map(
         lambda x, y: (to_rgb_float(x, size if resize_batches else None), encode(y)), num_parallel_calls=AUTOTUNE
@@ -173,6 +195,14 @@ def make_dataset(
     if augment is not None:
         ds = ds.map(augment, num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
+
+
+def _shuffled(ds: tf.data.Dataset, training: bool, cfg: DictConfig) -> tf.data.Dataset:
+    """Training examples (indices or paths, not pixels) reshuffled each epoch, seeded; others in order."""
+    if not training:
+        return ds
+    count = int(ds.cardinality())
+    return ds.shuffle(min(count, cfg.data.shuffle_buffer), seed=cfg.seed, reshuffle_each_iteration=True)
 
 
 def epoch_inputs(
@@ -211,13 +241,3 @@ def label_encoder(loss: str, num_classes: int, multilabel: bool = False):
     if output_units(loss, num_classes) == 1:
         return lambda y: tf.cast(tf.expand_dims(y, -1), tf.float32)
     return lambda y: tf.one_hot(y, num_classes)
-
-
-def _cache(ds: tf.data.Dataset, mode: str, cache_dir: Path | None, split: str) -> tf.data.Dataset:
-    if mode == "memory" or (mode == "disk" and cache_dir is None):
-        return ds.cache()
-    if mode == "disk":
-        folder = cache_dir / "cache"
-        folder.mkdir(parents=True, exist_ok=True)
-        return ds.cache(str(folder / split))
-    return ds

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from omegaconf import DictConfig
@@ -36,7 +36,8 @@ class ImageSource:
     class_names: list[str]
     labels: np.ndarray  # int64, one per image; or multi-hot float32 (images, classes) for label sets
     paths: list[str] | None = None
-    images: np.ndarray | None = None  # uint8, (N, H, W, C); a tf.Tensor once kfactory.data.pipeline has decoded files
+    images: np.ndarray | None = None  # uint8, (N, H, W, C) (a tf.Tensor once kfactory.data.pipeline holds it)
+    decoded: Any = None  # the files' decode cache entry (kfactory.data.cache_build.DecodedImages), once opened
 
     def __len__(self) -> int:
         return len(self.labels)

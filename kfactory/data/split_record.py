@@ -19,7 +19,6 @@ Nothing here imports TensorFlow or decodes an image: checking a record costs one
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from omegaconf import DictConfig
 
 from kfactory.data.sources import ImageSource, fold_indices
 from kfactory.errors import ConfigError
+from kfactory.paths import file_stats
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -49,8 +49,6 @@ FILES, ARRAYS = "files", "arrays"  # what a record's rows name: file paths, or r
 STAMP = {FILES: "mtime_ns", ARRAYS: "digest"}  # the column that tells a changed image, beside ``size``
 ON_CHANGED = ("refuse", "use_remaining")  # data.on_changed
 SHOWN = 3  # gone or changed files named in a refusal
-STAT_CHUNK = 2048  # files per stat task: threads overlap the waits of a network file system
-STAT_THREADS = 8
 
 
 @dataclass
@@ -82,26 +80,6 @@ class SplitRecord:
         order = rows["split"].map({name: i for i, name in enumerate((*SPLIT_NAMES, SKIPPED))})
         rows = rows.iloc[np.argsort(order.to_numpy(), kind="stable")].reset_index(drop=True)
         return replace(self, rows=rows, meta={**self.meta, "settings": {**self.meta["settings"], "fold": fold}})
-
-
-def file_stats(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Each file's (size, mtime_ns) as int64 arrays, -1 for a file that is gone; no file is opened."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    def stat_chunk(chunk: Sequence[str]) -> list[int]:
-        found = []
-        for path in chunk:
-            try:
-                stat = os.stat(path)
-                found += (stat.st_size, stat.st_mtime_ns)
-            except OSError:
-                found += (-1, -1)
-        return found
-
-    chunks = [paths[i : i + STAT_CHUNK] for i in range(0, len(paths), STAT_CHUNK)]
-    with ThreadPoolExecutor(min(STAT_THREADS, max(len(chunks), 1))) as pool:
-        flat = np.fromiter(itertools.chain.from_iterable(pool.map(stat_chunk, chunks)), np.int64, 2 * len(paths))
-    return flat[0::2], flat[1::2]
 
 
 def fingerprint(names: Sequence[str], sizes: np.ndarray, stamps: np.ndarray) -> str:

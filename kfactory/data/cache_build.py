@@ -1,0 +1,264 @@
+"""Write the shared decode cache in one parallel pass, and read it back as batches.
+
+The pass that builds an entry is also the check for unreadable files: files that
+fail to decode are left out of the entry and listed in its manifest, so no run
+decodes the folder a second time to find them. Records are written in a fixed
+random order, so reading a shard front to back is already a shuffled stream.
+
+A run reads an entry either into one array in memory (when it fits the budget,
+``kfactory.data.cache_store.fits_in_memory``) or streamed from its shards,
+where memory no longer grows with the number of images.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from kfactory.data.cache_store import (
+    DECODER,
+    FILES_FILE,
+    FORMAT,
+    MANIFEST,
+    ORDER_FILE,
+    Entry,
+    build_lock,
+    entry_key,
+    open_entry,
+    publish,
+    remove_abandoned_builds,
+    temporary_folder,
+)
+from kfactory.data.image_check import progress_bar, read_image
+
+log = logging.getLogger(__name__)
+
+AUTOTUNE = tf.data.AUTOTUNE
+WRITE_BATCH = 256  # images decoded per write
+SHARD_BYTES = 256 * 2**20  # a new shard file after about this many bytes
+READ_BUFFER = 4 * 2**20  # bytes read ahead per open shard
+SHARDS_READ_AT_ONCE = 4  # training interleaves this many shards, in a new order each epoch
+SHUFFLE_BYTES = 256 * 2**20  # a streamed training split shuffles at most this many bytes of images
+
+
+def canonical_files(paths: list[str]) -> np.ndarray:
+    """The distinct absolute paths of ``paths``, sorted: what an entry is built from, whatever the listing order."""
+    return np.unique(np.asarray([os.path.abspath(p) for p in paths], dtype=str))
+
+
+def ensure_entry(paths: list[str], size: tuple[int, int], root: Path, source: str) -> tuple[Entry, np.ndarray]:
+    """The entry for ``paths`` at ``size`` under ``root`` and the files it indexes (``canonical_files``):
+    opened if published, else built (once, across processes)."""
+    started = time.time()
+    files = canonical_files(paths)
+    key = entry_key(files.tolist(), size)
+    entry = open_entry(root, key)
+    if entry is None:
+        with build_lock(root, key, log):
+            entry = open_entry(root, key)  # another job may have published it while this one waited
+            if entry is None:
+                remove_abandoned_builds(root, key)
+                return build_entry(files.tolist(), size, root, key, source), files
+    log.info(
+        "Decode cache: %d images at %dx%d from %s (listed and checked in %.1f s)",
+        entry.manifest["readable"],
+        *size,
+        entry.path,
+        time.time() - started,
+    )
+    return entry, files
+
+
+def open_built(root: Path, key: str) -> tuple[Entry, np.ndarray] | None:
+    """The published entry ``key`` and the files it was built from, without listing or statting them; or None."""
+    entry = open_entry(root, key)
+    if entry is None:
+        return None
+    text = (entry.path / FILES_FILE).read_bytes().decode("utf-8", "surrogateescape")
+    return entry, np.asarray(text.split("\n") if text else [], dtype=str)
+
+
+def build_entry(paths: list[str], size: tuple[int, int], root: Path, key: str, source: str) -> Entry:
+    """Decode every file once into a temporary folder, then publish it as ``key``."""
+    tmp = temporary_folder(root, key)
+    log.info("Decoding %d images once at %dx%d into the decode cache %s", len(paths), *size, root / key)
+    try:
+        shards, order = write_shards(paths, size, tmp)
+        np.save(tmp / ORDER_FILE, order)
+        write_synced(tmp / FILES_FILE, "\n".join(paths).encode("utf-8", "surrogateescape"))
+        manifest = {
+            "format": FORMAT,
+            "decoder": DECODER,
+            "size": list(size),
+            "files": len(paths),
+            "readable": int(len(order)),
+            "unreadable": np.setdiff1d(np.arange(len(paths)), order).tolist(),
+            "shards": shards,
+            "source": source,
+            "created": time.time(),
+        }
+        write_synced(tmp / MANIFEST, json.dumps(manifest).encode())
+        return publish(tmp, root, key)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_shards(paths: list[str], size: tuple[int, int], folder: Path) -> tuple[list[dict], np.ndarray]:
+    """Decode ``paths`` in a fixed random order into raw uint8 shard files; return the shards and the record order."""
+    shuffled = np.random.default_rng(0).permutation(len(paths))
+    ds = tf.data.Dataset.from_tensor_slices((shuffled, np.asarray(paths)[shuffled]))
+    ds = ds.map(lambda i, p: (i, read_image(p, size)), num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.ignore_errors().batch(WRITE_BATCH).prefetch(2)
+    per_shard = max(WRITE_BATCH, SHARD_BYTES // (size[0] * size[1] * 3))
+    shards: list[dict] = []
+    order: list[np.ndarray] = []
+    out, progress, done = None, progress_bar(len(paths)), 0
+    try:
+        for indices, images in ds:
+            if out is None or shards[-1]["records"] >= per_shard:
+                out = _next_shard(out, folder, shards)
+            out.write(images.numpy().tobytes())
+            order.append(indices.numpy())
+            shards[-1]["records"] += len(order[-1])
+            done += len(order[-1])
+            if progress:
+                progress.update(done)
+    finally:
+        _close_synced(out)
+    if progress:
+        progress.update(len(paths), finalize=True)  # the unreadable files are done too
+    return shards, (np.concatenate(order) if order else np.zeros(0, np.int64))
+
+
+def _next_shard(out, folder: Path, shards: list[dict]):
+    _close_synced(out)
+    shards.append({"file": f"images-{len(shards):05d}.bin", "records": 0})
+    return open(folder / shards[-1]["file"], "wb")  # noqa: SIM115 (closed by _close_synced)
+
+
+def _close_synced(out) -> None:
+    if out is not None:
+        out.flush()
+        os.fsync(out.fileno())
+        out.close()
+
+
+def write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+class DecodedImages:
+    """An entry's images, addressed by the index of a readable file: one array in memory, or its shards on disk."""
+
+    def __init__(self, entry: Entry, files: np.ndarray, paths: list[str], in_memory: bool) -> None:
+        """Images ``paths`` (readable ones) of ``entry``, which was built from ``files`` (``ensure_entry``)."""
+        self.entry, self.size = entry, entry.size
+        listed = listed_index(files, paths)
+        order = entry.order()  # record r holds listed file order[r]
+        record_of_listed = np.full(entry.manifest["files"], -1, np.int64)
+        record_of_listed[order] = np.arange(len(order))
+        self.position = np.where(listed >= 0, record_of_listed[listed], -1)  # the record of each source image
+        if (self.position < 0).any():
+            raise ValueError(f"the decode cache {entry.path} holds no record of an image it is asked for")
+        # record r holds source image record_index[r] (-1: an image this source does not use)
+        self.record_index = np.full(len(order), -1, np.int64)
+        self.record_index[self.position] = np.arange(len(listed))
+        self.pixels = load_pixels(entry) if in_memory else None
+
+    def stream_order(self, indices: np.ndarray) -> np.ndarray:
+        """``indices`` in the order the shards hold them: the order ``batches`` yields them in when streaming."""
+        return indices if self.pixels is not None else indices[np.argsort(self.position[indices], kind="stable")]
+
+    def batches(
+        self, indices: np.ndarray, labels: np.ndarray, training: bool, shuffle: int, seed: int, batch: int
+    ) -> tf.data.Dataset:
+        """Batches of (uint8 images, labels) of readable files ``indices``; ``labels`` is indexed like them."""
+        if self.pixels is not None:
+            return self._from_memory(indices, labels[indices], training, shuffle, seed, batch)
+        return self._from_shards(indices, labels, training, shuffle, seed, batch)
+
+    def _from_memory(self, indices, labels, training, shuffle, seed, batch) -> tf.data.Dataset:
+        pixels, (h, w) = self.pixels, self.size
+        ds = tf.data.Dataset.from_tensor_slices((self.position[indices], labels))
+        if training:
+            ds = ds.shuffle(min(len(indices), shuffle), seed=seed, reshuffle_each_iteration=True)
+
+        def gather(rows: tf.Tensor) -> tf.Tensor:
+            images = tf.numpy_function(lambda r: pixels[r], [rows], tf.uint8, stateful=False)
+            return tf.ensure_shape(images, [None, h, w, 3])
+
+        return ds.batch(batch).map(lambda r, y: (gather(r), y), num_parallel_calls=AUTOTUNE)
+
+    def _from_shards(self, indices, labels, training, shuffle, seed, batch) -> tf.data.Dataset:
+        (h, w), record_bytes = self.size, self.size[0] * self.size[1] * 3
+        member = np.zeros(len(self.record_index), bool)
+        member[self.position[indices]] = True
+        record_member = tf.constant(member)
+        record_label = tf.constant(labels[np.maximum(self.record_index, 0)])  # members' labels; others unread
+        files, counts = zip(*((str(p), n) for p, n in self.entry.shards()), strict=True)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        shards = tf.data.Dataset.from_tensor_slices((list(files), starts, np.asarray(counts, np.int64)))
+        if training:
+            shards = shards.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+
+        def records(path: tf.Tensor, start: tf.Tensor, count: tf.Tensor) -> tf.data.Dataset:
+            data = tf.data.FixedLengthRecordDataset(path, record_bytes, buffer_size=READ_BUFFER)
+            return tf.data.Dataset.zip((tf.data.Dataset.range(start, start + count), data))
+
+        at_once = min(SHARDS_READ_AT_ONCE, len(files)) if training else 1  # else in record order: stream_order
+        ds = shards.interleave(records, cycle_length=at_once, num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = ds.filter(lambda r, _: tf.gather(record_member, r)).take(len(indices))  # stop after the last one
+        ds = ds.map(
+            lambda r, data: (tf.reshape(tf.io.decode_raw(data, tf.uint8), [h, w, 3]), tf.gather(record_label, r)),
+            num_parallel_calls=AUTOTUNE,
+        )
+        if training:  # the records are in random order already; the buffer mixes the interleaved shards
+            buffer = max(1, min(len(indices), shuffle, SHUFFLE_BYTES // record_bytes))
+            ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        return ds.batch(batch)
+
+
+def listed_index(files: np.ndarray, paths: list[str]) -> np.ndarray:
+    """The place of each of ``paths`` among an entry's ``files`` (sorted); -1 where a path is not one of them."""
+    wanted = np.asarray([os.path.abspath(p) for p in paths], dtype=str)
+    places = np.minimum(np.searchsorted(files, wanted), max(len(files) - 1, 0))
+    found = files[places] == wanted if len(files) else np.zeros(len(wanted), bool)
+    return np.where(found, places, -1)
+
+
+def holds_all(files: np.ndarray, paths: list[str]) -> bool:
+    """Whether an entry built from ``files`` holds every one of ``paths``."""
+    return bool((listed_index(files, paths) >= 0).all())
+
+
+def unreadable_paths(entry: Entry, files: np.ndarray, paths: list[str]) -> np.ndarray:
+    """Indices into ``paths`` of the files ``entry`` found unreadable."""
+    return np.flatnonzero(np.isin(listed_index(files, paths), entry.unreadable))
+
+
+def load_pixels(entry: Entry) -> np.ndarray:
+    """The entry's records as one (records, H, W, 3) uint8 array, read straight into place (no second copy)."""
+    h, w = entry.size
+    pixels = np.empty((entry.manifest["readable"], h, w, 3), np.uint8)
+    log.info("Decode cache: loading %d images (%.2f GB) into memory", len(pixels), pixels.nbytes / 1e9)
+    flat, offset = memoryview(pixels.reshape(-1)), 0
+    for path, records in entry.shards():
+        with open(path, "rb") as shard:
+            end = offset + records * h * w * 3
+            while offset < end:
+                read = shard.readinto(flat[offset:end])
+                if not read:
+                    raise OSError(f"{path} is shorter than its manifest says; delete {entry.path} to rebuild it")
+                offset += read
+    return pixels

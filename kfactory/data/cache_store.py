@@ -1,0 +1,289 @@
+"""The shared decode cache on disk: where it lives, what names an entry, who may write one, and the memory budget.
+
+An entry holds every readable image of a file list, decoded and resized once to
+one input size, as raw uint8 records in a few shard files. Its name (the key) is
+a hash of what determines its content: each file's path, size and modification
+time, the input size and the decoder's version. So every run and sweep job on the
+same files at the same size reads one entry, and a changed file makes a new one.
+
+An entry is built in a private temporary folder and published by renaming that
+folder, which is atomic on local and network file systems alike: a reader sees a
+whole entry or none, and a build that is killed leaves only its temporary folder,
+which no reader opens and the next build removes. Builders of one key take a
+file lock first, so other jobs wait for the first build instead of decoding the
+same files again; the lock only saves work, the rename is what keeps readers safe.
+
+TensorFlow-free: this module names and guards entries; kfactory.data.cache_build
+writes and reads them. ``python -m kfactory.data.cache_store list`` lists the
+entries, ``... delete KEY|--all`` deletes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kfactory.errors import ConfigError
+from kfactory.paths import expand_path, file_stats
+
+CACHE_DIR_VARIABLE = "KFACTORY_CACHE_DIR"  # overrides the default root when data.cache_dir is null
+FORMAT = "kfactory-decoded-v1"  # the on-disk layout; bump when the records change
+DECODER = "decode_image-v1"  # kfactory.data.image_check.decode_image; bump when its pixels change
+MANIFEST = "manifest.json"
+ORDER_FILE = "order.npy"  # record r holds the image of file order[r] of the listed files
+FILES_FILE = "files.txt"  # the listed files: distinct absolute paths, sorted, one a line
+BUDGET_FRACTION = 0.5  # data.cache_budget_gb=null: this share of the memory available at start
+WAIT_LOG_SECONDS = 30  # a job waiting for another's build says so this often
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One published cache entry: its folder and its manifest."""
+
+    path: Path
+    manifest: dict
+
+    @property
+    def key(self) -> str:
+        return self.path.name
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.manifest["size"])  # type: ignore[return-value]
+
+    @property
+    def unreadable(self) -> np.ndarray:
+        """Indices (into the listed files) of the files that did not decode."""
+        return np.asarray(self.manifest["unreadable"], dtype=np.int64)
+
+    def order(self) -> np.ndarray:
+        return np.load(self.path / ORDER_FILE)
+
+    def shards(self) -> list[tuple[Path, int]]:
+        """Each shard file with its number of records, in record order."""
+        return [(self.path / s["file"], int(s["records"])) for s in self.manifest["shards"]]
+
+
+def cache_root(cache_dir: str | None) -> Path:
+    """The folder that holds the entries: ``data.cache_dir``, else $KFACTORY_CACHE_DIR, else the user's cache."""
+    if cache_dir is not None:
+        return expand_path(cache_dir)
+    if os.environ.get(CACHE_DIR_VARIABLE):
+        return expand_path(os.environ[CACHE_DIR_VARIABLE])
+    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return expand_path(base) / "kfactory" / "decoded"
+
+
+def entry_key(paths: list[str], size: tuple[int, int]) -> str:
+    """The name of the entry for ``paths`` decoded at ``size``: a hash of each file's path, size and mtime too."""
+    sizes, mtimes = file_stats(paths)
+    digest = hashlib.sha256(f"{FORMAT}\n{DECODER}\n{size[0]}x{size[1]}\n".encode())
+    digest.update("\0".join(paths).encode("utf-8", "surrogateescape"))
+    digest.update(np.ascontiguousarray(np.stack([sizes, mtimes], 1), dtype="<i8").tobytes())
+    return f"{size[0]}x{size[1]}-{len(paths)}-{digest.hexdigest()[:20]}"
+
+
+def open_entry(root: Path, key: str) -> Entry | None:
+    """The published entry ``key`` under ``root``, or None."""
+    path = root / key
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return Entry(path, manifest) if manifest.get("format") == FORMAT else None
+
+
+def temporary_folder(root: Path, key: str) -> Path:
+    """A private folder to build ``key`` in, named so no reader takes it for an entry."""
+    path = root / f".{key}.tmp-{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}"
+    path.mkdir(parents=True)
+    return path
+
+
+def publish(tmp: Path, root: Path, key: str) -> Entry:
+    """Rename the finished ``tmp`` to its key; if another builder got there first, keep theirs."""
+    sync_folder(tmp)
+    try:
+        os.rename(tmp, root / key)
+    except OSError:  # the key exists: an identical entry was published meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    sync_folder(root)
+    entry = open_entry(root, key)
+    if entry is None:
+        raise OSError(f"the decode cache entry {root / key} could not be published")
+    return entry
+
+
+def sync_folder(path: Path) -> None:
+    """Make the folder's entries (new files, a rename) durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a folder
+    finally:
+        os.close(fd)
+
+
+def remove_abandoned_builds(root: Path, key: str) -> None:
+    """Delete the temporary folders of ``key`` left by killed builds (call only while holding its lock)."""
+    for tmp in root.glob(f".{key}.tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def build_lock(root: Path, key: str, log) -> Iterator[None]:
+    """Hold the lock for building ``key``; wait, saying so, while another process holds it.
+
+    The kernel releases the lock of a process that dies, so a killed builder never
+    blocks the next one. Where the file system refuses locks, building goes on
+    unlocked: the atomic publish still keeps readers safe.
+    """
+    from filelock import FileLock, Timeout
+
+    root.mkdir(parents=True, exist_ok=True)
+    lock, holder = FileLock(str(root / f".{key}.lock")), root / f".{key}.holder"
+    waited = 0.0
+    while True:
+        try:
+            lock.acquire(timeout=WAIT_LOG_SECONDS)
+            break
+        except Timeout:
+            waited += WAIT_LOG_SECONDS
+            who = holder.read_text().strip() if holder.exists() else "another process"
+            log.info("Waiting %.0f s so far for %s, which is building the decode cache %s", waited, who, key)
+        except OSError as error:
+            log.warning("The decode cache %s cannot be locked (%s); building it unlocked", root, error)
+            yield
+            return
+    try:
+        holder.write_text(f"{socket.gethostname()} pid {os.getpid()}\n")
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
+
+
+def image_bytes(count: int, size: tuple[int, int]) -> int:
+    """What ``count`` decoded RGB images at ``size`` take in memory."""
+    return count * size[0] * size[1] * 3
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation now (Linux's MemAvailable, else free pages)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def memory_budget(budget_gb: float | None) -> int:
+    """``data.cache_budget_gb`` in bytes; null: BUDGET_FRACTION of the memory available now."""
+    if budget_gb is not None:
+        return int(budget_gb * 1e9)
+    return int(available_memory() * BUDGET_FRACTION)
+
+
+def fits_in_memory(mode: str, count: int, size: tuple[int, int], budget_gb: float | None) -> bool:
+    """Whether ``data.cache`` ``mode`` keeps ``count`` images at ``size`` in memory; refuse ``memory`` past the budget.
+
+    Decided before anything is decoded, from the number of files listed.
+    """
+    if mode not in ("auto", "memory"):
+        return False
+    need, budget = image_bytes(count, size), memory_budget(budget_gb)
+    if need <= budget:
+        return True
+    if mode == "memory":
+        shown = "null (half the memory available now)" if budget_gb is None else f"{budget_gb:g}"
+        accepted = (
+            f"auto, disk or none: {count} images at {size[0]}x{size[1]} need {need / 1e9:.2f} GB in memory, "
+            f"over data.cache_budget_gb={shown} ({budget / 1e9:.2f} GB); or raise data.cache_budget_gb"
+        )
+        raise ConfigError("data.cache", mode, accepted)
+    return False
+
+
+def list_entries(root: Path) -> list[Entry]:
+    """The published entries under ``root``, newest first."""
+    if not root.is_dir():
+        return []
+    entries = [e for p in root.iterdir() if not p.name.startswith(".") and (e := open_entry(root, p.name))]
+    return sorted(entries, key=lambda e: e.manifest.get("created", 0), reverse=True)
+
+
+def entry_bytes(entry: Entry) -> int:
+    return sum(f.stat().st_size for f in entry.path.iterdir() if f.is_file())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m kfactory.data.cache_store list|delete`` over the decode cache."""
+    parser = argparse.ArgumentParser(prog="python -m kfactory.data.cache_store", description=__doc__.split("\n")[0])
+    parser.add_argument("--cache-dir", default=None, help="the cache root (default: data.cache_dir's default)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="list the entries with their size, images and source")
+    delete = commands.add_parser("delete", help="delete entries by key")
+    delete.add_argument("keys", nargs="*")
+    delete.add_argument("--all", action="store_true", help="delete every entry and abandoned build")
+    args = parser.parse_args(argv)
+    root = cache_root(args.cache_dir)
+    entries = list_entries(root)
+    if args.command == "list":
+        print(f"{root}: {len(entries)} entries")
+        for e in entries:
+            made = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.manifest.get("created", 0)))
+            m = e.manifest
+            print(f"{e.key}  {entry_bytes(e) / 1e9:.2f} GB  {m['readable']} images  {made}  {m.get('source', '')}")
+        return 0
+    known = {e.key: e for e in entries}
+    unknown = [k for k in args.keys if k not in known]
+    if unknown or not (args.keys or args.all):
+        print(f"No such entry under {root}: {', '.join(unknown) or '(name keys or --all)'}", file=sys.stderr)
+        return 2
+    for key in known if args.all else args.keys:
+        shutil.rmtree(known[key].path)
+        print(f"deleted {key}")
+    if args.all:
+        for key in {tmp.name[1:].split(".tmp-")[0] for tmp in root.glob(".*.tmp-*")}:
+            remove_abandoned_builds_if_free(root, key)
+    return 0
+
+
+def remove_abandoned_builds_if_free(root: Path, key: str) -> None:
+    """Remove ``key``'s temporary folders unless a live build holds its lock."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(root / f".{key}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return
+    try:
+        remove_abandoned_builds(root, key)
+    finally:
+        lock.release()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,238 @@
+"""The shared decode cache: one decode for every run, memory within a budget, builds that are safe to race or kill."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kfactory.errors import ConfigError
+from tests.conftest import ROOT, compose_config, write_image_folder
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    return write_image_folder(tmp_path / "images", {"cats": 12, "dogs": 12}, size=20, fmt="jpg")
+
+
+def folder_cfg(folder: Path, cache_dir: Path, *overrides: str):
+    return compose_config(
+        ["data=folder", f"data.path={folder}", f"data.cache_dir={cache_dir}", "model.input_size=[16,16]", *overrides]
+    )
+
+
+def images_by_index(splits, name: str) -> dict[int, np.ndarray]:
+    """Each image of split ``name``, keyed by its index, in the order the pipeline yields them."""
+    images = np.concatenate([x.numpy() for x, _ in getattr(splits, name)])
+    return dict(zip(splits.indices[name].tolist(), images, strict=True))
+
+
+def test_a_small_budget_streams_from_disk_and_gives_the_same_images_as_memory(folder, tmp_path):
+    from kfactory.data.pipeline import make_splits
+
+    cache = tmp_path / "cache"
+    in_memory = make_splits(folder_cfg(folder, cache, "data.cache_budget_gb=1"))
+    streamed = make_splits(folder_cfg(folder, cache, "data.cache_budget_gb=0"))
+    assert in_memory.source.decoded.pixels is not None and streamed.source.decoded.pixels is None
+    for name in ("val", "test"):  # in order: each image beside its index
+        assert sorted(in_memory.indices[name]) == sorted(streamed.indices[name])
+        memory_images, streamed_images = images_by_index(in_memory, name), images_by_index(streamed, name)
+        assert all(np.array_equal(memory_images[i], streamed_images[i]) for i in memory_images)
+    shuffled = [sorted(x.tobytes() for b, _ in s.train for x in b.numpy()) for s in (in_memory, streamed)]
+    assert len(shuffled[0]) == len(in_memory.indices["train"]) and shuffled[0] == shuffled[1]
+    assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 1  # one entry served both
+
+
+def test_the_default_keeps_what_fits_and_streams_what_does_not(folder, tmp_path, monkeypatch):
+    from kfactory.data import cache_store
+    from kfactory.data.pipeline import make_splits
+
+    need = cache_store.image_bytes(24, (16, 16))
+    monkeypatch.setattr(cache_store, "available_memory", lambda: 4 * need)  # half of it is the budget: fits
+    assert make_splits(folder_cfg(folder, tmp_path / "cache")).source.decoded.pixels is not None
+    monkeypatch.setattr(cache_store, "available_memory", lambda: need)  # half of it is too little
+    assert make_splits(folder_cfg(folder, tmp_path / "cache")).source.decoded.pixels is None
+
+
+def test_memory_that_cannot_fit_is_refused_in_one_line_before_anything_is_decoded(folder, tmp_path):
+    from kfactory.config.validate import validate
+
+    memory, tiny = "data.cache=memory", "data.cache_budget_gb=0.00001"
+    cfg = folder_cfg(folder, tmp_path / "cache", memory, tiny, "model.input_size=[32,32]", "model.weights=null")
+    with pytest.raises(ConfigError) as refused:
+        validate(cfg)
+    message = str(refused.value)
+    assert message.startswith("data.cache=memory is not accepted: auto, disk or none: 24 images at 32x32 need")
+    assert "data.cache_budget_gb=1e-05" in message and "\n" not in message
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_second_run_reads_the_cache_without_decoding_and_a_changed_file_makes_a_new_entry(folder, tmp_path, caplog):
+    from kfactory.data.pipeline import make_splits
+
+    cache = tmp_path / "cache"
+    with caplog.at_level(logging.INFO, logger="kfactory.data.cache_build"):
+        first = make_splits(folder_cfg(folder, cache))
+        assert "Decoding 24 images once at 16x16" in caplog.text
+        caplog.clear()
+        again = make_splits(folder_cfg(folder, cache))
+        assert "Decoding" not in caplog.text and again.source.decoded.entry.path == first.source.decoded.entry.path
+        changed = next((folder / "cats").iterdir())
+        changed.write_bytes((folder / "dogs" / sorted(os.listdir(folder / "dogs"))[0]).read_bytes())
+        caplog.clear()
+        third = make_splits(folder_cfg(folder, cache))
+    assert "Decoding 24 images once" in caplog.text
+    assert third.source.decoded.entry.path != first.source.decoded.entry.path
+
+
+def test_unreadable_files_are_found_by_the_build_and_skipped_by_every_later_run(folder, tmp_path, caplog):
+    from kfactory.data.image_check import SKIPPED_FILE
+    from kfactory.data.pipeline import make_splits
+
+    (folder / "cats" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    cache = tmp_path / "cache"
+    for run in ("first", "second"):
+        splits = make_splits(folder_cfg(folder, cache), tmp_path / run)
+        assert splits.skipped == [str(folder / "cats" / "broken.jpg")]
+        assert (tmp_path / run / SKIPPED_FILE).read_text().split() == splits.skipped
+        assert sum(map(len, splits.indices.values())) == 24
+
+
+BUILD = textwrap.dedent(
+    """
+    import logging, sys, time
+    from pathlib import Path
+    from kfactory.data import cache_build
+    from kfactory.data.sources import list_folder
+
+    logging.basicConfig(level=logging.INFO)
+    folder, root, pause = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
+    cache_build.WRITE_BATCH = 4
+    write = cache_build._next_shard
+    def slow_next_shard(*args):  # time to be killed, or raced, between shards
+        time.sleep(pause)
+        return write(*args)
+    cache_build._next_shard = slow_next_shard
+    cache_build.SHARD_BYTES = 1
+    entry, _ = cache_build.ensure_entry(list_folder(folder).paths, (16, 16), root, folder)
+    print("ENTRY", entry.path)
+    """
+)
+
+
+def start_build(folder: Path, root: Path, pause: float) -> subprocess.Popen:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-c", BUILD, str(folder), str(root), str(pause)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+
+
+def entry_content(entry_dir: Path) -> tuple[bytes, bytes]:
+    """The records of an entry, whatever its shard sizes, and their order."""
+    shards = sorted(entry_dir.glob("images-*.bin"))
+    return b"".join(p.read_bytes() for p in shards), (entry_dir / "order.npy").read_bytes()
+
+
+@pytest.mark.slow  # two processes that import TensorFlow
+def test_two_processes_building_one_cache_publish_one_identical_entry(folder, tmp_path):
+    from kfactory.data.cache_build import ensure_entry
+    from kfactory.data.sources import list_folder
+
+    root = tmp_path / "shared"
+    builders = [start_build(folder, root, 0.2) for _ in range(2)]
+    outputs = [b.communicate(timeout=300)[0] for b in builders]
+    assert [b.returncode for b in builders] == [0, 0], outputs
+    published = {line.split()[1] for out in outputs for line in out.splitlines() if line.startswith("ENTRY")}
+    assert len(published) == 1
+    assert sum("Decoding 24 images once" in out for out in outputs) == 1, outputs  # the other one waited
+    assert sorted(p.name for p in root.iterdir() if not p.name.endswith((".lock", ".holder"))) == [
+        Path(published.pop()).name
+    ]
+    alone, _ = ensure_entry(list_folder(str(folder)).paths, (16, 16), tmp_path / "alone", str(folder))
+    assert entry_content(next(p for p in root.iterdir() if p.is_dir())) == entry_content(alone.path)
+
+
+@pytest.mark.slow  # a process that imports TensorFlow
+def test_a_killed_build_is_never_read_and_the_next_build_replaces_it(folder, tmp_path):
+    from kfactory.data.cache_build import canonical_files, ensure_entry
+    from kfactory.data.cache_store import entry_key, open_entry
+    from kfactory.data.sources import list_folder
+
+    root, paths = tmp_path / "shared", list_folder(str(folder)).paths
+    builder = start_build(folder, root, 2.0)
+    deadline = time.time() + 120
+    while not list(root.glob(".*.tmp-*/images-00001.bin")) and time.time() < deadline:
+        time.sleep(0.05)
+    builder.send_signal(signal.SIGKILL)
+    builder.wait()
+    files = canonical_files(paths).tolist()
+    key = entry_key(files, (16, 16))
+    assert list(root.glob(".*.tmp-*")) and open_entry(root, key) is None  # half-built, and not readable
+    entry, _ = ensure_entry(paths, (16, 16), root, str(folder))
+    assert entry.manifest["readable"] == 24 and not list(root.glob(".*.tmp-*"))
+
+
+def test_a_hundred_thousand_row_csv_is_listed_and_keyed_in_seconds(tmp_path):
+    from kfactory.data.cache_store import entry_key
+    from kfactory.data.sources import read_csv
+
+    images = tmp_path / "images"
+    images.mkdir()
+    names = [f"{i:06d}.jpg" for i in range(100_000)]
+    for name in names:
+        os.close(os.open(images / name, os.O_CREAT | os.O_WRONLY))
+    rows = "".join(f"images/{n},{'cat' if i % 2 else 'dog'}\n" for i, n in enumerate(names))
+    (tmp_path / "labels.csv").write_text("path,label\n" + rows)
+    started = time.perf_counter()
+    source = read_csv(str(tmp_path / "labels.csv"), "path", "label")
+    key = entry_key(source.paths, (224, 224))
+    seconds = time.perf_counter() - started
+    assert len(source) == 100_000 and key.startswith("224x224-100000-")
+    assert seconds < 15, f"{seconds:.1f} s"  # about 1 s here; generous for slow shared disks
+
+
+def test_the_cache_command_lists_and_deletes_entries(folder, tmp_path, capsys):
+    from kfactory.data.cache_build import ensure_entry
+    from kfactory.data.cache_store import main
+    from kfactory.data.sources import list_folder
+
+    root = tmp_path / "cache"
+    entry, _ = ensure_entry(list_folder(str(folder)).paths, (16, 16), root, str(folder))
+    assert main(["--cache-dir", str(root), "list"]) == 0
+    listed = capsys.readouterr().out
+    assert f"{root}: 1 entries" in listed and entry.key in listed and str(folder) in listed
+    assert main(["--cache-dir", str(root), "delete", "no-such-key"]) == 2 and entry.path.is_dir()
+    assert main(["--cache-dir", str(root), "delete", entry.key]) == 0 and not entry.path.exists()
+
+
+def test_an_entry_opened_by_its_key_serves_a_subset_of_its_files(folder, tmp_path):
+    import tensorflow as tf
+
+    from kfactory.data.cache_build import DecodedImages, ensure_entry, open_built
+    from kfactory.data.image_check import read_image
+    from kfactory.data.sources import list_folder
+
+    paths = list_folder(str(folder)).paths
+    entry, files = ensure_entry(paths, (16, 16), tmp_path / "cache", str(folder))
+    opened, listed = open_built(tmp_path / "cache", entry.key)
+    assert opened.path == entry.path and listed.tolist() == files.tolist()
+    subset = paths[::5]
+    for in_memory in (False, True):
+        decoded = DecodedImages(opened, listed, subset, in_memory=in_memory)
+        ds = decoded.batches(np.arange(len(subset)), np.arange(len(subset)), False, 1, 0, 2)
+        got = {int(y): x for images, labels in ds for x, y in zip(images.numpy(), labels.numpy(), strict=True)}
+        assert sorted(got) == list(range(len(subset)))
+        assert all(np.array_equal(got[i], read_image(tf.constant(p), (16, 16)).numpy()) for i, p in enumerate(subset))
+    assert open_built(tmp_path / "cache", "no-such-key") is None
