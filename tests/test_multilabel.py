@@ -112,6 +112,17 @@ def test_exact_match_and_average_precision_by_hand():
     assert tune_thresholds(truth, probs).tolist() == [0.25, 0.5]  # class 2 has no positive: 0.5 stays
 
 
+def test_average_precision_of_tied_scores_does_not_depend_on_row_order():
+    from kfactory.train.multilabel import average_precision
+
+    # saturated sigmoids tie: one threshold holds a positive and a negative, so precision there is 1/2
+    truth, scores = np.array([False, True, True]), np.array([1.0, 1.0, 0.2])
+    expected = 0.5 * 0.5 + 0.5 * (2 / 3)  # recall steps of 1/2 at precision 1/2, then 2/3
+    assert average_precision(truth, scores) == pytest.approx(expected)
+    assert average_precision(truth[[1, 0, 2]], scores[[1, 0, 2]]) == pytest.approx(expected)
+    assert np.isnan(average_precision(np.array([False, False]), np.array([0.3, 0.9])))
+
+
 def test_saved_model_gives_the_labels_above_their_thresholds(multilabel_run, tmp_path):
     import keras
     import tensorflow as tf

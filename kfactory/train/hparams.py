@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -198,12 +197,12 @@ def _plugin_data(experiment: Any) -> Any:
 def write_summary(log_dir: Path, summary: Any) -> Path:
     """Write one summary protobuf to a new event file in ``log_dir``; return its path.
 
-    The records are framed here (TFRecord: length, masked CRC-32C, data, CRC) because
-    TensorBoard's own writer imports TensorFlow when it is installed, and this runs
+    TensorBoard's ``RecordWriter`` frames the records without TensorFlow (its
+    ``EventFileWriter`` would import TensorFlow when it is installed), and this runs
     in the launcher, before any job.
     """
     from tensorboard.compat.proto import event_pb2
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+    from tensorboard.summary.writer.record_writer import RecordWriter
 
     now = time.time()
     events = [
@@ -211,11 +210,10 @@ def write_summary(log_dir: Path, summary: Any) -> Path:
         event_pb2.Event(wall_time=now, summary=summary),
     ]
     path = Path(log_dir) / f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}.kfactory"
-    with path.open("wb") as handle:
+    writer = RecordWriter(path.open("wb"))
+    try:
         for event in events:
-            data = event.SerializeToString()
-            length = struct.pack("<Q", len(data))
-            handle.write(
-                length + struct.pack("<I", masked_crc32c(length)) + data + struct.pack("<I", masked_crc32c(data))
-            )
+            writer.write(event.SerializeToString())
+    finally:
+        writer.close()
     return path
