@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from kfactory.model.checkpoint import read_metadata
-from tests.conftest import compose_config, run_cli, write_multilabel_digits
+from tests.conftest import TINY, compose_config, run_cli, write_multilabel_digits
 
 CLASSES = ["even", "ge5", "odd"]
 TRAIN = [
@@ -97,6 +97,19 @@ def test_a_longer_run_reaches_a_high_macro_f1(tmp_path):
     run_dir, _ = train_run(tmp_path, count=1797, epochs=10)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test_f1_macro"] > 0.9 and metrics["test_map"] > 0.95
+
+
+@pytest.mark.slow
+def test_cross_validation_deals_label_sets_into_folds(tmp_path):
+    csv = write_multilabel_digits(tmp_path / "data", count=60)
+    run_dir = tmp_path / "cv"
+    args = [*TRAIN, *TINY, f"data.csv={csv}", "hparams_search.cv_folds=2", "trainer.epochs=1"]
+    result = run_cli([*args, f"hydra.run.dir={run_dir}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["folds"] == 2 and 0 <= metrics["val_map"] <= 1
+    for fold in range(2):
+        assert json.loads((run_dir / f"fold_{fold}" / "metrics.json").read_text())["val_map"] >= 0
 
 
 def test_exact_match_and_average_precision_by_hand():

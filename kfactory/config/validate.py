@@ -198,9 +198,6 @@ def _check_monitor(trainer: DictConfig, multilabel: bool) -> None:
 
 def _check_cross_validation(data: DictConfig, search: DictConfig) -> None:
     """``data.folds``/``data.fold`` (one fold per run) and ``hparams_search.cv_folds`` (all folds in one run)."""
-    if data.task == "multilabel" and (data.folds or search.cv_folds):
-        key, value = ("data.folds", data.folds) if data.folds else ("hparams_search.cv_folds", search.cv_folds)
-        raise ConfigError(key, value, "0 with data.task=multilabel: folds are stratified by one label per image")
     if search.cv_folds:
         if search.cv_folds < 2:
             raise ConfigError("hparams_search.cv_folds", search.cv_folds, "0 (one run) or an integer >= 2")
