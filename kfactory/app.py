@@ -20,6 +20,7 @@ from kfactory.config.validate import validate
 from kfactory.console import import_tensorflow
 from kfactory.errors import ConfigError, RunStopped, Terminated
 from kfactory.model.checkpoint import write_json_atomic
+from kfactory.overrides import override, rerun_command
 from kfactory.schema import register_schema
 from kfactory.train import run_lock
 from kfactory.train.gpus import assign_job_gpus
@@ -82,7 +83,9 @@ def kfactory(cfg: DictConfig) -> float | None:
         if multirun:
             raise
         what, status = ("Terminated", 143) if isinstance(interrupt, Terminated) else ("Interrupted", 130)
-        log.error("%s. Finished epochs are kept; continue with: hydra.run.dir=%s resume=true", what, run_dir)
+        again = [override(dir_key, str(run_dir)), "resume=true"]
+        resume = rerun_command(list(hydra_cfg.overrides.task), ("resume",), again)
+        log.error("%s. Finished epochs are kept; continue with: %s", what, resume)
         raise SystemExit(status) from None
     except Exception as error:
         if not multirun:
