@@ -21,10 +21,9 @@ from kfactory.console import import_tensorflow
 from kfactory.errors import ConfigError, RunStopped, Terminated
 from kfactory.model.checkpoint import write_json_atomic
 from kfactory.overrides import override, rerun_command
-from kfactory.schema import register_schema
-from kfactory.train import run_lock
-from kfactory.train.gpus import assign_job_gpus
-from kfactory.train.resume import (
+from kfactory.run import lock as run_lock
+from kfactory.run.gpus import assign_job_gpus
+from kfactory.run.resume import (
     COMPLETE,
     METRICS_FILE,
     RESTART,
@@ -34,6 +33,7 @@ from kfactory.train.resume import (
     prepare_restart,
     resume_mode,
 )
+from kfactory.schema import register_schema
 
 register_resolvers()  # before Hydra composes: hydra.sweep.subdir uses ${kf_job_dirname:...}
 register_schema()  # before Hydra composes: conf/config.yaml starts from the schema's defaults

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import shlex
 
+from omegaconf import DictConfig, OmegaConf
+
 PLAIN_VALUE = re.compile(r"[\w/.+\-:@]*")  # a value Hydra's override grammar reads unquoted as it is
 
 
@@ -30,3 +32,12 @@ def override(key: str, value: str) -> str:
     if '"' not in value:
         return f'{key}="{value}"'
     return f"{key}='" + value.replace("'", "\\'") + "'"
+
+
+def task_overrides(cfg: DictConfig) -> list[str]:
+    """The command-line overrides of this job (one sweep point in a multirun)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return list(HydraConfig.get().overrides.task)
+    return list(OmegaConf.select(cfg, "hydra.overrides.task", default=[]) or [])

@@ -25,7 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from kfactory.config.resolvers import FOLD_KEY, fold_group
-from kfactory.overrides import split_override
+from kfactory.overrides import split_override, task_overrides
 from kfactory.registry import input_size, metric_log_name
 
 # Overridden keys that are already logged under a shorter name.
@@ -98,15 +98,6 @@ def session_group(cfg: DictConfig, run_dir: Path) -> str:
         exclude = list(hydra_cfg.job.config.override_dirname.exclude_keys)
         sweep_dir = Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else run_dir
     return fold_group(task_overrides(cfg), exclude, sweep_dir)
-
-
-def task_overrides(cfg: DictConfig) -> list[str]:
-    """The command-line overrides of this job (one sweep point in a multirun)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return list(HydraConfig.get().overrides.task)
-    return list(OmegaConf.select(cfg, "hydra.overrides.task", default=[]) or [])
 
 
 def metric_names(trainer: DictConfig) -> list[str]:

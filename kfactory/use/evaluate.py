@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from kfactory.config.validate import settle_label_task
+from kfactory.data.label_task import settle_label_task
 from kfactory.data.pipeline import make_splits
 from kfactory.model.build import to_probabilities
 from kfactory.model.checkpoint import find_model_file, load_model, read_metadata, write_json_atomic
 from kfactory.schema import apply_schema
-from kfactory.train.loop import compile_model
+from kfactory.train.compile import compile_model
 from kfactory.train.multilabel import class_scores, stored_thresholds
 
 log = logging.getLogger(__name__)
