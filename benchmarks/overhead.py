@@ -164,22 +164,22 @@ def run(name: str, repeats: int, tmp: Path) -> dict:
 
 # What each default artifact costs, read from a cProfile of one kfactory run: (label, module, qualified name).
 ARTIFACTS = [
-    ("best model (model.keras, at each improvement)", "kfactory.train.callbacks", "BestModelCheckpoint.on_epoch_end"),
+    ("best model (model.keras, at each improvement)", "kfactory.train.best_model", "BestModelCheckpoint.on_epoch_end"),
     (
         "backup for resume (backup/, weights + optimizer)",
-        "kfactory.train.callbacks",
+        "kfactory.train.backup",
         "AtomicBackupAndRestore._save_model",
     ),
     ("history.csv", "kfactory.train.callbacks", "HistoryCSV.on_epoch_end"),
-    ("TensorBoard scalars and weight histograms", "kfactory.train.callbacks", "EpochTensorBoard.on_epoch_end"),
-    ("  of which weight histograms", "kfactory.train.callbacks", "EpochTensorBoard._log_weights"),
+    ("TensorBoard scalars and weight histograms", "kfactory.train.histograms", "EpochTensorBoard.on_epoch_end"),
+    ("  of which weight histograms", "kfactory.train.histograms", "EpochTensorBoard._log_weights"),
     ("PR curves, confusion matrix, image grid", "kfactory.train.tensorboard", "ValidationSummaries.on_epoch_end"),
-    ("  of which PR curves", "kfactory.train.tensorboard", "write_pr_curves"),
-    ("  of which confusion matrix", "kfactory.train.tensorboard", "write_confusion_matrix"),
-    ("  of which image grid", "kfactory.train.tensorboard", "write_image_grid"),
+    ("  of which PR curves", "kfactory.train.summaries", "write_pr_curves"),
+    ("  of which confusion matrix", "kfactory.train.summaries", "write_confusion_matrix"),
+    ("  of which image grid", "kfactory.train.summaries", "write_image_grid"),
     ("variables built before fit, so each step traces once (once)", "kfactory.train.compute", "build_before_fit"),
     ("final evaluation of the best model (once)", "kfactory.train.loop", "evaluate_best"),
-    ("HParams and final/* scalars (once)", "kfactory.train.tensorboard", "write_final_summaries"),
+    ("HParams and final/* scalars (once)", "kfactory.train.final_summaries", "write_final_summaries"),
 ]
 
 

@@ -59,8 +59,8 @@ def kfactory_epochs(model_name: str, side: int, batch: int, images, labels, epoc
     from kfactory.data.pipeline import make_dataset
     from kfactory.data.sources import ImageSource
     from kfactory.model.build import build_model
+    from kfactory.train.compile import compile_model
     from kfactory.train.compute import choose_jit_compile, configure_tensorflow
-    from kfactory.train.loop import compile_model
     from kfactory.train.xla_probe import XlaProbe
 
     overrides = [f"model={model_name}", "model.weights=null", f"model.input_size=[{side},{side}]"]

@@ -20,10 +20,10 @@ from kfactory.config.validate import validate
 from kfactory.console import import_tensorflow
 from kfactory.errors import ConfigError, RunStopped, Terminated
 from kfactory.model.checkpoint import write_json_atomic
-from kfactory.schema import register_schema
-from kfactory.train import run_lock
-from kfactory.train.gpus import assign_job_gpus
-from kfactory.train.resume import (
+from kfactory.overrides import override, rerun_command
+from kfactory.run import lock as run_lock
+from kfactory.run.gpus import assign_job_gpus
+from kfactory.run.resume import (
     COMPLETE,
     METRICS_FILE,
     RESTART,
@@ -33,6 +33,7 @@ from kfactory.train.resume import (
     prepare_restart,
     resume_mode,
 )
+from kfactory.schema import register_schema
 
 register_resolvers()  # before Hydra composes: hydra.sweep.subdir uses ${kf_job_dirname:...}
 register_schema()  # before Hydra composes: conf/config.yaml starts from the schema's defaults
@@ -82,7 +83,9 @@ def kfactory(cfg: DictConfig) -> float | None:
         if multirun:
             raise
         what, status = ("Terminated", 143) if isinstance(interrupt, Terminated) else ("Interrupted", 130)
-        log.error("%s. Finished epochs are kept; continue with: hydra.run.dir=%s resume=true", what, run_dir)
+        again = [override(dir_key, str(run_dir)), "resume=true"]
+        resume = rerun_command(list(hydra_cfg.overrides.task), ("resume",), again)
+        log.error("%s. Finished epochs are kept; continue with: %s", what, resume)
         raise SystemExit(status) from None
     except Exception as error:
         if not multirun:

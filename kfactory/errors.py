@@ -33,3 +33,9 @@ class RunStopped(RuntimeError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's stop, ``kill``), raised where the run is, so it ends as Ctrl-C does."""
+
+
+def check_choice(key: str, value: Any, accepted: tuple | frozenset | dict) -> None:
+    """Refuse ``value`` of ``key`` unless it is one of ``accepted``."""
+    if value not in accepted:
+        raise ConfigError(key, value, "one of " + ", ".join(map(str, accepted)))

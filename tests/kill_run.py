@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kfactory.train import callbacks, loop  # noqa: E402
+from kfactory.train import backup as backup_module  # noqa: E402
+from kfactory.train import loop  # noqa: E402
 
 
 def die() -> None:
@@ -29,9 +30,9 @@ def die() -> None:
 
 def arm(point: str, epoch: int) -> None:
     """Patch the backup and the end of training so the process dies at ``point``."""
-    backup = callbacks.AtomicBackupAndRestore
+    backup = backup_module.AtomicBackupAndRestore
     on_epoch_end, save_model = backup.on_epoch_end, backup._save_model
-    real_replace, real_write = os.replace, callbacks.write_json_atomic
+    real_replace, real_write = os.replace, backup_module.write_json_atomic
     saving = {"epoch": None}  # the epoch being backed up, while its backup is written
 
     def epoch_end(self, current, logs=None):
@@ -59,7 +60,7 @@ def arm(point: str, epoch: int) -> None:
             die()
 
     backup.on_epoch_end, backup._save_model = epoch_end, save
-    os.replace, callbacks.write_json_atomic = replace, write_json
+    os.replace, backup_module.write_json_atomic = replace, write_json
     if point == "before_metrics":
         loop.write_final_summaries = lambda *args, **kwargs: die()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -19,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from kfactory import app
 from kfactory.errors import ConfigError, RunStopped, Terminated
-from tests.conftest import compose_config, run_cli, write_image_folder
+from tests.conftest import TINY, compose_config, run_cli, write_image_folder
 
 REFUSAL = ConfigError("model.dropout", 2, "a number in [0, 1)")
 DROPOUT_REFUSAL = "model.dropout=2 is not accepted: a number in [0, 1)"
@@ -34,8 +35,8 @@ def hydra_job(monkeypatch, tmp_path):
     monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
     previous = signal.getsignal(signal.SIGTERM)
 
-    def start(overrides: list[str] | None = None, multirun: bool = False) -> tuple[DictConfig, Path]:
-        run_dir = tmp_path / "job"
+    def start(overrides: list[str] | None = None, multirun: bool = False, name: str = "job") -> tuple[DictConfig, Path]:
+        run_dir = tmp_path / name
         run_dir.mkdir(exist_ok=True)
         cfg = compose_config(overrides or [], run_dir=run_dir)
         with open_dict(cfg):
@@ -102,7 +103,25 @@ def test_ctrl_c_and_sigterm_exit_with_the_resume_command(hydra_job, monkeypatch,
     with caplog.at_level(logging.ERROR, logger="kfactory"), pytest.raises(SystemExit) as stopped:
         app.kfactory(cfg)
     assert stopped.value.code == status
-    assert f"{word}. Finished epochs are kept; continue with: hydra.run.dir={run_dir} resume=true" in caplog.text
+    expected = f"{word}. Finished epochs are kept; continue with: python run.py hydra.run.dir={run_dir} resume=true"
+    assert expected in caplog.text
+
+
+@pytest.mark.slow
+def test_the_printed_resume_command_runs_with_quotes_in_its_values(hydra_job, monkeypatch, caplog, tmp_path):
+    folder = write_image_folder(tmp_path / "it's images", {"a": 8, "b": 8}, size=8)
+    overrides = [*TINY, "model=mobilenet", "model.weights=null", "model.input_size=32", "trainer.epochs=1"]
+    cfg, run_dir = hydra_job([*overrides, "data=folder", f'data.path="{folder}"'], name="it's run, 1")
+    fail_with(monkeypatch, KeyboardInterrupt())
+    with caplog.at_level(logging.ERROR, logger="kfactory"), pytest.raises(SystemExit):
+        app.kfactory(cfg)
+    command = caplog.text.split("continue with: ", 1)[1].splitlines()[0]
+    assert command.startswith("python run.py ") and "resume=true" in command
+    result = run_cli(shlex.split(command)[2:])  # as a shell reads it, run by this interpreter
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    assert (saved.data.path, saved.resume) == (str(folder), True)
+    assert (run_dir / "metrics.json").is_file()
 
 
 def test_a_multirun_job_that_is_refused_writes_error_txt_and_lets_the_sweep_go_on(hydra_job, monkeypatch):

@@ -15,7 +15,9 @@ from tests.conftest import TINY, compose_config, run_cli
 def test_nan_loss_stops_training_keeps_the_best_model_and_names_the_epoch(tmp_path):
     import keras
 
-    from kfactory.train.callbacks import BestModelCheckpoint, StopOnNaN, stop_if_diverged
+    from kfactory.train.best_model import BestModelCheckpoint
+    from kfactory.train.callbacks import stop_if_diverged
+    from kfactory.train.divergence import StopOnNaN
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
@@ -62,7 +64,7 @@ def test_a_requeue_signal_waits_for_the_epochs_backup_unless_that_takes_too_long
     import keras
     import numpy as np
 
-    from kfactory.train.callbacks import RequeueAtEpochEnd
+    from kfactory.run.requeue import RequeueAtEpochEnd
 
     events: list[str] = []
     before = signal.signal(signal.SIGUSR2, lambda signum, frame: events.append("requeue"))  # stands in for submitit

@@ -37,6 +37,13 @@ def test_named_weights_default_the_rest_to_one_and_unknown_names_are_refused():
         class_weights({"z": 2.0}, np.array([0, 1]), ["a", "b"])
 
 
+def test_balanced_weights_are_scikit_learns_and_an_absent_class_weighs_zero():
+    labels = np.array([0, 0, 0, 2])  # class 1 has no training image
+    weights = class_weights("balanced", labels, ["a", "b", "c"])
+    assert weights == pytest.approx({0: 4 / (2 * 3), 1: 0.0, 2: 4 / (2 * 1)})
+    assert sum(weights[c] for c in labels) == pytest.approx(len(labels))  # the mean image weight stays 1
+
+
 @pytest.mark.parametrize("value", ["sometimes", "{a: -1}", "[1, 2]"])
 def test_bad_class_weight_settings_are_refused(value):
     with pytest.raises(ConfigError):

@@ -168,9 +168,10 @@ def phase_recorder():
 
 def test_head_phase_trains_only_the_head_then_the_unfrozen_layers_train(tmp_path):
     from kfactory.data.pipeline import make_splits
-    from kfactory.train.callbacks import BestModelCheckpoint, make_callbacks
+    from kfactory.train.best_model import BestModelCheckpoint
+    from kfactory.train.callbacks import make_callbacks
+    from kfactory.train.compile import compile_model
     from kfactory.train.finetune import fit_in_phases
-    from kfactory.train.loop import compile_model
 
     folder = write_image_folder(tmp_path / "images", {"a": 10, "b": 10}, size=16)
     overrides = [*TINY, "data=folder", f"data.path={folder}", "data.val_split=0.2", "data.test_split=0"]

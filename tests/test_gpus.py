@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kfactory.train.gpus import gpus_for_job
+from kfactory.run.gpus import gpus_for_job
 from tests.conftest import run_cli
 
 

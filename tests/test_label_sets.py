@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from kfactory.data.label_sets import detect_task, iterative_split, multi_hot, split_label_sets
-from kfactory.data.sources import read_csv, split_indices
+from kfactory.data.sources import fold_indices, read_csv, split_indices
+from kfactory.errors import ConfigError
 from tests.conftest import write_multilabel_digits
 
 
@@ -62,3 +63,28 @@ def test_a_split_of_zero_stays_empty():
     labels = np.eye(3, dtype=np.float32)[np.arange(30) % 3]
     train, val, test = iterative_split(labels, 0.2, 0.0, seed=0)
     assert len(test) == 0 and len(val) == 6 and len(train) == 24
+
+
+def test_label_set_folds_partition_the_pool_stratified_with_the_test_split_fixed():
+    rng = np.random.default_rng(0)
+    labels = (rng.random((200, 4)) < [0.5, 0.3, 0.15, 0.08]).astype(np.float32)
+    splits = [fold_indices(labels, 4, fold, 0.2, seed=3) for fold in range(4)]
+    test = set(splits[0][2].tolist())
+    assert all(set(s[2].tolist()) == test for s in splits) and abs(len(test) - 40) <= 3
+    pool = set(range(200)) - test
+    vals = [set(s[1].tolist()) for s in splits]
+    assert set().union(*vals) == pool and sum(map(len, vals)) == len(pool)  # disjoint folds covering the pool
+    for train, val, _ in splits:
+        assert set(train.tolist()) | set(val.tolist()) == pool and not set(train.tolist()) & set(val.tolist())
+    per_fold = np.array([labels[s[1]].sum(axis=0) for s in splits])  # folds x labels
+    assert (per_fold.max(axis=0) - per_fold.min(axis=0) <= 2).all()  # each label spread evenly over the folds
+    again = fold_indices(labels, 4, 2, 0.2, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(splits[2], again, strict=True))
+    assert set(fold_indices(labels, 4, 2, 0.2, seed=4)[1].tolist()) != vals[2]
+
+
+def test_label_set_folds_refuse_more_folds_than_images():
+    labels = np.eye(2, dtype=np.float32)[[0, 1, 0, 1, 0]]
+    assert len(fold_indices(labels, 5, 4, 0.0, seed=0)[1]) == 1
+    with pytest.raises(ConfigError, match=r"^data.folds=6 is not accepted: .*images left .* \(5\)"):
+        fold_indices(labels, 6, 0, 0.0, seed=0)

@@ -97,8 +97,9 @@ def test_the_best_model_is_evaluated_from_memory_as_the_saved_file_would_be(tmp_
     import tensorflow as tf
 
     from kfactory.model.checkpoint import load_model
-    from kfactory.train.callbacks import BestModelCheckpoint
-    from kfactory.train.loop import best_model, compile_model, evaluate_best
+    from kfactory.train.best_model import BestModelCheckpoint
+    from kfactory.train.compile import compile_model
+    from kfactory.train.loop import best_model, evaluate_best
     from tests.conftest import compose_config
 
     cfg = compose_config(["trainer.validation_steps=null"])

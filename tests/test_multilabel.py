@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from kfactory.model.checkpoint import read_metadata
-from tests.conftest import compose_config, run_cli, write_multilabel_digits
+from tests.conftest import TINY, compose_config, run_cli, write_multilabel_digits
 
 CLASSES = ["even", "ge5", "odd"]
 TRAIN = [
@@ -99,6 +99,19 @@ def test_a_longer_run_reaches_a_high_macro_f1(tmp_path):
     assert metrics["test_f1_macro"] > 0.9 and metrics["test_map"] > 0.95
 
 
+@pytest.mark.slow
+def test_cross_validation_deals_label_sets_into_folds(tmp_path):
+    csv = write_multilabel_digits(tmp_path / "data", count=60)
+    run_dir = tmp_path / "cv"
+    args = [*TRAIN, *TINY, f"data.csv={csv}", "hparams_search.cv_folds=2", "trainer.epochs=1"]
+    result = run_cli([*args, f"hydra.run.dir={run_dir}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["folds"] == 2 and 0 <= metrics["val_map"] <= 1
+    for fold in range(2):
+        assert json.loads((run_dir / f"fold_{fold}" / "metrics.json").read_text())["val_map"] >= 0
+
+
 def test_exact_match_and_average_precision_by_hand():
     from kfactory.train.multilabel import ExactMatch, average_precision, tune_thresholds
 
@@ -110,6 +123,17 @@ def test_exact_match_and_average_precision_by_hand():
     truth = np.array([[1, 0], [1, 0], [0, 0], [0, 0]], "float32")
     probs = np.array([[0.9, 0.1], [0.35, 0.1], [0.2, 0.1], [0.1, 0.1]])
     assert tune_thresholds(truth, probs).tolist() == [0.25, 0.5]  # class 2 has no positive: 0.5 stays
+
+
+def test_average_precision_of_tied_scores_does_not_depend_on_row_order():
+    from kfactory.train.multilabel import average_precision
+
+    # saturated sigmoids tie: one threshold holds a positive and a negative, so precision there is 1/2
+    truth, scores = np.array([False, True, True]), np.array([1.0, 1.0, 0.2])
+    expected = 0.5 * 0.5 + 0.5 * (2 / 3)  # recall steps of 1/2 at precision 1/2, then 2/3
+    assert average_precision(truth, scores) == pytest.approx(expected)
+    assert average_precision(truth[[1, 0, 2]], scores[[1, 0, 2]]) == pytest.approx(expected)
+    assert np.isnan(average_precision(np.array([False, False]), np.array([0.3, 0.9])))
 
 
 def test_saved_model_gives_the_labels_above_their_thresholds(multilabel_run, tmp_path):

@@ -73,7 +73,7 @@ def test_resume_on_a_complete_run_says_so_in_one_line_and_changes_nothing(finish
 
 
 def test_a_run_directory_another_process_trains_in_is_refused_untouched(tmp_path):
-    from kfactory.train.run_lock import LOCK_FILE, process_start
+    from kfactory.run.lock import LOCK_FILE, process_start
 
     run = tmp_path / "busy"
     run.mkdir()

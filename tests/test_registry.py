@@ -74,7 +74,7 @@ def test_optimizer_and_loss_options_match_the_registry():
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_every_optimizer_option_builds(name):
-    from kfactory.train.loop import make_optimizer
+    from kfactory.train.compile import make_optimizer
 
     cfg = compose_config([f"optimizer={name}", "optimizer.learning_rate=0.05"])
     optimizer = make_optimizer(cfg.optimizer)
@@ -84,7 +84,7 @@ def test_every_optimizer_option_builds(name):
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_every_loss_option_builds(name):
-    from kfactory.train.loop import make_loss
+    from kfactory.train.compile import make_loss
 
     activation = "sigmoid" if name.startswith("binary") else "softmax"
     cfg = compose_config([f"loss={name}", f"model.activation={activation}"])
@@ -93,7 +93,7 @@ def test_every_loss_option_builds(name):
 
 
 def test_linear_output_makes_crossentropy_take_logits():
-    from kfactory.train.loop import make_loss
+    from kfactory.train.compile import make_loss
 
     cfg = compose_config(["model.activation=linear"])
     assert make_loss(cfg.loss, "linear").get_config()["from_logits"] is True

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kfactory.errors import ConfigError
-from kfactory.train.resume import (
+from kfactory.run.resume import (
     BACKUP_METADATA,
     COMPLETE,
     FRESH,
@@ -123,7 +123,7 @@ def test_the_backup_survives_a_kill_at_any_instant_of_its_write(tmp_path):
     import keras
     import numpy as np
 
-    from kfactory.train.callbacks import AtomicBackupAndRestore
+    from kfactory.train.backup import AtomicBackupAndRestore
 
     def model_with_backup():
         model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
@@ -147,7 +147,8 @@ def test_the_backup_survives_a_kill_at_any_instant_of_its_write(tmp_path):
 def test_best_checkpoint_and_early_stopping_replay_the_finished_epochs(tmp_path):
     import keras
 
-    from kfactory.train.callbacks import BestModelCheckpoint, ResumableEarlyStopping
+    from kfactory.train.best_model import BestModelCheckpoint
+    from kfactory.train.callbacks import ResumableEarlyStopping
 
     past = [{"epoch": 0, "val_accuracy": 0.5}, {"epoch": 1, "val_accuracy": 0.7}, {"epoch": 2, "val_accuracy": 0.6}]
     checkpoint = BestModelCheckpoint(tmp_path / "model.keras", "val_accuracy", {})

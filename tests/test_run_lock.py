@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kfactory.errors import ConfigError
-from kfactory.train import run_lock
+from kfactory.run import lock as run_lock
 from tests.conftest import TINY, run_cli
 
 

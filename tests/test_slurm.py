@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kfactory.train.resume import BACKUP_METADATA
+from kfactory.run.resume import BACKUP_METADATA
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

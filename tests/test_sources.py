@@ -104,6 +104,17 @@ def test_folds_partition_the_pool_stratified_with_the_test_split_fixed():
     assert set(fold_indices(labels, 5, 3, 0.2, seed=8)[1]) != vals[3]
 
 
+def test_single_label_splits_and_folds_are_the_ones_earlier_runs_drew():
+    """Pinned indices: an existing run's test images must not move when the split code changes."""
+    labels = np.repeat(np.arange(3), [13, 9, 6])
+    train, val, test = split_indices(labels, 0.2, 0.2, seed=5)
+    assert train.tolist() == [8, 4, 27, 6, 14, 10, 5, 24, 13, 19, 23, 18, 11, 17, 22, 0]
+    assert (val.tolist(), test.tolist()) == ([7, 12, 21, 2, 16, 25], [26, 3, 20, 1, 15, 9])
+    train, val, test = fold_indices(labels, 3, 1, 0.2, seed=5)
+    assert train.tolist() == [2, 13, 10, 8, 12, 19, 24, 5, 16, 23, 18, 0, 25, 27, 6]
+    assert (val.tolist(), test.tolist()) == ([4, 21, 7, 22, 11, 14, 17], [9, 26, 3, 20, 1, 15])
+
+
 def test_a_run_splits_by_fold_only_with_data_folds():
     from omegaconf import OmegaConf
 

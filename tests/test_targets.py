@@ -124,7 +124,7 @@ def _build(what: str, target: str):
     """Build one part of ``what`` kind from ``target`` as training would."""
     from kfactory.model.build import build_model
     from kfactory.train.callbacks import user_callbacks
-    from kfactory.train.loop import make_loss, make_metrics, make_optimizer
+    from kfactory.train.compile import make_loss, make_metrics, make_optimizer
 
     if what == "model":
         return build_model(typed([*CUSTOM_MODEL[:1], f"model._target_={target}"]), 10)

@@ -14,13 +14,9 @@ from tensorboard.backend.event_processing import plugin_event_accumulator as acc
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.util import tensor_util
 
-from kfactory.train.tensorboard import (
-    ValidationSummaries,
-    decode_labels,
-    grid_order,
-    to_probabilities,
-    write_final_summaries,
-)
+from kfactory.train.final_summaries import write_final_summaries
+from kfactory.train.summaries import grid_order
+from kfactory.train.tensorboard import ValidationSummaries, decode_labels, to_probabilities
 from tests.conftest import TINY, compose_config
 
 CLASSES = ["cat", "dog", "owl"]
@@ -149,7 +145,7 @@ def test_bad_settings_are_refused_before_training(override: str, accepted: str):
 
 @pytest.mark.parametrize("classes", [10, 30, 100])
 def test_the_confusion_matrix_text_is_legible_at_card_size_or_full_size(classes):
-    from kfactory.train.tensorboard import CARD_PIXELS, DPI, confusion_figure, confusion_layout
+    from kfactory.train.figures import CARD_PIXELS, DPI, confusion_figure, confusion_layout
 
     side, font = confusion_layout(classes)
     png = confusion_figure(np.eye(classes, dtype=np.int64) * 3, [f"class_{i}" for i in range(classes)])
@@ -162,7 +158,7 @@ def test_the_confusion_matrix_text_is_legible_at_card_size_or_full_size(classes)
 
 
 def test_weight_histograms_match_tensorflows_and_cover_every_weight(tmp_path):
-    from kfactory.train.callbacks import EpochTensorBoard, histogram_buckets
+    from kfactory.train.histograms import EpochTensorBoard, histogram_buckets
 
     rng = np.random.default_rng(1)
     samples = {"normal": rng.normal(size=5000), "constant": np.full(40, 0.5), "two": np.array([0.0, 1.0])}

@@ -86,7 +86,7 @@ REFUSALS = [
     (["data=csv", "data.csv={tmp}/sets.csv", "data.class_weight=balanced"], "data.class_weight"),
     (["data=csv", "data.csv={tmp}/sets.csv", "trainer.metrics=[accuracy,top_k]"], "trainer.metrics"),
     (["data=csv", "data.csv={tmp}/sets.csv", "loss=custom", "loss._target_=x.y", "loss.labels=sparse"], "loss.labels"),
-    (["data=csv", "data.csv={tmp}/sets.csv", "data.folds=3"], "data.folds"),  # label sets: no folds
+    (["data=csv", "data.csv={tmp}/sets.csv", "data.folds=5"], "data.folds"),  # 4 label sets: at most 4 folds
     (["resume=maybe"], "resume"),
     (["unsafe_load=1"], "unsafe_load"),
 ]
@@ -115,6 +115,12 @@ def test_folds_accept_each_fold_and_leave_val_split_unused(cfg_factory):
         assert validate(cfg_factory(["data.folds=3", f"data.fold={fold}"])).data.fold == fold
     validate(cfg_factory(["data.folds=3", "data.val_split=0.5", "data.test_split=0.5"]))  # val_split is not used
     validate(cfg_factory(["hparams_search.cv_folds=3"]))
+
+
+def test_label_sets_accept_folds(cfg_factory, bad_inputs):
+    sets = ["data=csv", f"data.csv={bad_inputs}/sets.csv", "data.test_split=0"]
+    assert validate(cfg_factory([*sets, "data.folds=4", "data.fold=3"])).data.task == "multilabel"
+    assert validate(cfg_factory([*sets, "hparams_search.cv_folds=2"])).hparams_search.cv_folds == 2
 
 
 def test_paths_expand_home_and_environment_variables(cfg_factory, bad_inputs, monkeypatch):

@@ -22,8 +22,8 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from kfactory.config.validate import validate
 from kfactory.errors import ConfigError
-from kfactory.train import run_lock
-from kfactory.train.resume import COMPLETE, METRICS_FILE, check_run_dir, complete_message, resume_mode
+from kfactory.run import lock as run_lock
+from kfactory.run.resume import COMPLETE, METRICS_FILE, check_run_dir, complete_message, resume_mode
 
 FORMAT = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")  # Hydra's job_logging format
 

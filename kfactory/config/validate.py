@@ -8,17 +8,15 @@ and what is accepted, so a typo costs a second, not a run.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from kfactory.data.cache_store import fits_in_memory
-from kfactory.data.label_sets import TASKS as TASKS_OF_LABELS
-from kfactory.data.label_sets import is_multilabel
+from kfactory.data.label_task import settle_label_task
 from kfactory.data.split_record import ON_CHANGED
-from kfactory.errors import ConfigError
-from kfactory.overrides import split_override
+from kfactory.errors import ConfigError, check_choice
 from kfactory.paths import check_variables, expand_path
 from kfactory.registry import (
     ACTIVATIONS,
@@ -26,7 +24,6 @@ from kfactory.registry import (
     LOSSES,
     METRICS,
     MODELS,
-    MULTILABEL_LOSSES,
     MULTILABEL_METRICS,
     OPTIMIZERS,
     PROBABILITY_ACTIVATIONS,
@@ -35,7 +32,6 @@ from kfactory.registry import (
 )
 from kfactory.schema import apply_schema
 from kfactory.targets import CUSTOM, LOSS_LABELS, check_custom_model, check_targets, is_custom_model, target_of
-from kfactory.train.hparams import task_overrides
 
 if TYPE_CHECKING:
     from kfactory.data.sources import ImageSource
@@ -67,11 +63,11 @@ def validate(cfg: DictConfig) -> DictConfig:
 
 
 def _validate(cfg: DictConfig) -> None:
-    _check_choice("task", cfg.task, TASKS)
+    check_choice("task", cfg.task, TASKS)
     _check_paths(cfg)
     if not isinstance(cfg.resume, bool) and cfg.resume != "auto":  # 1 == True: compare types, not values
         raise ConfigError("resume", cfg.resume, "true, false or auto (resume if there is a run to resume)")
-    _check_choice("data.on_changed", cfg.data.on_changed, ON_CHANGED)
+    check_choice("data.on_changed", cfg.data.on_changed, ON_CHANGED)
     if cfg.task == "train":
         source = settle_label_task(cfg)
         _check_model(cfg.model, cfg.finetune)
@@ -92,11 +88,6 @@ def _validate(cfg: DictConfig) -> None:
         _check_export(cfg)
 
 
-def _check_choice(key: str, value: Any, accepted: tuple | frozenset | dict) -> None:
-    if value not in accepted:
-        raise ConfigError(key, value, "one of " + ", ".join(map(str, accepted)))
-
-
 def _check_paths(cfg: DictConfig) -> None:
     """Refuse a path whose ``$VARIABLE`` is not set, naming the variable (``~`` always expands)."""
     for key in PATH_KEYS:
@@ -114,7 +105,7 @@ def _check_model(model: DictConfig, finetune: DictConfig) -> None:
         input_size(model)  # required: a custom model has no size of its own
         check_custom_model(model, finetune)
         return
-    _check_choice("model.name", model.name, MODELS)
+    check_choice("model.name", model.name, MODELS)
     spec = MODELS[model.name]
     height, width = input_size(model)
     if min(height, width) < spec.min_size:
@@ -134,7 +125,7 @@ def _check_model(model: DictConfig, finetune: DictConfig) -> None:
             f"[{spec.default_size}, {spec.default_size}]; use model.include_top=false for other sizes",
         )
     _check_number("model.dropout", model.dropout, 0, 1, "a number in [0, 1)")
-    _check_choice("model.activation", model.activation, ACTIVATIONS)
+    check_choice("model.activation", model.activation, ACTIVATIONS)
     if model.bn_momentum is not None:
         _check_number("model.bn_momentum", model.bn_momentum, 0, 1, "null or a number in [0, 1)")
 
@@ -142,9 +133,9 @@ def _check_model(model: DictConfig, finetune: DictConfig) -> None:
 def _check_loss(loss: DictConfig, activation: str) -> None:
     name = loss.name
     if name == CUSTOM:
-        _check_choice("loss.labels", loss.labels, LOSS_LABELS)
+        check_choice("loss.labels", loss.labels, LOSS_LABELS)
         return
-    _check_choice("loss.name", name, LOSSES)
+    check_choice("loss.name", name, LOSSES)
     if loss.labels is not None:
         accepted = f"null with loss={name}, whose name says how labels are encoded (one_hot or sparse: loss=custom)"
         raise ConfigError("loss.labels", loss.labels, accepted)
@@ -163,7 +154,7 @@ def _check_loss(loss: DictConfig, activation: str) -> None:
 
 def _check_optimizer(optimizer: DictConfig) -> None:
     if optimizer.name != CUSTOM:
-        _check_choice("optimizer.name", optimizer.name, OPTIMIZERS)
+        check_choice("optimizer.name", optimizer.name, OPTIMIZERS)
     if optimizer.learning_rate <= 0:
         raise ConfigError("optimizer.learning_rate", optimizer.learning_rate, "a number > 0")
 
@@ -171,16 +162,16 @@ def _check_optimizer(optimizer: DictConfig) -> None:
 def _check_trainer(t: DictConfig, multilabel: bool = False) -> None:
     if t.epochs < 1:
         raise ConfigError("trainer.epochs", t.epochs, "an integer >= 1")
-    _check_choice("trainer.verbose", t.verbose, (0, 1, 2))
+    check_choice("trainer.verbose", t.verbose, (0, 1, 2))
     for metric in t.metrics:
         if target_of(metric) is None:  # a _target_ entry is resolved by check_targets
-            _check_choice("trainer.metrics", metric, METRICS)
+            check_choice("trainer.metrics", metric, METRICS)
     for key in ("steps_per_epoch", "validation_steps", "early_stopping", "threads"):
         if t[key] is not None and t[key] < 1:
             raise ConfigError(f"trainer.{key}", t[key], "null or an integer >= 1")
     if t.jit_compile != "auto" and not isinstance(t.jit_compile, bool):  # typed Any: auto, true or false
         raise ConfigError("trainer.jit_compile", t.jit_compile, "one of auto, true, false")
-    _check_choice("trainer.precision", t.precision, PRECISIONS)
+    check_choice("trainer.precision", t.precision, PRECISIONS)
     _check_monitor(t, multilabel)
     _check_tensorboard(t.tensorboard)
     from kfactory.train.distribute import check_strategy  # no TensorFlow at import
@@ -198,14 +189,11 @@ def _check_tensorboard(board: DictConfig) -> None:
 def _check_monitor(trainer: DictConfig, multilabel: bool) -> None:
     names = ["loss", *(metric_log_name(m) for m in trainer.metrics), *(MULTILABEL_METRICS if multilabel else ())]
     accepted = [f"{split}{n}" for split in ("val_", "") for n in names]
-    _check_choice("trainer.monitor", trainer.monitor, tuple(accepted))
+    check_choice("trainer.monitor", trainer.monitor, tuple(accepted))
 
 
 def _check_cross_validation(data: DictConfig, search: DictConfig) -> None:
     """``data.folds``/``data.fold`` (one fold per run) and ``hparams_search.cv_folds`` (all folds in one run)."""
-    if data.task == "multilabel" and (data.folds or search.cv_folds):
-        key, value = ("data.folds", data.folds) if data.folds else ("hparams_search.cv_folds", search.cv_folds)
-        raise ConfigError(key, value, "0 with data.task=multilabel: folds are stratified by one label per image")
     if search.cv_folds:
         if search.cv_folds < 2:
             raise ConfigError("hparams_search.cv_folds", search.cv_folds, "0 (one run) or an integer >= 2")
@@ -229,7 +217,7 @@ def _check_data(data: DictConfig, cv_folds: int, source: ImageSource | None = No
     Returns the source of a folder or CSV, described (listed, not decoded) to check it.
     """
     folds, folds_key = (cv_folds, "hparams_search.cv_folds") if cv_folds else (data.folds, "data.folds")
-    _check_choice("data.source", data.source, DATA_SOURCES)
+    check_choice("data.source", data.source, DATA_SOURCES)
     if data.batch_size < 1:
         raise ConfigError("data.batch_size", data.batch_size, "an integer >= 1")
     for key in ("val_split", "test_split"):
@@ -237,14 +225,14 @@ def _check_data(data: DictConfig, cv_folds: int, source: ImageSource | None = No
     if not folds and data.val_split + data.test_split >= 1:  # with folds, val_split is not used
         total = data.val_split + data.test_split
         raise ConfigError("data.val_split + data.test_split", total, "a sum below 1, to leave training data")
-    _check_choice("data.cache", data.cache, CACHE_MODES)
+    check_choice("data.cache", data.cache, CACHE_MODES)
     if data.cache_budget_gb is not None:
         _check_number("data.cache_budget_gb", data.cache_budget_gb, 0, None, "null or a number of GB >= 0")
     required = REQUIRED_BY_SOURCE.get(data.source)
     if required and data[required] is None:
         raise ConfigError(f"data.{required}", None, f"a value: add data.{required}=... to the command line")
     if data.source == "keras":
-        _check_choice("data.name", data.name, KERAS_DATASETS)
+        check_choice("data.name", data.name, KERAS_DATASETS)
     elif data.source in ("folder", "csv"):
         from kfactory.data.sources import check_fold_sizes, describe_source  # lists files only, no TensorFlow
 
@@ -253,49 +241,6 @@ def _check_data(data: DictConfig, cv_folds: int, source: ImageSource | None = No
             check_fold_sizes(source.labels, folds, data.test_split, source.class_names, folds_key)
         return source
     return None
-
-
-def settle_label_task(cfg: DictConfig) -> ImageSource | None:
-    """Resolve ``data.task=auto`` from a CSV's labels (logged) and fit a multi-label run's head and loss.
-
-    Returns the source if it was read (a CSV with ``data.task=auto``), so it is not read twice.
-    """
-    data, source = cfg.data, None
-    _check_choice("data.task", data.task, TASKS_OF_LABELS)
-    if data.source != "csv" and data.task == "multilabel":
-        accepted = f"auto or multiclass with data.source={data.source}; label sets are read by data=csv"
-        raise ConfigError("data.task", data.task, accepted)
-    if data.source == "csv" and data.task == "auto" and data.csv is not None:
-        from kfactory.data.sources import describe_source  # lists files only, no TensorFlow
-
-        source = describe_source(data)
-        data.task = "multilabel" if is_multilabel(source.labels) else "multiclass"  # the training run logs it
-    if data.task == "multilabel":
-        _fit_multilabel_head(cfg)
-    return source
-
-
-def _fit_multilabel_head(cfg: DictConfig) -> None:
-    """Sigmoid units and binary crossentropy in place of untouched defaults; refuse what cannot score label sets."""
-    model, loss, chosen = cfg.model, cfg.loss, {split_override(o)[0] for o in task_overrides(cfg)}
-    if loss.name == "categorical_crossentropy" and not chosen & {"loss", "loss.name"}:
-        loss.name = "binary_crossentropy"
-    elif loss.name == CUSTOM and loss.labels != "one_hot":
-        accepted = "one_hot with data.task=multilabel: your loss gets multi-hot float labels"
-        raise ConfigError("loss.labels", loss.labels, accepted)
-    elif loss.name != CUSTOM and loss.name not in MULTILABEL_LOSSES:
-        accepted = f"with data.task=multilabel, a per-class loss: {', '.join(MULTILABEL_LOSSES)} or custom"
-        raise ConfigError("loss.name", loss.name, accepted)
-    if model.activation == "softmax" and "model.activation" not in chosen:
-        model.activation = "sigmoid"
-    elif model.activation != "sigmoid":
-        accepted = "sigmoid with data.task=multilabel: each class is a yes or no of its own"
-        raise ConfigError("model.activation", model.activation, accepted)
-    if "top_k" in cfg.trainer.metrics:
-        raise ConfigError("trainer.metrics", "top_k", "metrics without top_k with data.task=multilabel")
-    if cfg.data.class_weight is not None:
-        accepted = "null with data.task=multilabel (Keras weighs one class per image)"
-        raise ConfigError("data.class_weight", cfg.data.class_weight, accepted)
 
 
 def _check_transfer(cfg: DictConfig) -> None:
@@ -324,7 +269,7 @@ def _check_checkpoint(cfg: DictConfig) -> None:
 
 def _check_export(cfg: DictConfig) -> None:
     export = cfg.export
-    _check_choice("export.format", export.format, EXPORT_FORMATS)
+    check_choice("export.format", export.format, EXPORT_FORMATS)
     if export.quantize and export.format != "tflite":
         raise ConfigError("export.quantize", export.quantize, "true only with export.format=tflite")
     if export.tolerance is not None:

@@ -1,7 +1,8 @@
 """Class counts of the training split and the loss weights ``data.class_weight`` asks for.
 
-``null``: no weights; ``balanced``: ``n_samples / (n_classes * count)`` per class
-(scikit-learn's formula) from the training split; a mapping ``{class: weight}``
+``null``: no weights; ``balanced``: scikit-learn's ``compute_class_weight``,
+``n_samples / (n_classes * count)`` per class of the training split (a class absent
+from it weighs 0 and does not count in ``n_classes``); a mapping ``{class: weight}``
 weights the named classes, the rest keep 1.0. No TensorFlow here.
 """
 
@@ -38,10 +39,13 @@ def class_weights(setting, labels: np.ndarray, class_names: list[str]) -> dict[i
     """Per-class-index weights for ``model.fit(class_weight=...)``, or None."""
     if setting is None:
         return None
-    counts = np.bincount(labels, minlength=len(class_names))
     if setting == "balanced":
-        # a class absent from the training split gets weight 0, not infinity
-        return {i: float(len(labels) / (len(class_names) * c)) if c else 0.0 for i, c in enumerate(counts)}
+        from sklearn.utils.class_weight import compute_class_weight
+
+        present = np.unique(labels)  # scikit-learn refuses a class without samples: it weighs 0 here
+        balanced = compute_class_weight("balanced", classes=present, y=labels)
+        weights = dict.fromkeys(range(len(class_names)), 0.0)
+        return {**weights, **{int(c): float(w) for c, w in zip(present, balanced, strict=True)}}
     weights = {str(name): float(weight) for name, weight in dict(setting).items()}
     unknown = sorted(set(weights) - set(class_names))
     if unknown:

@@ -79,6 +79,25 @@ def iterative_split(
     return tuple(rng.permutation(np.flatnonzero(assigned == split)) for split in range(3))  # type: ignore[return-value]
 
 
+def label_set_folds(
+    labels: np.ndarray, folds: int, fold: int, test_split: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded (train, val, test) indices of a multi-hot matrix for fold ``fold`` of ``folds``.
+
+    The test split is ``iterative_split``'s with no validation split, whatever the fold; the
+    rest is dealt into folds by iterstrat's ``MultilabelStratifiedKFold`` (iterative
+    stratification, Sechidis et al. 2011), and fold ``fold`` validates.
+    """
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    pool, _, test = iterative_split(labels, 0.0, test_split, seed)
+    pool = np.sort(pool)  # the folds depend on the images and the seed, not on the split's order
+    splitter = MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    train, val = list(splitter.split(np.zeros(len(pool)), labels[pool]))[fold]
+    rng = np.random.default_rng(seed)
+    return rng.permutation(pool[train]), rng.permutation(pool[val]), test
+
+
 def _choose(wanted: np.ndarray, wanted_total: np.ndarray, rng: np.random.Generator) -> int:
     """The split that wants most; ties go to the one that wants most images overall, then by lot."""
     best = np.flatnonzero(wanted == wanted.max())

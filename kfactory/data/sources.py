@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from omegaconf import DictConfig
 
-from kfactory.data.label_sets import detect_task, is_multilabel, iterative_split, multi_hot, split_label_sets
+from kfactory.data.label_sets import (
+    detect_task,
+    is_multilabel,
+    iterative_split,
+    label_set_folds,
+    multi_hot,
+    split_label_sets,
+)
 from kfactory.errors import ConfigError
 from kfactory.paths import check_variables, expand_path
 from kfactory.schema import DataConfig
@@ -242,9 +249,11 @@ def fold_indices(
     The test split is the one ``split_indices`` draws with the same seed, whatever
     the fold; the rest of each class is dealt round the folds (so per class and in
     all, fold sizes differ by at most one). Fold ``fold`` is the validation split,
-    the others train.
+    the others train. Label sets: ``label_set_folds``.
     """
     check_fold_sizes(labels, folds, test_split, class_names)
+    if is_multilabel(labels):
+        return label_set_folds(labels, folds, fold, test_split, seed)
     rng = np.random.default_rng(seed)
     train, val, test, dealt = [], [], [], 0
     for members in shuffled_classes(labels, rng):
@@ -261,7 +270,15 @@ def fold_indices(
 def check_fold_sizes(
     labels: np.ndarray, folds: int, test_split: float, class_names: list[str] | None = None, key: str = "data.folds"
 ) -> None:
-    """Refuse ``folds`` (set by ``key``) when a class has fewer images than folds once the test split is drawn."""
+    """Refuse ``folds`` (set by ``key``) when a class has fewer images than folds once the test split is drawn.
+
+    Label sets: when there are fewer images than folds (a label rarer than that is absent from some folds).
+    """
+    if is_multilabel(labels):
+        pool = len(labels) - int(round(len(labels) * test_split))
+        if pool < folds:
+            raise ConfigError(key, folds, f"at most the images left for training and validation ({pool})")
+        return
     for label, count in zip(*np.unique(labels, return_counts=True), strict=True):
         pool = int(count) - int(round(int(count) * test_split))
         if pool < folds:

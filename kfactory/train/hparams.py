@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from kfactory.config.resolvers import FOLD_KEY, fold_group
-from kfactory.overrides import split_override
+from kfactory.overrides import split_override, task_overrides
 from kfactory.registry import input_size, metric_log_name
 
 # Overridden keys that are already logged under a shorter name.
@@ -99,15 +98,6 @@ def session_group(cfg: DictConfig, run_dir: Path) -> str:
         exclude = list(hydra_cfg.job.config.override_dirname.exclude_keys)
         sweep_dir = Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else run_dir
     return fold_group(task_overrides(cfg), exclude, sweep_dir)
-
-
-def task_overrides(cfg: DictConfig) -> list[str]:
-    """The command-line overrides of this job (one sweep point in a multirun)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return list(HydraConfig.get().overrides.task)
-    return list(OmegaConf.select(cfg, "hydra.overrides.task", default=[]) or [])
 
 
 def metric_names(trainer: DictConfig) -> list[str]:
@@ -198,12 +188,12 @@ def _plugin_data(experiment: Any) -> Any:
 def write_summary(log_dir: Path, summary: Any) -> Path:
     """Write one summary protobuf to a new event file in ``log_dir``; return its path.
 
-    The records are framed here (TFRecord: length, masked CRC-32C, data, CRC) because
-    TensorBoard's own writer imports TensorFlow when it is installed, and this runs
+    TensorBoard's ``RecordWriter`` frames the records without TensorFlow (its
+    ``EventFileWriter`` would import TensorFlow when it is installed), and this runs
     in the launcher, before any job.
     """
     from tensorboard.compat.proto import event_pb2
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+    from tensorboard.summary.writer.record_writer import RecordWriter
 
     now = time.time()
     events = [
@@ -211,11 +201,10 @@ def write_summary(log_dir: Path, summary: Any) -> Path:
         event_pb2.Event(wall_time=now, summary=summary),
     ]
     path = Path(log_dir) / f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}.kfactory"
-    with path.open("wb") as handle:
+    writer = RecordWriter(path.open("wb"))
+    try:
         for event in events:
-            data = event.SerializeToString()
-            length = struct.pack("<Q", len(data))
-            handle.write(
-                length + struct.pack("<I", masked_crc32c(length)) + data + struct.pack("<I", masked_crc32c(data))
-            )
+            writer.write(event.SerializeToString())
+    finally:
+        writer.close()
     return path

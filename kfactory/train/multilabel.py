@@ -3,7 +3,7 @@
 During training, Keras's own metrics at threshold 0.5 (macro and micro F1, PR and
 ROC AUC over every class) and an exact-match ratio. After training, each class
 gets the threshold with the best F1 on the validation split, and average
-precision is computed from the validation predictions with numpy.
+precision is scikit-learn's, computed from the validation predictions.
 """
 
 from __future__ import annotations
@@ -63,13 +63,12 @@ def f1_scores(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
 
 
 def average_precision(truth: np.ndarray, scores: np.ndarray) -> float:
-    """Average precision of one class: the mean precision at each positive's rank; NaN without positives."""
+    """Average precision of one class (scikit-learn's: tied scores are one threshold); NaN without positives."""
     if not truth.any():
         return float("nan")
-    order = np.argsort(-scores, kind="stable")
-    hits = truth[order]
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float(precision[hits].mean())
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(truth, scores))
 
 
 def stored_thresholds(metadata: dict[str, Any], class_names: list[str]) -> np.ndarray:

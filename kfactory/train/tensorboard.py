@@ -1,4 +1,4 @@
-"""TensorBoard beyond scalars: PR curves, confusion matrix, image grid and HParams.
+"""TensorBoard beyond scalars, as a callback: PR curves, confusion matrix, image grid and the HParams session.
 
 Everything is drawn from the outputs fit's own validation pass computed (at
 most ``trainer.tensorboard.max_samples`` of them), on a thread of its own while
@@ -9,9 +9,7 @@ per training batch.
 
 from __future__ import annotations
 
-import io
 import logging
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,20 +17,23 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from hydra.core.hydra_config import HydraConfig
-from matplotlib.figure import Figure
 from omegaconf import DictConfig
 from tensorboard.plugins.hparams import api as hp
-from tensorboard.plugins.pr_curve import summary as pr_summary
 
 from kfactory.model.build import to_probabilities
+from kfactory.overrides import task_overrides
 from kfactory.train.deferred import Deferred
-from kfactory.train.hparams import hparam_metrics, run_hparams, session_group, task_overrides
-from kfactory.train.multilabel import class_scores
+from kfactory.train.hparams import run_hparams, session_group
+from kfactory.train.summaries import (
+    grid_order,
+    write_confusion_matrix,
+    write_image_grid,
+    write_label_set_summaries,
+    write_pr_curves,
+)
+from kfactory.train.validation_tap import ValidationOutputs
 
 log = logging.getLogger(__name__)
-
-MAX_TEXT_CLASSES = 50  # the confusion matrix is also logged as a text table up to this many classes
 
 
 class ValidationSummaries(keras.callbacks.Callback):
@@ -130,94 +131,6 @@ class ValidationSummaries(keras.callbacks.Callback):
             self.writer.flush()
 
 
-class ValidationOutputs:
-    """The labels and outputs of fit's validation pass, kept as it computes them (no second pass).
-
-    Wraps the model's ``compute_metrics`` (called by ``test_step`` with every
-    batch's labels and outputs) so that, while the test step is traced, it also
-    writes the first ``capacity`` rows into variables; the training step is
-    traced without it. The variables exist before the first trace where the
-    label and output widths are known: a variable created while tracing makes
-    TensorFlow trace the test step a second time. Nothing is saved with the
-    model: the wrappers are instance attributes, not layers or weights. Under a
-    distribution strategy (replicas would write the same rows) nothing is attached.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.count = tf.Variable(0, dtype=tf.int32, trainable=False)
-        self.labels: tf.Variable | None = None
-        self.outputs: tf.Variable | None = None
-        self.tracing_test = False
-
-    def allocate(self, label_width: int, output_width: int) -> None:
-        """Create the variables for rows of these widths (labels flattened: one column for sparse labels)."""
-        with tf.init_scope():
-            self.labels = tf.Variable(tf.zeros((self.capacity + 1, label_width)), trainable=False)
-            self.outputs = tf.Variable(tf.zeros((self.capacity + 1, output_width)), trainable=False)
-
-    @classmethod
-    def attach(cls, model: keras.Model, capacity: int, element_spec: Any = None) -> ValidationOutputs | None:
-        """Tap ``model``'s test step; ``element_spec`` (the validation data's, (images, labels)) sizes the rows."""
-        if model.distribute_strategy.num_replicas_in_sync > 1:
-            return None
-        tap = cls(capacity)
-        labels = element_spec[1] if isinstance(element_spec, tuple) and len(element_spec) > 1 else None
-        outputs = getattr(model, "outputs", None) or [None]  # a subclassed model may have none
-        label_width, output_width = flat_width(labels), flat_width(outputs[0])
-        if label_width is not None and output_width is not None:
-            tap.allocate(label_width, output_width)
-        test_step, compute_metrics = model.test_step, model.compute_metrics
-
-        def tapped_test_step(data: Any) -> Any:
-            tap.tracing_test = True
-            try:
-                return test_step(data)
-            finally:
-                tap.tracing_test = False
-
-        def tapped_compute_metrics(x: Any, y: Any, y_pred: Any, sample_weight: Any = None) -> Any:
-            if tap.tracing_test and tf.is_tensor(y) and tf.is_tensor(y_pred):
-                tap.record(y, y_pred)
-            return compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-
-        object.__setattr__(model, "test_step", tapped_test_step)  # untracked by Keras, never saved
-        object.__setattr__(model, "compute_metrics", tapped_compute_metrics)
-        return tap
-
-    def record(self, y: tf.Tensor, y_pred: tf.Tensor) -> None:
-        """Write a batch's rows after those already kept; rows past ``capacity`` go to a spare last row."""
-        rows = tf.shape(y_pred)[0]
-        label_width, output_width = flat_width(y), flat_width(y_pred)  # sparse labels: one column
-        if self.outputs is None or self.labels is None:  # widths unknown before: made on the first trace
-            self.allocate(label_width, output_width)
-        y = tf.reshape(tf.cast(y, tf.float32), (-1, label_width))
-        y_pred = tf.reshape(tf.cast(y_pred, tf.float32), (-1, output_width))
-        index = tf.minimum(self.count + tf.range(rows), self.capacity)[:, None]
-        self.labels.scatter_nd_update(index, y)
-        self.outputs.scatter_nd_update(index, y_pred)
-        self.count.assign_add(rows)
-
-    def reset(self) -> None:
-        self.count.assign(0)
-
-    def read(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """(labels, outputs) of the last validation pass, or None if none was recorded."""
-        kept = min(int(self.count.numpy()), self.capacity)
-        if self.outputs is None or kept == 0:
-            return None
-        return self.labels[:kept].numpy(), self.outputs[:kept].numpy().astype(np.float64)
-
-
-def flat_width(spec: Any) -> int | None:
-    """How many columns a batch of this tensor (or tensor spec) has once flattened per row; None if unknown."""
-    try:
-        dims = tuple(getattr(spec, "shape", None))  # a TensorShape or a KerasTensor's tuple
-    except (TypeError, ValueError):  # no shape, or an unknown rank
-        return None
-    return None if not dims or None in dims[1:] else math.prod(dims[1:])
-
-
 def take_images(dataset: tf.data.Dataset, indices: np.ndarray) -> np.ndarray:
     """The validation images at ``indices`` (in data order, as fit saw them), as uint8."""
     wanted, found, seen = set(indices.tolist()), {}, 0
@@ -265,172 +178,3 @@ def decode_labels(y: np.ndarray) -> np.ndarray:
     if y.ndim == 2 and y.shape[1] > 1:
         return y.argmax(axis=1)
     return np.rint(y.reshape(-1)).astype(np.int64)
-
-
-def write_pr_curves(labels: np.ndarray, probs: np.ndarray, class_names: list[str], thresholds: int, step: int) -> None:
-    """One PR curve per class (one-vs-rest) and a micro-averaged one, under ``pr_curve/``; labels: indices
-    or multi-hot rows."""
-    one_hot = labels > 0.5 if labels.ndim == 2 else np.eye(len(class_names), dtype=bool)[labels]
-    curves = {name: (one_hot[:, i], probs[:, i]) for i, name in enumerate(class_names)}
-    curves["micro_average"] = (one_hot.reshape(-1), probs.reshape(-1))
-    for name, (truth, scores) in curves.items():
-        summary = pr_summary.pb(
-            f"pr_curve/{name}", truth, scores.astype(np.float32), num_thresholds=thresholds, display_name=name
-        )
-        tf.summary.experimental.write_raw_pb(summary.SerializeToString(), step=step)
-
-
-def confusion_counts(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    """Counts[true, predicted]."""
-    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(counts, (labels, predicted), 1)
-    return counts
-
-
-def write_confusion_matrix(labels: np.ndarray, predicted: np.ndarray, class_names: list[str], step: int) -> None:
-    """The confusion matrix as an image (counts, row-normalised colours) and a text table."""
-    counts = confusion_counts(labels, predicted, len(class_names))
-    tf.summary.image("confusion_matrix", png_to_batch(confusion_figure(counts, class_names)), step=step)
-    if len(class_names) <= MAX_TEXT_CLASSES:
-        header = "| true \\ predicted | " + " | ".join(class_names) + " |"
-        rows = [f"| {name} | {' | '.join(map(str, row))} |" for name, row in zip(class_names, counts, strict=True)]
-        table = "\n".join([header, "|---" * (len(class_names) + 1) + "|", *rows])
-        tf.summary.text("confusion_matrix_counts", table, step=step)
-
-
-CARD_PIXELS = 400  # about the width TensorBoard's Time Series card shows an image at
-DPI = 100
-
-
-def confusion_layout(num_classes: int) -> tuple[float, float]:
-    """Figure side (inches) and label size (points) for a confusion matrix of ``num_classes``.
-
-    Up to 20 classes the figure stays small, so text is still legible once the
-    card shrinks it to ``CARD_PIXELS``; beyond that each class keeps enough room
-    for a readable label in the full-size view (100 classes: about 2,000 px).
-    """
-    cell = 0.5 if num_classes <= 20 else 0.3 if num_classes <= 50 else 0.2  # inches per class
-    side = max(4.0, cell * num_classes + 2.0)
-    return side, float(min(14.0, max(6.0, cell * 72 * 0.6)))
-
-
-def confusion_figure(counts: np.ndarray, class_names: list[str]) -> bytes:
-    """A PNG of the confusion matrix: class names on the axes, colour = share of the true class."""
-    n = len(class_names)
-    side, font = confusion_layout(n)
-    figure = Figure(figsize=(side, side), dpi=DPI)
-    axes = figure.add_subplot()
-    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    axes.set_xticks(range(n), class_names, rotation=90 if n > 10 else 45, ha="right" if n <= 10 else "center")
-    axes.set_yticks(range(n), class_names)
-    axes.tick_params(labelsize=font)
-    axes.set_xlabel("predicted", fontsize=font)
-    axes.set_ylabel("true", fontsize=font)
-    if n <= 30:  # numbers stay readable up to about this many classes
-        for (row, col), count in np.ndenumerate(counts):
-            colour = "white" if rates[row, col] > 0.5 else "black"
-            axes.text(col, row, str(count), ha="center", va="center", color=colour, fontsize=font * 0.85)
-    figure.tight_layout()
-    return figure_png(figure)
-
-
-def write_image_grid(
-    images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, class_names: list[str], step: int
-) -> None:
-    """A grid of validation images titled true/predicted, misclassified (red) first: ``images`` in grid order."""
-    cols = math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / cols)
-    figure = Figure(figsize=(2 * cols, 2.2 * rows), dpi=80)
-    for slot, image in enumerate(images):
-        axes = figure.add_subplot(rows, cols, slot + 1)
-        axes.imshow(image)
-        axes.axis("off")
-        wrong = labels[slot] != predicted[slot]
-        title = f"true {class_names[labels[slot]]}\npred {class_names[predicted[slot]]}"
-        axes.set_title(title, fontsize=8, color="red" if wrong else "black")
-    figure.tight_layout()
-    tf.summary.image("validation_images", png_to_batch(figure_png(figure)), step=step)
-
-
-def write_label_set_summaries(
-    images_at: Callable[[np.ndarray], np.ndarray],
-    truth: np.ndarray,
-    probs: np.ndarray,
-    class_names: list[str],
-    count: int,
-    step: int,
-) -> None:
-    """Label sets at threshold 0.5: a per-class F1 and AP table (Text) and an image grid of true/predicted sets.
-
-    ``images_at``: the validation images at the given indices, for the ``count`` shown.
-    """
-    half = np.full(len(class_names), 0.5)
-    scores = class_scores(truth, probs, half)
-    rows = [
-        f"| {name} | {int(support)} | {f1:.3f} | {ap:.3f} |"
-        for name, support, f1, ap in zip(class_names, scores["support"], scores["f1"], scores["ap"], strict=True)
-    ]
-    table = "\n".join(["| class | support | F1 at 0.5 | AP |", "|---|---|---|---|", *rows])
-    tf.summary.text("class_scores", table, step=step)
-    if not count:
-        return
-    true_sets, predicted_sets = truth > 0.5, probs >= half
-    wrong = np.any(true_sets != predicted_sets, axis=1)
-    order = np.argsort(~wrong, kind="stable")[:count]  # wrong sets first
-    images = dict(zip(order.tolist(), images_at(order), strict=True))
-    cols = math.ceil(math.sqrt(len(order)))
-    figure = Figure(figsize=(2 * cols, 2.2 * math.ceil(len(order) / cols)), dpi=80)
-    for slot, index in enumerate(order):
-        axes = figure.add_subplot(math.ceil(len(order) / cols), cols, slot + 1)
-        axes.imshow(images[index])
-        axes.axis("off")
-        shown = [
-            ";".join(n for n, on in zip(class_names, row, strict=True) if on) or "-"
-            for row in (true_sets[index], predicted_sets[index])
-        ]
-        axes.set_title(f"true {shown[0]}\npred {shown[1]}", fontsize=8, color="red" if wrong[index] else "black")
-    figure.tight_layout()
-    tf.summary.image("validation_images", png_to_batch(figure_png(figure)), step=step)
-
-
-def grid_order(labels: np.ndarray, predicted: np.ndarray, count: int) -> np.ndarray:
-    """Indices of up to ``count`` images: misclassified ones first, each group in data order."""
-    return np.argsort(labels == predicted, kind="stable")[:count]  # False (wrong) sorts first
-
-
-def figure_png(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-def png_to_batch(png: bytes) -> tf.Tensor:
-    """A PNG as a batch of one image, as tf.summary.image wants it."""
-    return tf.expand_dims(tf.io.decode_png(png, channels=3), 0)
-
-
-def in_multirun() -> bool:
-    """Whether this run is one job of a sweep (whose root holds the HParams experiment config)."""
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def write_final_summaries(cfg: DictConfig, log_dir: Path, metrics: dict[str, Any]) -> None:
-    """After training: the final metrics as ``final/*`` scalars; a single run's HParams experiment config.
-
-    A sweep's jobs write no experiment config: TensorBoard would keep one of them;
-    the sweep root holds the one config for all of them (kfactory.report.sweep).
-    """
-    if not cfg.trainer.tensorboard.hparams:
-        return
-    final = {k: float(v) for k, v in metrics.items() if k.startswith(("val_", "test_", "best_"))}
-    writer = tf.summary.create_file_writer(str(log_dir))
-    with writer.as_default(step=int(metrics.get("epochs_run", 1))):  # the last epoch, counted from 1
-        for key, value in final.items():
-            tf.summary.scalar(f"final/{key}", value)
-        if not in_multirun():
-            hparams = [hp.HParam(name) for name in run_hparams(cfg, task_overrides(cfg))]
-            hp.hparams_config(hparams=hparams, metrics=hparam_metrics(cfg.trainer, list(final)))
-    writer.close()

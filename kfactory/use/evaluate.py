@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from kfactory.config.validate import settle_label_task
+from kfactory.data.label_task import settle_label_task
 from kfactory.data.pipeline import make_splits
 from kfactory.data.split_record import SPLITS_FILE, SplitRecord, read_split
 from kfactory.model.build import to_probabilities
 from kfactory.model.checkpoint import find_model_file, load_model, read_metadata, write_json_atomic
 from kfactory.schema import apply_schema
-from kfactory.train.loop import compile_model
+from kfactory.train.compile import compile_model
 from kfactory.train.multilabel import class_scores, stored_thresholds
 
 log = logging.getLogger(__name__)
@@ -80,19 +80,22 @@ def scored_split(run_dir: Path) -> SplitRecord | None:
 
 
 def class_report(probabilities: np.ndarray, labels: np.ndarray, class_names: list[str]) -> pd.DataFrame:
-    """Precision, recall, F1 and support per class (from per-class probabilities), plus the macro average."""
-    predicted = probabilities.argmax(axis=-1)
-    rows = []
-    for index, name in enumerate(class_names):
-        tp = int(np.sum((predicted == index) & (labels == index)))
-        precision = tp / max(int(np.sum(predicted == index)), 1)
-        recall = tp / max(int(np.sum(labels == index)), 1)
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        rows.append(
-            {"class": name, "precision": precision, "recall": recall, "f1": f1, "support": int(np.sum(labels == index))}
-        )
-    table = pd.DataFrame(rows).set_index("class")
-    table.loc["macro avg"] = [*table[["precision", "recall", "f1"]].mean(), table["support"].sum()]
+    """Precision, recall, F1 and support per class (from per-class probabilities), plus the macro average.
+
+    scikit-learn's ``classification_report``; a class never predicted (or absent) scores 0.
+    """
+    from sklearn.metrics import classification_report
+
+    report = classification_report(
+        labels,
+        probabilities.argmax(axis=-1),
+        labels=range(len(class_names)),
+        output_dict=True,
+        zero_division=0.0,
+    )  # keyed by class index, so a class named "accuracy" cannot meet the report's own rows
+    rows = [report[str(index)] for index in range(len(class_names))] + [report["macro avg"]]
+    table = pd.DataFrame(rows, index=pd.Index([*class_names, "macro avg"], name="class"))
+    table = table.rename(columns={"f1-score": "f1"})[["precision", "recall", "f1", "support"]]
     table["support"] = table["support"].astype(int)
     return table
 

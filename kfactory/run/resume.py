@@ -1,6 +1,6 @@
 """Continue an interrupted training run in its own directory (``resume=true|auto``).
 
-``AtomicBackupAndRestore`` (kfactory.train.callbacks) keeps the weights, the
+``AtomicBackupAndRestore`` (kfactory.train.backup) keeps the weights, the
 optimizer state and the epoch counter in ``<run dir>/backup`` after every
 epoch, each file written whole and renamed into place, and the backup stays
 until ``metrics.json`` is written. The rest of a run's state is rebuilt from
