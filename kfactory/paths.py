@@ -24,3 +24,38 @@ def check_variables(key: str, path: str) -> None:
     """Refuse a path whose ``$VARIABLE`` is not set, naming the variable, the same way for every task."""
     if isinstance(path, str) and (unset := unset_variables(path)):
         raise ConfigError(key, path, f"a path whose environment variables are set (${unset[0]} is not)")
+
+
+def replace_durably(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Rename the finished file ``tmp`` over ``path`` so that a power loss leaves the old file or the new one.
+
+    The file's data reach the disk before the rename, and the rename reaches it
+    before this returns (the directory is synced too); a rename alone may leave
+    an empty file after a crash on ext4 or XFS.
+    """
+    fsync_file(tmp)
+    os.replace(tmp, path)
+    fsync_directory(Path(path).parent)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a written file's data and size to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(path: str | os.PathLike) -> None:
+    """Flush a directory's entries (a rename, a new or removed file) to the disk, where the system allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # a system without directory handles (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a directory; the rename still holds there
+        pass
+    finally:
+        os.close(fd)

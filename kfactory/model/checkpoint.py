@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
-import os
 import sys
 import zipfile
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kfactory.errors import ConfigError
-from kfactory.paths import expand_path
+from kfactory.paths import expand_path, replace_durably
 
 if TYPE_CHECKING:
     import keras
@@ -30,10 +29,10 @@ PIXELS_SIGNATURE = "serving_pixels"  # a batch of uint8 RGB pixels at the input 
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to a temporary file, then rename it over ``path``."""
+    """Write JSON to a temporary file, then rename it over ``path``, durably (``replace_durably``)."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
 
 
 @contextmanager
@@ -66,7 +65,7 @@ def save_model(model: keras.Model, path: Path, metadata: dict[str, Any]) -> None
         model.save(tmp)
     with zipfile.ZipFile(tmp, "a") as archive:
         archive.writestr(METADATA_ENTRY, json.dumps(metadata, indent=2))
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
 
 
 def update_metadata(path: Path, values: dict[str, Any]) -> None:
@@ -83,7 +82,7 @@ def rewrite_entries(path: Path, entries: dict[str, str]) -> None:
                 target.writestr(item, source.read(item.filename))
         for name, text in entries.items():
             target.writestr(name, text)
-    os.replace(rewritten, path)
+    replace_durably(rewritten, path)
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

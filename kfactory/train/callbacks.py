@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from kfactory.errors import RunStopped
 from kfactory.model.checkpoint import save_model, write_json_atomic
 from kfactory.overrides import rerun_command
+from kfactory.paths import replace_durably
 from kfactory.registry import monitor_mode
 from kfactory.targets import build
 from kfactory.train.deferred import Deferred
@@ -346,7 +347,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         name = f"epoch{self._current_epoch}.weights.h5"
         tmp = os.path.join(self.backup_dir, f"partial-{name}")
         self.model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, os.path.join(self.backup_dir, name))
+        replace_durably(tmp, os.path.join(self.backup_dir, name))
         metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name}
         write_json_atomic(Path(self._training_metadata_path), metadata)
         for other in os.listdir(self.backup_dir):  # the earlier epochs' weights
