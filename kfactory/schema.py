@@ -147,6 +147,9 @@ class TrainerConfig:
     validation_steps: Optional[int] = None
     early_stopping: Optional[int] = None  # patience in epochs; null disables
     monitor: str = "val_accuracy"  # picks the best checkpoint and drives early stopping
+    # whether a lower (min) or higher (max) monitor is better; auto: known from the metric (a loss, an error,
+    # a crossentropy or hinge: min; accuracy, auc, f1...: max); a metric of your own needs min or max
+    monitor_mode: str = "auto"
     jit_compile: Any = "auto"  # auto | true | false (XLA)
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
     threads: Optional[int] = None  # null: all cores (cores / n_jobs under hydra/launcher=joblib)

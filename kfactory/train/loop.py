@@ -59,7 +59,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     probe = XlaProbe() if xla.measure else None
     with strategy.scope():  # variables and optimizer slots live on the strategy's devices
         model = build_model(cfg, len(splits.class_names))
-    checkpoint = BestModelCheckpoint(run_dir / MODEL_FILE, cfg.trainer.monitor, model_metadata(cfg, splits))
+    metadata = model_metadata(cfg, splits)
+    checkpoint = BestModelCheckpoint(run_dir / MODEL_FILE, cfg.trainer.monitor, metadata, cfg.trainer.monitor_mode)
 
     def compile_phase(learning_rate: Any) -> None:  # each fine-tuning phase recompiles, in the model's strategy
         jit = xla.jit if probe is None or probe.decided is None else probe.decided
