@@ -16,6 +16,13 @@ import numpy as np
 from omegaconf import DictConfig
 
 from kfactory.errors import RunStopped
+from kfactory.framework import (
+    backup_metadata_path,
+    backup_position,
+    checked_overrides,
+    set_initial_epoch,
+    train_writer,
+)
 from kfactory.model.checkpoint import save_model, write_json_atomic
 from kfactory.overrides import rerun_command
 from kfactory.paths import replace_durably
@@ -82,6 +89,7 @@ class HistoryCSV(keras.callbacks.CSVLogger):
         super().on_epoch_end(epoch + 1, logs)
 
 
+@checked_overrides
 class EpochTensorBoard(keras.callbacks.TensorBoard):
     """Keras's TensorBoard callback with epochs counted from 1 as steps (``histogram_freq=N``: epochs N, 2N, …).
 
@@ -116,10 +124,10 @@ class EpochTensorBoard(keras.callbacks.TensorBoard):
 
         try:
             metadata = create_summary_metadata(display_name=None, description=None)
-            with self._train_writer.as_default():
+            with train_writer(self).as_default():
                 for tag, values in weights:
                     self.summary.write(tag, histogram_buckets(values), step=epoch, metadata=metadata)
-            self._train_writer.flush()
+            train_writer(self).flush()
         except Exception as error:  # a histogram is not worth a run
             log.warning("Weight histograms of epoch %d not written: %s: %s", epoch, type(error).__name__, error)
 
@@ -332,6 +340,7 @@ class RequeueAtEpochEnd(keras.callbacks.Callback):
         handler(signal.SIGUSR2, None)  # submitit: checkpoint, scontrol requeue, exit
 
 
+@checked_overrides
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     """BackupAndRestore whose backup is never half-written, whenever the process is killed.
 
@@ -344,12 +353,13 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def _save_model(self) -> None:
         os.makedirs(self.backup_dir, exist_ok=True)
-        name = f"epoch{self._current_epoch}.weights.h5"
+        epoch, batch = backup_position(self)
+        name = f"epoch{epoch}.weights.h5"
         tmp = os.path.join(self.backup_dir, f"partial-{name}")
         self.model.save_weights(tmp, overwrite=True)
         replace_durably(tmp, os.path.join(self.backup_dir, name))
-        metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name}
-        write_json_atomic(Path(self._training_metadata_path), metadata)
+        metadata = {"epoch": epoch, "batch": batch, "weights": name}
+        write_json_atomic(Path(backup_metadata_path(self)), metadata)
         for other in os.listdir(self.backup_dir):  # the earlier epochs' weights
             if other.endswith(".weights.h5") and other != name:
                 os.remove(os.path.join(self.backup_dir, other))
@@ -359,13 +369,13 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             super().on_epoch_end(epoch, logs)
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        self._load_model()
+        self.restore_backup()
 
-    def _load_model(self) -> None:
+    def restore_backup(self) -> None:
         metadata = read_backup_metadata(Path(self.backup_dir) / BACKUP_METADATA)
         if metadata is None:  # no epoch backed up yet: start at the phase's first epoch
             return
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)  # its state is in the backup too
         self.model.load_weights(os.path.join(self.backup_dir, metadata.get("weights", "latest.weights.h5")))
-        self.model._initial_epoch = metadata["epoch"]
+        set_initial_epoch(self.model, metadata["epoch"])

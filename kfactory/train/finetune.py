@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig
 
 from kfactory.errors import ConfigError
+from kfactory.framework import set_initial_epoch
 from kfactory.registry import monitor_mode
 from kfactory.targets import is_custom_model
 
@@ -174,7 +175,7 @@ def fit_in_phases(
         epochs_in_phase = phase.epochs - phase.initial_epoch
         compile_phase(make_learning_rate(schedule, phase.learning_rate, epochs_in_phase, steps_per_epoch))
         log.info("%s", describe_phase(model, phase, number, len(phases), pretrained))
-        model._initial_epoch = None  # a BackupAndRestore of an earlier phase must not move this phase's start
+        set_initial_epoch(model, None)  # a BackupAndRestore of an earlier phase must not move this phase's start
         history = model.fit(
             train,
             validation_data=val,

@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from tensorboard.plugins.hparams import api as hp
 from tensorboard.plugins.pr_curve import summary as pr_summary
 
+from kfactory.framework import set_untracked
 from kfactory.model.build import to_probabilities
 from kfactory.train.deferred import Deferred
 from kfactory.train.hparams import hparam_metrics, run_hparams, session_group, task_overrides
@@ -181,8 +182,8 @@ class ValidationOutputs:
                 tap.record(y, y_pred)
             return compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
-        object.__setattr__(model, "test_step", tapped_test_step)  # untracked by Keras, never saved
-        object.__setattr__(model, "compute_metrics", tapped_compute_metrics)
+        set_untracked(model, "test_step", tapped_test_step)  # untracked by Keras, never saved
+        set_untracked(model, "compute_metrics", tapped_compute_metrics)
         return tap
 
     def record(self, y: tf.Tensor, y_pred: tf.Tensor) -> None:
