@@ -111,6 +111,7 @@ def test_a_run_of_built_in_parts_needs_no_opt_in(tmp_path):
     assert training_config(run / "model.keras", compose_config(["task=eval"])).loss.name == "hinge"
 
 
+@pytest.mark.slow  # the command line end to end, TensorFlow imported
 def test_eval_of_a_hostile_run_directory_stops_in_one_line_and_changes_no_file(tmp_path):
     victim = tmp_path / "bashrc"
     victim.write_text("precious\n")
@@ -188,6 +189,7 @@ def test_a_module_that_does_not_import_is_refused_by_its_key():
         import_modules(["json", "no_such_pkg.layers"])
 
 
+@pytest.mark.slow  # the command line end to end, TensorFlow imported
 def test_predict_of_a_hostile_model_file_imports_nothing(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
