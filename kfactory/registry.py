@@ -180,9 +180,18 @@ LOWER_IS_BETTER = frozenset(
 )
 
 
-def metric_direction(monitor: str) -> str | None:
-    """``min`` or ``max``: how a logged metric (``val_`` or not) improves; None for a name kfactory does not know."""
+def metric_direction(monitor: str, metrics: Sequence[Any] = ()) -> str | None:
+    """``min`` or ``max``: how a logged metric (``val_`` or not) improves; None for a name kfactory does not know.
+
+    A trainer.metrics entry ``{_target_: keras.metrics.<Class>, name: ...}`` among ``metrics``
+    is known by its class, whatever its name.
+    """
     name = monitor.removeprefix("val_")
+    for entry in metrics:
+        target = str(entry.get("_target_") or "") if isinstance(entry, Mapping) else ""
+        if target.startswith("keras.metrics.") and metric_log_name(entry) == name:
+            name = metric_log_name({"_target_": target})  # the class's own name, e.g. keras.metrics.AUC: auc
+            break
     if name in LOWER_IS_BETTER or name.endswith("_loss"):
         return "min"
     if name in HIGHER_IS_BETTER or name.endswith("_accuracy"):
@@ -190,8 +199,8 @@ def metric_direction(monitor: str) -> str | None:
     return None
 
 
-def monitor_mode(monitor: str, mode: str = "auto") -> str:
-    """``min`` or ``max`` for ``trainer.monitor``: ``mode`` when given, else what the metric is.
+def monitor_mode(monitor: str, mode: str = "auto", metrics: Sequence[Any] = ()) -> str:
+    """``min`` or ``max`` for ``trainer.monitor``: ``mode`` when given, else what the metric is (``metric_direction``).
 
     Raises ConfigError for a metric of your own whose direction the name does not
     tell (``trainer.monitor_mode`` says it).
@@ -200,7 +209,7 @@ def monitor_mode(monitor: str, mode: str = "auto") -> str:
         return mode
     if mode != "auto":
         raise ConfigError("trainer.monitor_mode", mode, "one of auto, min, max")
-    direction = metric_direction(monitor)
+    direction = metric_direction(monitor, metrics)
     if direction is None:
         accepted = f"min or max: trainer.monitor={monitor} is a metric of your own, whether lower is better is yours"
         raise ConfigError("trainer.monitor_mode", mode, accepted)

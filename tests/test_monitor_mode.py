@@ -83,3 +83,22 @@ def test_an_explicit_mode_wins_and_a_wrong_one_is_refused():
     assert monitor_mode("val_accuracy", "min") == "min"
     with pytest.raises(ConfigError, match=r"^trainer.monitor_mode=up is not accepted: one of auto, min, max$"):
         validate(compose_config(["trainer.monitor_mode=up"]))
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [("{_target_:keras.metrics.AUC,name:pr}", "max"), ("{_target_:keras.metrics.MeanAbsoluteError,name:mae}", "min")],
+)
+def test_a_keras_metric_under_a_name_of_your_own_is_known_by_its_class(entry, expected):
+    import keras
+
+    cfg = validate(
+        compose_config(["~trainer.metrics", f"+trainer.metrics=[{entry}]", f"trainer.monitor=val_{cfg_name(entry)}"])
+    )
+    assert monitor_mode(cfg.trainer.monitor, cfg.trainer.monitor_mode, cfg.trainer.metrics) == expected
+    class_name = entry.split(".")[-1].split(",")[0]
+    assert expected == keras_direction(getattr(keras.metrics, class_name)(name=cfg_name(entry)))
+
+
+def cfg_name(entry: str) -> str:
+    return entry.rsplit("name:", 1)[1].rstrip("}")

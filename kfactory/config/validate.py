@@ -195,7 +195,7 @@ def _check_monitor(trainer: DictConfig, multilabel: bool) -> None:
     names = ["loss", *(metric_log_name(m) for m in trainer.metrics), *(MULTILABEL_METRICS if multilabel else ())]
     accepted = [f"{split}{n}" for split in ("val_", "") for n in names]
     _check_choice("trainer.monitor", trainer.monitor, tuple(accepted))
-    monitor_mode(trainer.monitor, trainer.monitor_mode)
+    monitor_mode(trainer.monitor, trainer.monitor_mode, trainer.metrics)
 
 
 def _check_cross_validation(data: DictConfig, search: DictConfig) -> None:

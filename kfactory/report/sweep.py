@@ -117,20 +117,21 @@ def summarize_sweep(root: Path, exclude_keys: Iterable[str] = ()):
     rows = [read_job(job, overrides[job]) for job in jobs]
     monitor = next((m for m in (read_monitor(job) for job in jobs) if m), TrainerConfig.monitor)
     mode = next((m for m in (read_monitor(job, "monitor_mode") for job in jobs) if m), TrainerConfig.monitor_mode)
+    metrics = next((m for m in (read_monitor(job, "metrics") for job in jobs) if m), [])
     table = pd.DataFrame(rows)
     pareto = pareto_jobs(root)
     if pareto is not None:  # a multi-objective search: mark its Pareto-optimal trials
         table["pareto"] = table["job"].isin(pareto)
     override_keys = list(dict.fromkeys(key for job in jobs for key, _ in overrides[job]))
     lead = leading_columns(table, override_keys, monitor)
-    table = sort_by_monitor(table[lead + [c for c in table.columns if c not in lead]], monitor, mode)
+    table = sort_by_monitor(table[lead + [c for c in table.columns if c not in lead]], monitor, mode, metrics)
     # The printed and markdown tables leave out what every job shares
     hidden = ["overrides", "dir", *(k for k in override_keys if k not in lead)]
     shown = table.drop(columns=hidden)
     text = f"Best first by `{monitor}`.\n\n{markdown_table(shown)}"
     if FOLD_KEY in override_keys:
         pairs = {job.name: overrides[job] for job in jobs}
-        table, groups = group_folds(table, pairs, override_keys, (monitor, mode), exclude_keys, root)
+        table, groups = group_folds(table, pairs, override_keys, (monitor, mode, metrics), exclude_keys, root)
         shown = mean_cells(groups.drop(columns=["job", FOLD_KEY, *hidden]))
         text = (
             f"## Cross-validation\n\nMean ± std over each group's finished folds, best first by `{monitor}`."
@@ -146,14 +147,14 @@ def group_folds(
     table,
     overrides: dict[str, list[tuple[str, str]]],
     override_keys: list[str],
-    monitor: tuple[str, str],
+    monitor: tuple[str, str, Any],
     exclude_keys: Iterable[str],
     root: Path,
 ):
     """(``table`` with each cross-validation group's row before its folds' rows, the groups' rows).
 
     A group is the jobs whose overrides other than ``data.fold`` are the same; groups
-    rank best first by their mean ``monitor`` (trainer.monitor and trainer.monitor_mode).
+    rank best first by their mean ``monitor`` (trainer.monitor, monitor_mode and metrics).
     """
     import pandas as pd
 
@@ -251,7 +252,7 @@ def read_metrics(job: Path) -> dict[str, Any] | None:
     return None
 
 
-def read_monitor(job: Path, key: str = "monitor") -> str | None:
+def read_monitor(job: Path, key: str = "monitor") -> Any:
     """A job's ``trainer.<key>`` as it ran (None if it has no saved config or no such key)."""
     config = job / ".hydra" / "config.yaml"
     if not config.exists():
@@ -302,7 +303,7 @@ def markdown_table(table) -> str:
     return "\n".join(lines)
 
 
-def sort_by_monitor(table, monitor: str, mode: str = "auto"):
+def sort_by_monitor(table, monitor: str, mode: str = "auto", metrics: Any = ()):
     """Best first by ``monitor`` (lower is better for a loss or an error, or with ``mode`` min).
 
     Pruned jobs come after finished ones, failed jobs last.
@@ -310,6 +311,6 @@ def sort_by_monitor(table, monitor: str, mode: str = "auto"):
     column = next((c for c in ranking_columns(monitor) if c in table.columns), None)
     if column is None:
         return table.sort_values("job").reset_index(drop=True)
-    ascending = (mode if mode in ("min", "max") else metric_direction(monitor)) == "min"
+    ascending = (mode if mode in ("min", "max") else metric_direction(monitor, metrics or ())) == "min"
     table = table.sort_values(column, ascending=ascending, na_position="last", kind="stable")
     return table.sort_values("status", key=lambda s: s.map(STATUS_ORDER), kind="stable").reset_index(drop=True)

@@ -158,7 +158,7 @@ def fit_in_phases(
     from kfactory.train.schedules import learning_rate_logger, make_learning_rate, schedule_callbacks, schedule_of
 
     schedule = schedule_of(cfg.optimizer)
-    mode = monitor_mode(cfg.trainer.monitor, cfg.trainer.monitor_mode)
+    mode = monitor_mode(cfg.trainer.monitor, cfg.trainer.monitor_mode, cfg.trainer.metrics)
     before = [learning_rate_logger(), *_ema_callbacks(cfg.trainer.ema)]  # before CSVLogger and the checkpoint
     after = schedule_callbacks(schedule, cfg.trainer.monitor, mode)
     phases = plan_phases(cfg.finetune, cfg.model.freeze, cfg.optimizer.learning_rate, cfg.trainer.epochs)

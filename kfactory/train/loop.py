@@ -19,7 +19,15 @@ from kfactory.data.pipeline import Splits, make_dataset, make_splits
 from kfactory.errors import ConfigError, RunStopped
 from kfactory.model.build import build_model, output_units
 from kfactory.model.checkpoint import MODEL_FILE, load_model, update_metadata, write_json_atomic
-from kfactory.registry import LOSSES, OPTIMIZERS, input_size, label_loss, metric_log_name, sparse_labels
+from kfactory.registry import (
+    LOSSES,
+    OPTIMIZERS,
+    input_size,
+    label_loss,
+    metric_log_name,
+    monitor_mode,
+    sparse_labels,
+)
 from kfactory.schema import LossConfig, OptimizerConfig, extra_keys
 from kfactory.targets import TARGET, build, is_custom_model, target_of
 from kfactory.train.callbacks import BestModelCheckpoint, make_callbacks, stop_if_diverged
@@ -59,8 +67,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     probe = XlaProbe() if xla.measure else None
     with strategy.scope():  # variables and optimizer slots live on the strategy's devices
         model = build_model(cfg, len(splits.class_names))
-    metadata = model_metadata(cfg, splits)
-    checkpoint = BestModelCheckpoint(run_dir / MODEL_FILE, cfg.trainer.monitor, metadata, cfg.trainer.monitor_mode)
+    mode = monitor_mode(cfg.trainer.monitor, cfg.trainer.monitor_mode, cfg.trainer.metrics)
+    checkpoint = BestModelCheckpoint(run_dir / MODEL_FILE, cfg.trainer.monitor, model_metadata(cfg, splits), mode)
 
     def compile_phase(learning_rate: Any) -> None:  # each fine-tuning phase recompiles, in the model's strategy
         jit = xla.jit if probe is None or probe.decided is None else probe.decided
