@@ -19,6 +19,7 @@ from kfactory.config.resolvers import register_resolvers
 from kfactory.config.validate import validate
 from kfactory.console import import_tensorflow
 from kfactory.errors import ConfigError, RunStopped, Terminated
+from kfactory.framework import check_backend
 from kfactory.model.checkpoint import write_json_atomic
 from kfactory.overrides import override, rerun_command
 from kfactory.run import lock as run_lock
@@ -66,6 +67,7 @@ def kfactory(cfg: DictConfig) -> float | None:
     stop_on_sigterm()
     lock = None
     try:
+        check_backend()  # before anything imports Keras
         cfg = validate(cfg)  # typed by the schema from here on
         if cfg.task == "train":
             lock = run_lock.acquire(run_dir, dir_key)  # one writer per run directory

@@ -51,3 +51,38 @@ def file_stats(paths: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     with ThreadPoolExecutor(min(STAT_THREADS, max(len(chunks), 1))) as pool:
         flat = np.fromiter(itertools.chain.from_iterable(pool.map(stat_chunk, chunks)), np.int64, 2 * len(paths))
     return flat[0::2], flat[1::2]
+
+
+def replace_durably(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Rename the finished file ``tmp`` over ``path`` so that a power loss leaves the old file or the new one.
+
+    The file's data reach the disk before the rename, and the rename reaches it
+    before this returns (the directory is synced too); a rename alone may leave
+    an empty file after a crash on ext4 or XFS.
+    """
+    fsync_file(tmp)
+    os.replace(tmp, path)
+    fsync_directory(Path(path).parent)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a written file's data and size to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(path: str | os.PathLike) -> None:
+    """Flush a directory's entries (a rename, a new or removed file) to the disk, where the system allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # a system without directory handles (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a directory; the rename still holds there
+        pass
+    finally:
+        os.close(fd)

@@ -157,9 +157,63 @@ def sparse_labels(loss: str) -> bool:
     return loss == "sparse_categorical_crossentropy"
 
 
-def monitor_mode(monitor: str) -> str:
-    """``min`` for a loss, ``max`` for any other monitored metric."""
-    return "min" if "loss" in monitor else "max"
+# How a monitored value improves, by the name Keras logs it under (less ``val_``): every trainer.metrics name,
+# every multi-label metric, and the keras.metrics an entry ``{_target_: keras.metrics.X}`` may add.
+MONITOR_MODES = ("auto", "min", "max")  # trainer.monitor_mode; auto: by the metric's name
+HIGHER_IS_BETTER = frozenset(
+    {
+        *("accuracy", "top_k_accuracy", "precision", "recall", "auc", "f1_score"),  # METRICS, as logged
+        *MULTILABEL_METRICS,
+        *("f_beta_score", "cosine_similarity", "r2_score", "pearson_correlation"),  # and every *_accuracy
+        *("iou", "mean_iou", "one_hot_iou", "one_hot_mean_iou", "binary_iou", "concordance_correlation"),
+        *("precision_at_recall", "recall_at_precision", "sensitivity_at_specificity", "specificity_at_sensitivity"),
+        *("true_positives", "true_negatives"),
+    }
+)
+LOWER_IS_BETTER = frozenset(
+    {
+        "loss",
+        *LOSSES,  # a loss used as a metric logs under its config name
+        *("kl_divergence", "log_cosh_error", "logcosh", "root_mean_squared_error", "false_positives"),
+        *("false_negatives", "categorical_crossentropy", "sparse_categorical_crossentropy", "binary_crossentropy"),
+    }
+)
+
+
+def metric_direction(monitor: str, metrics: Sequence[Any] = ()) -> str | None:
+    """``min`` or ``max``: how a logged metric (``val_`` or not) improves; None for a name kfactory does not know.
+
+    A trainer.metrics entry ``{_target_: keras.metrics.<Class>, name: ...}`` among ``metrics``
+    is known by its class, whatever its name.
+    """
+    name = monitor.removeprefix("val_")
+    for entry in metrics:
+        target = str(entry.get("_target_") or "") if isinstance(entry, Mapping) else ""
+        if target.startswith("keras.metrics.") and metric_log_name(entry) == name:
+            name = metric_log_name({"_target_": target})  # the class's own name, e.g. keras.metrics.AUC: auc
+            break
+    if name in LOWER_IS_BETTER or name.endswith("_loss"):
+        return "min"
+    if name in HIGHER_IS_BETTER or name.endswith("_accuracy"):
+        return "max"
+    return None
+
+
+def monitor_mode(monitor: str, mode: str = "auto", metrics: Sequence[Any] = ()) -> str:
+    """``min`` or ``max`` for ``trainer.monitor``: ``mode`` when given, else what the metric is (``metric_direction``).
+
+    Raises ConfigError for a metric of your own whose direction the name does not
+    tell (``trainer.monitor_mode`` says it).
+    """
+    if mode in ("min", "max"):
+        return mode
+    if mode != "auto":
+        raise ConfigError("trainer.monitor_mode", mode, "one of auto, min, max")
+    direction = metric_direction(monitor, metrics)
+    if direction is None:
+        accepted = f"min or max: trainer.monitor={monitor} is a metric of your own, whether lower is better is yours"
+        raise ConfigError("trainer.monitor_mode", mode, accepted)
+    return direction
 
 
 def metric_log_name(metric: str | Mapping) -> str:

@@ -147,6 +147,9 @@ class TrainerConfig:
     validation_steps: Optional[int] = None
     early_stopping: Optional[int] = None  # patience in epochs; null disables
     monitor: str = "val_accuracy"  # picks the best checkpoint and drives early stopping
+    # whether a lower (min) or higher (max) monitor is better; auto: known from the metric (a loss, an error,
+    # a crossentropy or hinge: min; accuracy, auc, f1...: max); a metric of your own needs min or max
+    monitor_mode: str = "auto"
     jit_compile: Any = "auto"  # auto | true | false (XLA)
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
     threads: Optional[int] = None  # null: all cores (cores / n_jobs under hydra/launcher=joblib)
@@ -237,6 +240,15 @@ class HparamsSearchConfig:
 
 
 @dataclass
+class LoadConfig:
+    """``load``: what loading a saved model (task=eval, predict, export) may import."""
+
+    # modules that define a model file's custom classes, imported before it loads, e.g. [my_pkg.layers];
+    # kfactory never imports a module because a file names it
+    modules: list[str] = field(default_factory=list)
+
+
+@dataclass
 class RunConfig:
     """The whole run config (less ``hydra``)."""
 
@@ -245,7 +257,8 @@ class RunConfig:
     # true: continue the run in hydra.run.dir from its last finished epoch; auto: that, or
     # start fresh (the default under submitit_slurm); typed Any, checked by validate
     resume: Any = False
-    unsafe_load: bool = False  # DANGEROUS: load model files outside Keras' safe mode
+    # DANGEROUS: load model files outside Keras' safe mode, and call the _target_s a run directory's saved config names
+    unsafe_load: bool = False
     ckpt_path: Optional[str] = None  # eval/predict/export: a run directory or a model.keras file
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -256,6 +269,7 @@ class RunConfig:
     predict: PredictConfig = field(default_factory=PredictConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     hparams_search: HparamsSearchConfig = field(default_factory=HparamsSearchConfig)
+    load: LoadConfig = field(default_factory=LoadConfig)
 
 
 # group -> its schema, and whether extra keys need a ``_target_`` (False: always accepted)

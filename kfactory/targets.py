@@ -10,6 +10,10 @@ failed, or it returned the wrong kind of object. A group's target (model, loss,
 optimizer, data) is given only the keys its schema (kfactory/schema.py) does not
 declare: the user's own ``+model.width=...``, never kfactory's keys.
 
+A config read from a file (a run directory's ``.hydra/config.yaml``) is data:
+its ``_target_`` entries are called only when the current command names the
+same target or says ``unsafe_load=true`` (``check_saved_targets``).
+
 This module imports no TensorFlow; resolving a target imports the user's module,
 which may.
 """
@@ -17,8 +21,9 @@ which may.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -118,6 +123,39 @@ def check_targets(cfg: DictConfig) -> None:
                 raise ConfigError(f"trainer.callbacks[{index}]", entry, accepted)
             if isinstance(entry, Mapping | DictConfig):
                 resolve(f"trainer.{list_key}[{index}].{TARGET}", target_of(entry))
+
+
+def targets_in(node: Any, where: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every ``_target_`` set in ``node``, e.g. ``('trainer.metrics[0]._target_', ...)``."""
+    if OmegaConf.is_config(node):
+        node = OmegaConf.to_container(node, resolve=False)  # read as written: no interpolation is resolved
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            inner = f"{where}.{key}" if where else str(key)
+            if key == TARGET and value is not None:
+                yield inner, value
+            else:
+                yield from targets_in(value, inner)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from targets_in(value, f"{where}[{index}]")
+
+
+def check_saved_targets(saved: DictConfig, current: DictConfig, path: Path) -> None:
+    """Refuse, in one line, a ``_target_`` that the config file ``path`` names and the current command does not.
+
+    Calling a saved target runs whatever code the file's author chose (any function
+    of any installed package); it is called only if the current command names the
+    same target (``data._target_=my_pkg.data.load``) or says ``unsafe_load=true``.
+    Nothing is imported or called here.
+    """
+    if current.get("unsafe_load") is True:
+        return
+    named = {str(value) for _, value in targets_in(current)}
+    for key, target in targets_in(saved):
+        if str(target) not in named:
+            accepted = f"a target the command names: {path} asks to call it; add {key}={target} or unsafe_load=true"
+            raise ConfigError(key, target, f"{accepted} to call it (only for a run you trust)")
 
 
 def check_custom_model(model: DictConfig, finetune: DictConfig) -> None:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import socket
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -73,14 +70,12 @@ def test_resume_on_a_complete_run_says_so_in_one_line_and_changes_nothing(finish
 
 
 def test_a_run_directory_another_process_trains_in_is_refused_untouched(tmp_path):
-    from kfactory.run.lock import LOCK_FILE, process_start
+    from tests.test_run_lock import holding_process
 
     run = tmp_path / "busy"
     run.mkdir()
-    holder = subprocess.Popen(["sleep", "60"])
+    holder = holding_process(run)
     try:
-        record = {"host": socket.gethostname(), "pid": holder.pid, "started": process_start(holder.pid)}
-        (run / LOCK_FILE).write_text(json.dumps(record))
         before = snapshot(tmp_path)
         result = run_cli([f"hydra.run.dir={run}"], cwd=tmp_path)
     finally:

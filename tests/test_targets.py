@@ -56,12 +56,15 @@ def test_your_own_parts_train_evaluate_and_predict(tmp_path):
     with zipfile.ZipFile(run_dir / "model.keras") as archive:
         assert json.loads(archive.read("kfactory.json"))["model"] == f"{PARTS}.build_net"
 
-    evaluated = run_cli(["task=eval", f"ckpt_path={run_dir}", f"hydra.run.dir={tmp_path / 'eval'}"], env=ENV)
+    # your own run: its saved targets may be called, and the module of its custom layer imported
+    trusted = ["unsafe_load=true", f"load.modules=[{PARTS}]"]
+    evaluated = run_cli(["task=eval", f"ckpt_path={run_dir}", *trusted, f"hydra.run.dir={tmp_path / 'eval'}"], env=ENV)
     assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
     assert json.loads((tmp_path / "eval" / "eval_metrics.json").read_text())["test_seven"] == 7.0
 
     predicted = run_cli(
-        ["task=predict", f"ckpt_path={run_dir}", f"predict.input={images}", f"hydra.run.dir={tmp_path / 'predict'}"],
+        ["task=predict", f"ckpt_path={run_dir}", f"predict.input={images}", f"hydra.run.dir={tmp_path / 'predict'}"]
+        + [f"load.modules=[{PARTS}]"],
         env=ENV,
     )
     assert predicted.returncode == 0, predicted.stdout + predicted.stderr
@@ -190,12 +193,12 @@ def test_a_data_source_without_images_is_refused(paths, refusal):
 
 
 def test_a_saved_custom_model_needs_its_module_to_load(tmp_path):
-    from kfactory.model.checkpoint import import_registered_modules, load_model, save_model
+    from kfactory.model.checkpoint import load_model, save_model
     from tests.user_parts import build_net
 
     path = tmp_path / "model.keras"
     save_model(build_net((16, 16, 3), 2), path, {"class_names": ["a", "b"]})
-    assert load_model(path).layers[1].__class__.__name__ == "Scale"  # safe mode, module imported
+    assert load_model(path, modules=[PARTS]).layers[1].__class__.__name__ == "Scale"  # safe mode, module named
     moved = tmp_path / "moved.keras"
     with zipfile.ZipFile(path) as source, zipfile.ZipFile(moved, "w") as target:
         for item in source.namelist():
@@ -204,7 +207,10 @@ def test_a_saved_custom_model_needs_its_module_to_load(tmp_path):
                 data = data.replace(b'"module": "tests.user_parts"', b'"module": "gone_pkg.layers"')
                 data = data.replace(b"kfactory_tests>Scale", b"gone_pkg>Scale")
             target.writestr(item, data)
-    assert import_registered_modules(moved) == []
     with pytest.raises(ConfigError) as caught:
-        load_model(moved)
-    assert str(caught.value).startswith(f"ckpt_path={moved} is not accepted: a model whose custom classes import")
+        load_model(moved, modules=["json"])
+    message = str(caught.value)
+    assert message.startswith(
+        f"load.modules=['json'] is not accepted: the modules that define the custom classes of {moved}"
+    )
+    assert message.endswith("Keras could not locate class 'Scale'")

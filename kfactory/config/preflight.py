@@ -22,6 +22,7 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from kfactory.config.validate import validate
 from kfactory.errors import ConfigError
+from kfactory.framework import check_backend
 from kfactory.run import lock as run_lock
 from kfactory.run.resume import COMPLETE, METRICS_FILE, check_run_dir, complete_message, resume_mode
 
@@ -37,6 +38,7 @@ class Preflight(Callback):
             del task_cfg["hydra"]
         run_dir = Path(str(config.hydra.run.dir)).absolute()
         try:
+            check_backend()
             task_cfg = validate(task_cfg)  # typed by the schema, as the task will see it
             resume = resume_mode(task_cfg, config.hydra.launcher.get("_target_"), list(config.hydra.overrides.task))
             state = check_run_dir(task_cfg, run_dir, "hydra.run.dir", resume)

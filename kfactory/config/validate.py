@@ -29,6 +29,7 @@ from kfactory.registry import (
     PROBABILITY_ACTIVATIONS,
     input_size,
     metric_log_name,
+    monitor_mode,
 )
 from kfactory.schema import apply_schema
 from kfactory.targets import CUSTOM, LOSS_LABELS, check_custom_model, check_targets, is_custom_model, target_of
@@ -190,6 +191,7 @@ def _check_monitor(trainer: DictConfig, multilabel: bool) -> None:
     names = ["loss", *(metric_log_name(m) for m in trainer.metrics), *(MULTILABEL_METRICS if multilabel else ())]
     accepted = [f"{split}{n}" for split in ("val_", "") for n in names]
     check_choice("trainer.monitor", trainer.monitor, tuple(accepted))
+    monitor_mode(trainer.monitor, trainer.monitor_mode, trainer.metrics)
 
 
 def _check_cross_validation(data: DictConfig, search: DictConfig) -> None:

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
-import os
-import sys
+import re
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kfactory.errors import ConfigError
-from kfactory.paths import expand_path
+from kfactory.framework import set_untracked
+from kfactory.paths import expand_path, replace_durably
 
 if TYPE_CHECKING:
     import keras
@@ -30,10 +29,10 @@ PIXELS_SIGNATURE = "serving_pixels"  # a batch of uint8 RGB pixels at the input 
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to a temporary file, then rename it over ``path``."""
+    """Write JSON to a temporary file, then rename it over ``path``, durably (``replace_durably``)."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
 
 
 @contextmanager
@@ -45,13 +44,13 @@ def _without_training_state(model: keras.Model) -> Iterator[None]:
     Set without Keras's attribute tracking, and put back whatever happens.
     """
     optimizer, compiled = model.__dict__.get("optimizer"), model.__dict__.get("compiled", False)
-    object.__setattr__(model, "optimizer", None)
-    object.__setattr__(model, "compiled", False)
+    set_untracked(model, "optimizer", None)
+    set_untracked(model, "compiled", False)
     try:
         yield
     finally:
-        object.__setattr__(model, "optimizer", optimizer)
-        object.__setattr__(model, "compiled", compiled)
+        set_untracked(model, "optimizer", optimizer)
+        set_untracked(model, "compiled", compiled)
 
 
 def save_model(model: keras.Model, path: Path, metadata: dict[str, Any]) -> None:
@@ -66,7 +65,7 @@ def save_model(model: keras.Model, path: Path, metadata: dict[str, Any]) -> None
         model.save(tmp)
     with zipfile.ZipFile(tmp, "a") as archive:
         archive.writestr(METADATA_ENTRY, json.dumps(metadata, indent=2))
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
 
 
 def update_metadata(path: Path, values: dict[str, Any]) -> None:
@@ -83,7 +82,7 @@ def rewrite_entries(path: Path, entries: dict[str, str]) -> None:
                 target.writestr(item, source.read(item.filename))
         for name, text in entries.items():
             target.writestr(name, text)
-    os.replace(rewritten, path)
+    replace_durably(rewritten, path)
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
@@ -137,59 +136,35 @@ def find_model_file(ckpt_path: str | None) -> Path:
     return path
 
 
-def import_registered_modules(path: Path) -> list[str]:
-    """Import the modules that define a ``.keras`` file's registered custom classes; return those imported.
-
-    Keras finds a class saved with ``keras.saving.register_keras_serializable`` only
-    once its module has run. Only modules that are installed or on PYTHONPATH, and
-    not part of Python itself, are imported; nothing stored in the file runs.
-    """
-    if path.is_dir() or not zipfile.is_zipfile(path):
-        return []
-    with zipfile.ZipFile(path) as archive:
-        if KERAS_ENTRY not in archive.namelist():
-            return []
-        modules = sorted(_registered_modules(json.loads(archive.read(KERAS_ENTRY))))
-    imported = []
-    for module in modules:
-        top = module.split(".")[0]
-        if module in sys.modules or top in sys.stdlib_module_names or top == "keras":
-            continue
+def import_modules(modules: Sequence[str]) -> None:
+    """Import the modules ``load.modules`` names; ConfigError naming the first that does not import."""
+    for index, module in enumerate(modules):
         try:
-            if importlib.util.find_spec(module) is not None:
-                importlib.import_module(module)
-                imported.append(module)
-        except ImportError:  # Keras then names the class it cannot find
-            continue
-    return imported
+            importlib.import_module(module)
+        except Exception as error:
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            accepted = f"a module on PYTHONPATH or installed ({reason})"
+            raise ConfigError(f"load.modules[{index}]", module, accepted) from None
 
 
-def _registered_modules(node: Any) -> set[str]:
-    """The ``module`` of every serialized object with a registered name (``package>Class``)."""
-    found: set[str] = set()
-    if isinstance(node, dict):
-        if isinstance(node.get("module"), str) and ">" in str(node.get("registered_name") or ""):
-            found.add(node["module"])
-        for value in node.values():
-            found |= _registered_modules(value)
-    elif isinstance(node, list):
-        for value in node:
-            found |= _registered_modules(value)
-    return found
+def load_model(path: Path, safe_mode: bool = True, modules: Sequence[str] = ()) -> keras.Model:
+    """Load a saved model; safe mode refuses code embedded in the file (``unsafe_load=true`` allows it).
 
-
-def load_model(path: Path, safe_mode: bool = True) -> keras.Model:
-    """Load a saved model; safe mode refuses code embedded in the file (``unsafe_load=true`` allows it)."""
+    ``modules`` (``load.modules``) are imported first, to register the file's custom
+    classes; kfactory imports no module because the file names it.
+    """
     import keras
 
-    import_registered_modules(path)
+    import_modules(modules)
     try:
         return keras.models.load_model(path, compile=False, safe_mode=safe_mode)
-    except TypeError as error:  # a registered class whose module did not import
+    except TypeError as error:  # a registered class whose module the command did not name
         if "Could not locate" not in str(error):
             raise
-        accepted = f"a model whose custom classes import: {str(error).splitlines()[0]} (see README, 'Your own parts')"
-        raise ConfigError("ckpt_path", str(path), accepted) from error
+        missing = re.search(r"Could not locate class '([^']+)'", str(error))
+        found = f"Keras could not locate class '{missing[1] if missing else '?'}'"
+        accepted = f"the modules that define the custom classes of {path}, e.g. load.modules=[my_pkg.layers]: {found}"
+        raise ConfigError("load.modules", list(modules), accepted) from error
     except ValueError as error:
         if safe_mode and "safe_mode" in str(error):
             first_line = str(error).splitlines()[0]

@@ -19,7 +19,7 @@ import pandas as pd
 from tensorboard.backend.event_processing import plugin_event_accumulator as accumulator
 from tensorboard.util import tensor_util
 
-from kfactory.registry import monitor_mode
+from kfactory.registry import metric_direction
 
 EVENT_GLOB = "events.out.tfevents.*"
 TB_DIR = "tensorboard"  # a kfactory run's TensorBoard directory
@@ -93,7 +93,7 @@ def leaderboard(scalars: pd.DataFrame, sort: str | None = None) -> pd.DataFrame:
     if sort is not None:
         if sort not in last.columns:
             raise SystemExit(f"--sort {sort}: no such metric; choose from {', '.join(last.columns)}")
-        last = last.sort_values(sort, ascending=monitor_mode(sort) == "min", na_position="last")
+        last = last.sort_values(sort, ascending=metric_direction(sort) == "min", na_position="last")
     return last
 
 

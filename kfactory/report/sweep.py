@@ -27,7 +27,7 @@ from kfactory.config.resolvers import (  # registers the resolvers (also in laun
     next_job_number,
 )
 from kfactory.overrides import split_override
-from kfactory.registry import monitor_mode
+from kfactory.registry import metric_direction
 from kfactory.report.folds import FOLDS_KEY, STD_SUFFIX, fold_means, is_number
 from kfactory.schema import TrainerConfig
 
@@ -116,20 +116,22 @@ def summarize_sweep(root: Path, exclude_keys: Iterable[str] = ()):
     overrides = {job: read_overrides(job) for job in jobs}
     rows = [read_job(job, overrides[job]) for job in jobs]
     monitor = next((m for m in (read_monitor(job) for job in jobs) if m), TrainerConfig.monitor)
+    mode = next((m for m in (read_monitor(job, "monitor_mode") for job in jobs) if m), TrainerConfig.monitor_mode)
+    metrics = next((m for m in (read_monitor(job, "metrics") for job in jobs) if m), [])
     table = pd.DataFrame(rows)
     pareto = pareto_jobs(root)
     if pareto is not None:  # a multi-objective search: mark its Pareto-optimal trials
         table["pareto"] = table["job"].isin(pareto)
     override_keys = list(dict.fromkeys(key for job in jobs for key, _ in overrides[job]))
     lead = leading_columns(table, override_keys, monitor)
-    table = sort_by_monitor(table[lead + [c for c in table.columns if c not in lead]], monitor)
+    table = sort_by_monitor(table[lead + [c for c in table.columns if c not in lead]], monitor, mode, metrics)
     # The printed and markdown tables leave out what every job shares
     hidden = ["overrides", "dir", *(k for k in override_keys if k not in lead)]
     shown = table.drop(columns=hidden)
     text = f"Best first by `{monitor}`.\n\n{markdown_table(shown)}"
     if FOLD_KEY in override_keys:
         pairs = {job.name: overrides[job] for job in jobs}
-        table, groups = group_folds(table, pairs, override_keys, monitor, exclude_keys, root)
+        table, groups = group_folds(table, pairs, override_keys, (monitor, mode, metrics), exclude_keys, root)
         shown = mean_cells(groups.drop(columns=["job", FOLD_KEY, *hidden]))
         text = (
             f"## Cross-validation\n\nMean ± std over each group's finished folds, best first by `{monitor}`."
@@ -145,14 +147,14 @@ def group_folds(
     table,
     overrides: dict[str, list[tuple[str, str]]],
     override_keys: list[str],
-    monitor: str,
+    monitor: tuple[str, str, Any],
     exclude_keys: Iterable[str],
     root: Path,
 ):
     """(``table`` with each cross-validation group's row before its folds' rows, the groups' rows).
 
     A group is the jobs whose overrides other than ``data.fold`` are the same; groups
-    rank best first by their mean ``monitor``.
+    rank best first by their mean ``monitor`` (trainer.monitor, monitor_mode and metrics).
     """
     import pandas as pd
 
@@ -161,7 +163,7 @@ def group_folds(
     table = table.assign(**{GROUP_COLUMN: names})
     fixed = {"job", GROUP_COLUMN, "status", "pareto", "overrides", "dir", *override_keys}
     metrics = [c for c in table.columns if c not in fixed]
-    groups = sort_by_monitor(group_rows(table, keys, override_keys, metrics), monitor)
+    groups = sort_by_monitor(group_rows(table, keys, override_keys, metrics), *monitor)
     parts = []
     for index, key in enumerate(groups["overrides"]):
         members = table[[k == key for k in keys]]
@@ -250,11 +252,12 @@ def read_metrics(job: Path) -> dict[str, Any] | None:
     return None
 
 
-def read_monitor(job: Path) -> str | None:
+def read_monitor(job: Path, key: str = "monitor") -> Any:
+    """A job's ``trainer.<key>`` as it ran (None if it has no saved config or no such key)."""
     config = job / ".hydra" / "config.yaml"
     if not config.exists():
         return None
-    return OmegaConf.select(OmegaConf.load(config), "trainer.monitor", default=None)
+    return OmegaConf.select(OmegaConf.load(config), f"trainer.{key}", default=None)
 
 
 def count_epochs(job: Path) -> int:
@@ -300,11 +303,14 @@ def markdown_table(table) -> str:
     return "\n".join(lines)
 
 
-def sort_by_monitor(table, monitor: str):
-    """Best first by ``monitor`` (lower is better for a loss); pruned jobs after finished ones, failed jobs last."""
+def sort_by_monitor(table, monitor: str, mode: str = "auto", metrics: Any = ()):
+    """Best first by ``monitor`` (lower is better for a loss or an error, or with ``mode`` min).
+
+    Pruned jobs come after finished ones, failed jobs last.
+    """
     column = next((c for c in ranking_columns(monitor) if c in table.columns), None)
     if column is None:
         return table.sort_values("job").reset_index(drop=True)
-    ascending = monitor_mode(monitor) == "min"
+    ascending = (mode if mode in ("min", "max") else metric_direction(monitor, metrics or ())) == "min"
     table = table.sort_values(column, ascending=ascending, na_position="last", kind="stable")
     return table.sort_values("status", key=lambda s: s.map(STATUS_ORDER), kind="stable").reset_index(drop=True)

@@ -1,17 +1,20 @@
-"""One writer per run directory: a lock file naming the host and process that trains there.
+"""One writer per run directory: a kernel lock on a file naming the host and process that trains there.
 
-``<run dir>/.kfactory.lock`` is created exclusively when a training run starts
-and removed when it ends. A second process refuses in one line naming the
-holder. A lock left by a process that is gone is taken over with a warning:
-on this host when its process no longer exists (the process start time guards
-against a reused pid), on any host when it was written by an earlier start of
-this same Slurm job (a requeued job may land on another node).
+``<run dir>/.kfactory.lock`` is locked with ``fcntl.flock`` when a training run
+starts; the kernel releases that lock when the process ends, however it ends, so
+two processes can never both hold it, and a dead holder's lock is free at once.
+The file also records the holder (host, pid, Slurm job) for the refusal, which
+names it in one line. A record written on another host is trusted where the
+kernel lock cannot see across hosts: it is taken over only by a later start of
+the same Slurm job (a requeued job may land on another node), after waiting up to
+``REQUEUE_WAIT_S`` for a shared file system to drop the dead node's lock.
 
 No TensorFlow here.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -21,10 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from kfactory.errors import ConfigError
+from kfactory.paths import fsync_directory
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".kfactory.lock"
+REQUEUE_WAIT_S = 120.0  # an NFSv4 server keeps a dead client's locks for its lease (90 s by default)
+
+_held: dict[Path, int] = {}  # lock path -> the open file whose kernel lock this process holds
 
 
 def process_start(pid: int) -> str | None:
@@ -84,28 +91,81 @@ def acquire(run_dir: Path, dir_key: str = "hydra.run.dir") -> Path:
     """Take the lock of ``run_dir`` or raise ConfigError naming the process that holds it."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_FILE
-    for _ in range(3):  # another process may take over the same stale lock at the same time
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = read_holder(path)
-            reason = stale_reason(holder) if holder else None
-            if reason is None:
-                raise ConfigError(dir_key, str(run_dir), refusal(holder, path)) from None
-            pid, host = holder.get("pid"), holder.get("host")
-            log.warning("Taking over the lock %s of pid %s on %s: %s", path, pid, host, reason)
-            path.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as handle:
-            json.dump(this_holder(), handle)
+    if path in _held:
         return path
-    raise ConfigError(dir_key, str(run_dir), refusal(read_holder(path), path))
+    deadline = time.monotonic() + REQUEUE_WAIT_S
+    while (fd := _lock(path)) is None:
+        holder = read_holder(path)
+        if not _requeued(holder) or time.monotonic() > deadline:
+            raise ConfigError(dir_key, str(run_dir), refusal(holder, path))
+        time.sleep(1.0)
+    holder = read_holder(path)  # the record of a holder that ended without removing it, if any
+    reason = "its process ended (the kernel released its lock)" if holder else None
+    if holder and holder.get("host") != socket.gethostname():  # a lock the kernel here cannot see
+        reason = stale_reason(holder)
+        if reason is None:
+            _unlock(fd)
+            raise ConfigError(dir_key, str(run_dir), refusal(holder, path))
+    if reason:
+        log.warning("Taking over the lock %s of pid %s on %s: %s", path, holder.get("pid"), holder.get("host"), reason)
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps(this_holder()).encode())
+    os.fsync(fd)
+    fsync_directory(run_dir)
+    _held[path] = fd
+    return path
+
+
+def _lock(path: Path) -> int | None:
+    """An open file of ``path`` whose kernel lock this process now holds, or None if another process holds it.
+
+    A holder that ends removes the file; a lock taken on a file so removed is
+    let go and taken again on the file now at ``path``.
+    """
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        _unlock(fd)
+
+
+def _unlock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def _requeued(holder: dict[str, Any]) -> bool:
+    """Whether ``holder`` is an earlier start of this Slurm job, whose lock a shared file system may still keep."""
+    me = os.environ.get("SLURM_JOB_ID")
+    return bool(me) and holder.get("slurm_job_id") == me and holder.get("host") != socket.gethostname()
 
 
 def check_free(run_dir: Path, dir_key: str = "hydra.run.dir") -> None:
     """Raise ConfigError if a live process holds the lock of ``run_dir`` (nothing is written either way)."""
     path = run_dir / LOCK_FILE
-    if path.exists() and stale_reason(holder := read_holder(path)) is None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        held = path in _held
+    except BlockingIOError:
+        held = True
+    finally:
+        os.close(fd)
+    holder = read_holder(path)
+    on_other_host = holder and holder.get("host") != socket.gethostname() and stale_reason(holder) is None
+    if (held and path not in _held) or on_other_host:
         raise ConfigError(dir_key, str(run_dir), refusal(holder, path))
 
 
@@ -125,7 +185,9 @@ def refusal(holder: dict[str, Any], path: Path) -> str:
 
 
 def release(path: Path) -> None:
-    """Remove the lock if this process still holds it."""
-    holder = read_holder(path)
-    if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-        path.unlink(missing_ok=True)
+    """Remove the lock file and let go of its kernel lock, if this process holds it."""
+    fd = _held.pop(path, None)
+    if fd is None:
+        return
+    path.unlink(missing_ok=True)  # while still locked: a process waiting on this file then takes the next one
+    _unlock(fd)

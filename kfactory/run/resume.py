@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from kfactory.errors import ConfigError
+from kfactory.paths import replace_durably
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def restore_history(run_dir: Path) -> list[dict[str, float]]:
         writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(kept)
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
     # history.csv counts epochs from 1; the callbacks that replay these rows count them as Keras does, from 0
     restored = [{key: float(value) for key, value in row.items() if value not in ("", None)} for row in kept]
     return [{**row, "epoch": row["epoch"] - 1} for row in restored]

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import keras
 
+from kfactory.framework import backup_metadata_path, backup_position, checked_overrides, set_initial_epoch
 from kfactory.model.checkpoint import write_json_atomic
+from kfactory.paths import replace_durably
 from kfactory.run.resume import BACKUP_METADATA, read_backup_metadata
 from kfactory.train.divergence import finite_loss
 
 
+@checked_overrides
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     """BackupAndRestore whose backup is never half-written, whenever the process is killed.
 
@@ -24,12 +27,13 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def _save_model(self) -> None:
         os.makedirs(self.backup_dir, exist_ok=True)
-        name = f"epoch{self._current_epoch}.weights.h5"
+        epoch, batch = backup_position(self)
+        name = f"epoch{epoch}.weights.h5"
         tmp = os.path.join(self.backup_dir, f"partial-{name}")
         self.model.save_weights(tmp, overwrite=True)
-        os.replace(tmp, os.path.join(self.backup_dir, name))
-        metadata = {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name}
-        write_json_atomic(Path(self._training_metadata_path), metadata)
+        replace_durably(tmp, os.path.join(self.backup_dir, name))
+        metadata = {"epoch": epoch, "batch": batch, "weights": name}
+        write_json_atomic(Path(backup_metadata_path(self)), metadata)
         for other in os.listdir(self.backup_dir):  # the earlier epochs' weights
             if other.endswith(".weights.h5") and other != name:
                 os.remove(os.path.join(self.backup_dir, other))
@@ -39,13 +43,13 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             super().on_epoch_end(epoch, logs)
 
     def on_train_begin(self, logs: dict | None = None) -> None:
-        self._load_model()
+        self.restore_backup()
 
-    def _load_model(self) -> None:
+    def restore_backup(self) -> None:
         metadata = read_backup_metadata(Path(self.backup_dir) / BACKUP_METADATA)
         if metadata is None:  # no epoch backed up yet: start at the phase's first epoch
             return
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)  # its state is in the backup too
         self.model.load_weights(os.path.join(self.backup_dir, metadata.get("weights", "latest.weights.h5")))
-        self.model._initial_epoch = metadata["epoch"]
+        set_initial_epoch(self.model, metadata["epoch"])

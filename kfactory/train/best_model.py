@@ -22,10 +22,10 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     best epoch came before the restart, only the file has them (both None).
     """
 
-    def __init__(self, path: Path, monitor: str, metadata: dict[str, Any]) -> None:
+    def __init__(self, path: Path, monitor: str, metadata: dict[str, Any], mode: str = "auto") -> None:
         super().__init__()
         self.path, self.monitor, self.metadata = path, monitor, metadata
-        self.mode = monitor_mode(monitor)
+        self.mode = monitor_mode(monitor, mode)
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.best_weights: list[np.ndarray] | None = None

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
+from kfactory.framework import drop_custom_gradients, symbolic_build
 from kfactory.train.distribute import split_cpu
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ def build_before_fit(model: keras.Model, element_spec: Any) -> None:
     own that cannot run symbolically), Keras builds as it would have.
     """
     try:
-        model._symbolic_build(data_batch=element_spec)
+        symbolic_build(model, element_spec)
     except Exception as error:  # the step traces twice, as in plain Keras
         log.debug("Variables left to the first trace (%s: %s)", type(error).__name__, error)
 
@@ -174,12 +175,5 @@ def release_finished_job() -> None:
     import keras
 
     keras.backend.clear_session(free_memory=False)
-    try:
-        from tensorflow.python.framework import ops
-
-        registry = ops._gradient_registry._registry  # private, hence the guard
-    except (ImportError, AttributeError):  # pragma: no cover - a TensorFlow without it
-        registry = {}
-    for name in [name for name in registry if name.startswith("CustomGradient-")]:
-        del registry[name]
+    drop_custom_gradients()
     gc.collect()

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig
 
 from kfactory.errors import ConfigError
+from kfactory.framework import set_initial_epoch
 from kfactory.registry import monitor_mode
 from kfactory.targets import is_custom_model
 
@@ -157,7 +158,7 @@ def fit_in_phases(
     from kfactory.train.schedules import learning_rate_logger, make_learning_rate, schedule_callbacks, schedule_of
 
     schedule = schedule_of(cfg.optimizer)
-    mode = monitor_mode(cfg.trainer.monitor)
+    mode = monitor_mode(cfg.trainer.monitor, cfg.trainer.monitor_mode, cfg.trainer.metrics)
     before = [learning_rate_logger(), *_ema_callbacks(cfg.trainer.ema)]  # before CSVLogger and the checkpoint
     after = schedule_callbacks(schedule, cfg.trainer.monitor, mode)
     phases = plan_phases(cfg.finetune, cfg.model.freeze, cfg.optimizer.learning_rate, cfg.trainer.epochs)
@@ -174,7 +175,7 @@ def fit_in_phases(
         epochs_in_phase = phase.epochs - phase.initial_epoch
         compile_phase(make_learning_rate(schedule, phase.learning_rate, epochs_in_phase, steps_per_epoch))
         log.info("%s", describe_phase(model, phase, number, len(phases), pretrained))
-        model._initial_epoch = None  # a BackupAndRestore of an earlier phase must not move this phase's start
+        set_initial_epoch(model, None)  # a BackupAndRestore of an earlier phase must not move this phase's start
         history = model.fit(
             train,
             validation_data=val,

@@ -9,11 +9,13 @@ from typing import Any
 import keras
 import numpy as np
 
+from kfactory.framework import checked_overrides, train_writer
 from kfactory.train.deferred import Deferred
 
 log = logging.getLogger(__name__)
 
 
+@checked_overrides
 class EpochTensorBoard(keras.callbacks.TensorBoard):
     """Keras's TensorBoard callback with epochs counted from 1 as steps (``histogram_freq=N``: epochs N, 2N, …).
 
@@ -48,10 +50,10 @@ class EpochTensorBoard(keras.callbacks.TensorBoard):
 
         try:
             metadata = create_summary_metadata(display_name=None, description=None)
-            with self._train_writer.as_default():
+            with train_writer(self).as_default():
                 for tag, values in weights:
                     self.summary.write(tag, histogram_buckets(values), step=epoch, metadata=metadata)
-            self._train_writer.flush()
+            train_writer(self).flush()
         except Exception as error:  # a histogram is not worth a run
             log.warning("Weight histograms of epoch %d not written: %s: %s", epoch, type(error).__name__, error)
 

@@ -18,7 +18,7 @@ from kfactory.data.pipeline import Splits, make_dataset, make_splits
 from kfactory.errors import RunStopped
 from kfactory.model.build import build_model
 from kfactory.model.checkpoint import MODEL_FILE, load_model, update_metadata, write_json_atomic
-from kfactory.registry import input_size
+from kfactory.registry import input_size, monitor_mode
 from kfactory.run.resume import drop_backup, restore_history
 from kfactory.targets import is_custom_model
 from kfactory.train.best_model import BestModelCheckpoint
@@ -59,7 +59,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     probe = XlaProbe() if xla.measure else None
     with strategy.scope():  # variables and optimizer slots live on the strategy's devices
         model = build_model(cfg, len(splits.class_names))
-    checkpoint = BestModelCheckpoint(run_dir / MODEL_FILE, cfg.trainer.monitor, model_metadata(cfg, splits))
+    mode = monitor_mode(cfg.trainer.monitor, cfg.trainer.monitor_mode, cfg.trainer.metrics)
+    checkpoint = BestModelCheckpoint(run_dir / MODEL_FILE, cfg.trainer.monitor, model_metadata(cfg, splits), mode)
 
     def compile_phase(learning_rate: Any) -> None:  # each fine-tuning phase recompiles, in the model's strategy
         jit = xla.jit if probe is None or probe.decided is None else probe.decided

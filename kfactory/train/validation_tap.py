@@ -9,6 +9,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kfactory.framework import set_untracked
+
 
 class ValidationOutputs:
     """The labels and outputs of fit's validation pass, kept as it computes them (no second pass).
@@ -61,8 +63,8 @@ class ValidationOutputs:
                 tap.record(y, y_pred)
             return compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
-        object.__setattr__(model, "test_step", tapped_test_step)  # untracked by Keras, never saved
-        object.__setattr__(model, "compute_metrics", tapped_compute_metrics)
+        set_untracked(model, "test_step", tapped_test_step)  # untracked by Keras, never saved
+        set_untracked(model, "compute_metrics", tapped_compute_metrics)
         return tap
 
     def record(self, y: tf.Tensor, y_pred: tf.Tensor) -> None:

@@ -15,6 +15,7 @@ from kfactory.data.split_record import SPLITS_FILE, SplitRecord, read_split
 from kfactory.model.build import to_probabilities
 from kfactory.model.checkpoint import find_model_file, load_model, read_metadata, write_json_atomic
 from kfactory.schema import apply_schema
+from kfactory.targets import check_saved_targets
 from kfactory.train.compile import compile_model
 from kfactory.train.multilabel import class_scores, stored_thresholds
 
@@ -24,12 +25,15 @@ log = logging.getLogger(__name__)
 def training_config(model_path: Path, fallback: DictConfig) -> DictConfig:
     """The config the model was trained with (its run's .hydra/config.yaml), else ``fallback``.
 
-    The saved file goes through the schema too: a run saved before a key existed
-    reads that key's default.
+    The saved file is data: a ``_target_`` in it is called only if ``fallback`` (the
+    current command) names the same target or says ``unsafe_load=true``. It goes
+    through the schema too: a run saved before a key existed reads that key's default.
     """
     saved = model_path.parent / ".hydra" / "config.yaml"
     if saved.is_file():
-        cfg = apply_schema(OmegaConf.load(saved))
+        loaded = OmegaConf.load(saved)
+        check_saved_targets(loaded, fallback, saved)
+        cfg = apply_schema(loaded)
         settle_label_task(cfg)  # data.task=auto, and a multi-label run's head, as training settled them
         return cfg
     log.warning("No %s; evaluating on the data of the current config", saved)
@@ -44,7 +48,7 @@ def evaluate(cfg: DictConfig, run_dir: Path) -> float:
     splits = make_splits(train_cfg, recorded=scored_split(model_path.parent))
     metadata = read_metadata(model_path)
     class_names = metadata.get("class_names", splits.class_names)
-    model = load_model(model_path, safe_mode=not cfg.unsafe_load)
+    model = load_model(model_path, safe_mode=not cfg.unsafe_load, modules=cfg.load.modules)
     compile_model(model, train_cfg, len(class_names), jit_compile=False)
     split = "test" if splits.test is not None else "val"  # a run trained with data.test_split=0
     data, labels = getattr(splits, split), splits.source.labels[splits.indices[split]]

@@ -49,7 +49,7 @@ def export(cfg: DictConfig, run_dir: Path) -> None:
     """Export the model of ``cfg.ckpt_path`` as ``cfg.export.format``, with a model card."""
     source = find_model_file(cfg.ckpt_path)
     metadata = read_metadata(source)
-    model = load_model(source, safe_mode=not cfg.unsafe_load)
+    model = load_model(source, safe_mode=not cfg.unsafe_load, modules=cfg.load.modules)
     metadata.setdefault("class_names", [str(i) for i in range(max(model.output_shape[-1], 2))])
     out_dir = expand_path(cfg.export.dir) if cfg.export.dir else run_dir
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ shifting any other row.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,17 +46,17 @@ class Predictor:
     label_separator: str = ";"
 
 
-def load_predictor(path: Path, safe_mode: bool = True) -> Predictor:
-    """Load a ``.keras`` file or an exported SavedModel directory for prediction."""
+def load_predictor(path: Path, safe_mode: bool = True, modules: Sequence[str] = ()) -> Predictor:
+    """Load a ``.keras`` file (importing ``modules`` first) or an exported SavedModel directory for prediction."""
     metadata = read_metadata(path)
-    predictor = _load(path, metadata, safe_mode)
+    predictor = _load(path, metadata, safe_mode, modules)
     if metadata.get("task") == "multilabel":
         predictor.thresholds = stored_thresholds(metadata, predictor.class_names)
         predictor.label_separator = metadata.get("label_separator", predictor.label_separator)
     return predictor
 
 
-def _load(path: Path, metadata: dict, safe_mode: bool) -> Predictor:
+def _load(path: Path, metadata: dict, safe_mode: bool, modules: Sequence[str]) -> Predictor:
     if is_saved_model(path):
         signature = tf.saved_model.load(str(path)).signatures[PIXELS_SIGNATURE]
         spec = signature.structured_input_signature[1]["pixels"]
@@ -66,7 +66,7 @@ def _load(path: Path, metadata: dict, safe_mode: bool) -> Predictor:
             sample = signature(pixels=tf.zeros((1, *size, 3), tf.uint8))["class_names"]
             names = [n.decode() for n in sample.numpy()[0]]
         return Predictor(lambda x: signature(pixels=tf.cast(x, tf.uint8))["probabilities"].numpy(), size, names)
-    model = load_model(path, safe_mode)
+    model = load_model(path, safe_mode, modules)
     size = (int(model.input_shape[1]), int(model.input_shape[2]))
     names = metadata.get("class_names") or [str(i) for i in range(max(model.output_shape[-1], 2))]
     activation, multilabel = metadata.get("activation", "softmax"), metadata.get("task") == "multilabel"
@@ -106,7 +106,7 @@ def read_prediction_csv(path: Path) -> tuple[list[str], list[str] | None]:
 
 def predict(cfg: DictConfig, run_dir: Path) -> float | None:
     """Write ``predictions.csv`` for ``cfg.predict.input``; return accuracy if labelled."""
-    predictor = load_predictor(find_model_file(cfg.ckpt_path), safe_mode=not cfg.unsafe_load)
+    predictor = load_predictor(find_model_file(cfg.ckpt_path), not cfg.unsafe_load, cfg.load.modules)
     files, true_labels = list_inputs(cfg.predict.input)
     kept, probabilities = predict_files(predictor, files, cfg.data.batch_size)
     record_unreadable(files, kept, run_dir)
