@@ -45,7 +45,7 @@ WRITE_BATCH = 256  # images decoded per write
 SHARD_BYTES = 256 * 2**20  # a new shard file after about this many bytes
 READ_BUFFER = 4 * 2**20  # bytes read ahead per open shard
 SHARDS_READ_AT_ONCE = 4  # training interleaves this many shards, in a new order each epoch
-SHUFFLE_BYTES = 256 * 2**20  # a streamed training split shuffles at most this many bytes of images
+SHUFFLE_BYTES = 64 * 2**20  # a streamed training split shuffles at most this many bytes of images
 
 
 def canonical_files(paths: list[str]) -> np.ndarray:
