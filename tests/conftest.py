@@ -27,6 +27,22 @@ TINY = [
     "data.batch_size=16",
 ]
 
+# How far one model's float32 probabilities may move between two graphs or batch shapes of the same input:
+# oneDNN picks its kernels by CPU and by shape, and measured differences reach ~5e-6 (more on other CPUs).
+PROB_ATOL = 1e-4
+
+
+def assert_same_top_labels(probabilities, first, second) -> None:
+    """``first`` and ``second`` name the same top label wherever ``probabilities`` (rows of one side) show no near tie.
+
+    A row whose top two probabilities lie within 2 * PROB_ATOL may flip between kernels; at most one
+    such row is allowed, so the comparison still covers (nearly) every image.
+    """
+    top_two = np.sort(np.asarray(probabilities, dtype=np.float64), axis=-1)[:, -2:]
+    clear = top_two[:, 1] - top_two[:, 0] > 2 * PROB_ATOL
+    assert (~clear).sum() <= 1, f"{(~clear).sum()} near ties: the model does not tell these images apart"
+    assert (np.asarray(first)[clear] == np.asarray(second)[clear]).all()
+
 
 def compose_config(overrides: list[str] | None = None, run_dir: Path | None = None) -> DictConfig:
     """The real composed config, as ``run.py`` would see it."""
