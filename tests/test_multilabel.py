@@ -61,9 +61,9 @@ def test_training_reaches_a_macro_f1_and_stores_thresholds(multilabel_run):
     run_dir, _ = multilabel_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
     # Five epochs from scratch rank well but calibrate poorly: F1 at 0.5 measured 0.45 to 0.83 by seed and CPU
-    # (every label for every image scores 0.67), so the bar is ranking. val_roc_auc measured 0.80, 0.85, 0.87
-    # (seeds 42, 1, 2; seed 42 the same under ONEDNN_MAX_CPU_ISA=AVX2 and TF_ENABLE_ONEDNN_OPTS=0); chance is 0.5.
-    assert metrics["val_roc_auc"] > 0.65 and metrics["test_map"] > 0.7  # test_map measured 0.88 to 0.93
+    # (every label for every image scores 0.67), so the bar is ranking. val_roc_auc measured 0.80 to 0.92 over
+    # seeds 42, 1, 2 and, for seed 42, ONEDNN_MAX_CPU_ISA=AVX2 / SSE41 and TF_ENABLE_ONEDNN_OPTS=0; chance is 0.5.
+    assert metrics["val_roc_auc"] > 0.65 and metrics["test_map"] > 0.7  # test_map measured 0.86 to 0.93
     assert metrics["val_f1_macro_tuned"] >= metrics["val_f1_macro"] - 1e-6  # tuned on this very split
     for key in ("val_f1_micro", "val_pr_auc", "val_roc_auc", "val_exact_match", "val_map", "test_map"):
         assert 0 <= metrics[key] <= 1
@@ -100,7 +100,7 @@ def test_predict_lists_every_label_above_its_threshold(multilabel_run, tmp_path)
         assert row["exact_match"] == (set(listed) == set(filter(None, row["true_labels"].split(";"))))
         probs = [float(p) for p in str(row["probabilities"]).split(";") if p]
         assert probs == sorted(probs, reverse=True) and len(probs) == len(listed)
-    # measured 0.51 and 0.53 (seeds 42, 1); always naming the commonest label set scores 0.3
+    # measured 0.51 to 0.67 (seeds 42, 1; seed 42 under SSE41); always naming the commonest label set scores 0.31
     assert exact == pytest.approx(table["exact_match"].mean()) and exact > 0.4
     truth = pd.read_csv(csv)["label"].map(lambda s: ";".join(sorted(s.split(";"))))
     assert (table["true_labels"] == truth).all()
