@@ -114,9 +114,12 @@ def image_folder(tmp_path: Path) -> Path:
     return write_image_folder(tmp_path / "images", {"cats": 12, "dogs": 12})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> tuple[Path, Path]:
-    """(run directory of a tiny trained model, the class-folder tree it was trained on), once per module."""
+    """(run directory of a tiny trained model, the class-folder tree it was trained on), once per session.
+
+    Shared by the predict, export and standalone tests, none of which writes into it.
+    """
     from tests.tiny_model import train_tiny_model, write_images
 
     root = tmp_path_factory.mktemp("trained")

@@ -46,6 +46,7 @@ def test_saved_model_loads_with_plain_keras_and_carries_class_names(trained_run)
 
 
 @pytest.mark.numeric
+@pytest.mark.slow  # a second CLI process on the run; test_evaluate scores a run in-process
 def test_eval_reproduces_the_runs_test_metrics(trained_run, tmp_path):
     run_dir, _ = trained_run
     result = run_cli(["task=eval", f"ckpt_path={run_dir}", f"hydra.run.dir={tmp_path}"])
@@ -59,6 +60,7 @@ def test_eval_reproduces_the_runs_test_metrics(trained_run, tmp_path):
     assert "Per-class report" in result.stdout + result.stderr
 
 
+@pytest.mark.slow  # a third CLI process on the run; test_predict covers predict in-process
 def test_predict_writes_top_k_labels_and_probabilities(trained_run, tmp_path):
     from PIL import Image
 

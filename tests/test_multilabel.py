@@ -126,6 +126,7 @@ def test_exact_match_and_average_precision_by_hand():
     assert tune_thresholds(truth, probs).tolist() == [0.25, 0.5]  # class 2 has no positive: 0.5 stays
 
 
+@pytest.mark.slow  # exports a SavedModel and a TFLite file, then predicts 300 images twice: test_export covers each
 def test_saved_model_gives_the_labels_above_their_thresholds(multilabel_run, tmp_path):
     import keras
     import tensorflow as tf

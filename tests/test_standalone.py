@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import PROB_ATOL, compose_config, run_cli
-from tests.tiny_model import SIZE, train_tiny_model, write_images
+from tests.tiny_model import SIZE, write_images
 
 # Runs in a fresh interpreter, from a folder where kfactory cannot be imported:
 # any attempt to import it (by us or by Keras while deserialising) fails.
@@ -66,11 +66,11 @@ def assert_standalone_matches_predict(model_path: Path, table: pd.DataFrame, cwd
 
 
 @pytest.mark.numeric
-def test_model_keras_loads_and_predicts_without_kfactory(tmp_path):
+def test_model_keras_loads_and_predicts_without_kfactory(trained, tmp_path):
     from kfactory.use.predict import predict
 
-    images = write_images(tmp_path / "images")
-    model_path = train_tiny_model(tmp_path / "run", images)
+    run_dir, images = trained
+    model_path = run_dir / "model.keras"
     (tmp_path / "predict").mkdir()
     cfg = compose_config(["task=predict", f"ckpt_path={model_path}", f"predict.input={images}"])
     predict(cfg, tmp_path / "predict")
