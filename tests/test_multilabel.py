@@ -57,7 +57,7 @@ def multilabel_run(tmp_path_factory) -> tuple[Path, Path]:
     return train_run(tmp_path_factory.mktemp("multilabel"), count=300, epochs=5)
 
 
-def test_training_reaches_a_macro_f1_and_stores_thresholds(multilabel_run):
+def test_training_ranks_label_sets_and_stores_thresholds(multilabel_run):
     run_dir, _ = multilabel_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
     # Five epochs from scratch rank well but calibrate poorly: F1 at 0.5 measured 0.45 to 0.83 by seed and CPU
