@@ -114,6 +114,7 @@ def run_eval(ckpt: Path, out: Path) -> float:
     return evaluate(compose_config(["task=eval", f"ckpt_path={ckpt}"]), out)
 
 
+@pytest.mark.numeric
 def test_eval_scores_the_test_split_and_writes_the_report(run_dir, tmp_path):
     accuracy, size = expected_accuracy(run_dir, "test")
     returned = run_eval(run_dir, tmp_path / "eval")
@@ -127,6 +128,7 @@ def test_eval_scores_the_test_split_and_writes_the_report(run_dir, tmp_path):
     assert report.loc[["a", "b"], "recall"].mean() == pytest.approx(accuracy)  # balanced classes
 
 
+@pytest.mark.numeric
 def test_a_run_trained_without_a_test_split_is_scored_on_its_validation_split(run_dir, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)

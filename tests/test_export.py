@@ -11,7 +11,7 @@ from PIL import Image
 
 from kfactory.config.validate import validate
 from kfactory.errors import ConfigError
-from tests.conftest import compose_config, run_cli
+from tests.conftest import PROB_ATOL, assert_same_top_labels, compose_config, run_cli
 
 
 def run_export(trained_run: Path, out: Path, *overrides: str) -> Path:
@@ -42,6 +42,7 @@ def saved_model(trained, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.numeric
 def test_saved_model_takes_jpeg_bytes_and_matches_keras(trained, saved_model):
     import tensorflow as tf
 
@@ -53,14 +54,16 @@ def test_saved_model_takes_jpeg_bytes_and_matches_keras(trained, saved_model):
     # What Keras sees for the same JPEG: decoded by TF, at the model's size already.
     pixels = np.stack([tf.io.decode_jpeg(b, channels=3).numpy() for b in encoded])
     expected = keras_probabilities(run_dir, pixels)
-    np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
+    # the SavedModel's graph is not Keras's: float32-close, and a near tie may name another class
+    np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=PROB_ATOL)
     assert out["class_names"].numpy().tolist() == [[b"cats", b"dogs"]] * len(files)
     top = np.array([b"cats", b"dogs"])[expected.argmax(-1)]
-    assert out["top_class"].numpy().tolist() == top.tolist()
+    assert_same_top_labels(expected, out["top_class"].numpy(), top)
     by_pixels = served.signatures["serving_pixels"](tf.constant(pixels, tf.uint8))
-    np.testing.assert_allclose(by_pixels["probabilities"].numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(by_pixels["probabilities"].numpy(), expected, atol=PROB_ATOL)
 
 
+@pytest.mark.numeric
 def test_predict_reads_the_exported_saved_model(trained, saved_model, tmp_path):
     import pandas as pd
 
@@ -72,8 +75,9 @@ def test_predict_reads_the_exported_saved_model(trained, saved_model, tmp_path):
         (tmp_path / name).mkdir()
         predict(compose_config(["task=predict", f"ckpt_path={ckpt}", f"predict.input={images}"]), tmp_path / name)
         tables.append(pd.read_csv(tmp_path / name / "predictions.csv"))
-    assert (tables[0]["label_1"] == tables[1]["label_1"]).all()
-    np.testing.assert_allclose(tables[0]["prob_1"], tables[1]["prob_1"], atol=1e-5)
+    # two graphs of one model (Keras's, the SavedModel's): float32-close, a near tie may flip
+    assert_same_top_labels(tables[0][["prob_1", "prob_2"]], tables[0]["label_1"], tables[1]["label_1"])
+    np.testing.assert_allclose(tables[0]["prob_1"], tables[1]["prob_1"], atol=PROB_ATOL)
 
 
 def test_model_card_lists_classes_metrics_and_training_config(saved_model):
@@ -85,6 +89,7 @@ def test_model_card_lists_classes_metrics_and_training_config(saved_model):
     assert "name: mobilenet" in card  # from the run's .hydra/config.yaml
 
 
+@pytest.mark.numeric
 def test_tflite_matches_keras_and_is_checked(trained, tmp_path):
     from kfactory.use.export import run_tflite
 
@@ -93,7 +98,7 @@ def test_tflite_matches_keras_and_is_checked(trained, tmp_path):
     files = sorted(images.glob("*/*.png"))[1::6]
     pixels = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]).astype(np.float32)
     lite = run_tflite(out / "model.tflite", pixels)
-    np.testing.assert_allclose(lite, keras_probabilities(run_dir, pixels), atol=1e-4)
+    np.testing.assert_allclose(lite, keras_probabilities(run_dir, pixels), atol=PROB_ATOL)  # TFLite's own kernels
     card = (out / "model_card.md").read_text()
     assert "max_abs_difference" in card and "`model.tflite` (tflite)" in card
     assert f"| images | {len(list(images.glob('*/*.png')))} |" in card  # every check_input image, not a sample

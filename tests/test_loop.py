@@ -47,6 +47,8 @@ def test_saved_model_loads_with_plain_keras_and_carries_class_names(trained_run)
     assert read_metadata(run_dir / "model.keras")["class_names"] == [str(i) for i in range(10)]
 
 
+@pytest.mark.numeric
+@pytest.mark.slow  # a second CLI process on the run; test_evaluate scores a run in-process
 def test_eval_reproduces_the_runs_test_metrics(trained_run, tmp_path):
     run_dir, _ = trained_run
     result = run_cli(["task=eval", f"ckpt_path={run_dir}", f"hydra.run.dir={tmp_path}"])
@@ -61,6 +63,7 @@ def test_eval_reproduces_the_runs_test_metrics(trained_run, tmp_path):
     assert f"Split: as recorded in {run_dir / 'splits.csv'}" in result.stdout + result.stderr
 
 
+@pytest.mark.slow  # a third CLI process on the run; test_predict covers predict in-process
 def test_predict_writes_top_k_labels_and_probabilities(trained_run, tmp_path):
     from PIL import Image
 
@@ -92,6 +95,7 @@ def test_a_run_from_imagenet_weights_says_so_and_how_to_change_it(cfg_factory):
     assert weights_note(cfg_factory([]).model) is None  # digits: from scratch at 32 px, nothing to say
 
 
+@pytest.mark.numeric
 def test_the_best_model_is_evaluated_from_memory_as_the_saved_file_would_be(tmp_path):
     import keras
     import tensorflow as tf

@@ -14,7 +14,10 @@ import pandas as pd
 import pytest
 
 from kfactory.model.checkpoint import read_metadata
-from tests.conftest import TINY, compose_config, run_cli, write_multilabel_digits
+from tests.conftest import PROB_ATOL, TINY, compose_config, run_cli, write_multilabel_digits
+
+# Quality thresholds on a training run and comparisons of probabilities: CI runs them under other kernel sets too.
+pytestmark = pytest.mark.numeric
 
 CLASSES = ["even", "ge5", "odd"]
 TRAIN = [
@@ -29,6 +32,14 @@ TRAIN = [
     "trainer.verbose=0",
     "trainer.tensorboard.histogram_freq=0",
 ]
+
+
+def assert_same_label_sets(probabilities: np.ndarray, thresholds: np.ndarray, first, second) -> None:
+    """``first`` and ``second`` list the same labels for every row with no probability within PROB_ATOL of its
+    threshold; such a near tie may flip between two graphs of one model, and at most one is allowed."""
+    clear = (np.abs(probabilities - thresholds) > PROB_ATOL).all(axis=1)
+    assert (~clear).sum() <= 1, f"{(~clear).sum()} rows sit on a threshold"
+    assert (np.asarray(first, dtype=object)[clear] == np.asarray(second, dtype=object)[clear]).all()
 
 
 def train_run(root: Path, count: int, epochs: int) -> tuple[Path, Path]:
@@ -46,11 +57,13 @@ def multilabel_run(tmp_path_factory) -> tuple[Path, Path]:
     return train_run(tmp_path_factory.mktemp("multilabel"), count=300, epochs=5)
 
 
-def test_training_reaches_a_macro_f1_and_stores_thresholds(multilabel_run):
+def test_training_ranks_label_sets_and_stores_thresholds(multilabel_run):
     run_dir, _ = multilabel_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    # Measured 0.83 (val_f1_macro at 0.5) and 0.90 (tuned); predicting every label for every image scores 0.67.
-    assert metrics["val_f1_macro"] > 0.7
+    # Five epochs from scratch rank well but calibrate poorly: F1 at 0.5 measured 0.45 to 0.83 by seed and CPU
+    # (every label for every image scores 0.67), so the bar is ranking. val_roc_auc measured 0.80 to 0.92 over
+    # seeds 42, 1, 2 and, for seed 42, ONEDNN_MAX_CPU_ISA=AVX2 / SSE41 and TF_ENABLE_ONEDNN_OPTS=0; chance is 0.5.
+    assert metrics["val_roc_auc"] > 0.65 and metrics["test_map"] > 0.7  # test_map measured 0.86 to 0.93
     assert metrics["val_f1_macro_tuned"] >= metrics["val_f1_macro"] - 1e-6  # tuned on this very split
     for key in ("val_f1_micro", "val_pr_auc", "val_roc_auc", "val_exact_match", "val_map", "test_map"):
         assert 0 <= metrics[key] <= 1
@@ -87,7 +100,8 @@ def test_predict_lists_every_label_above_its_threshold(multilabel_run, tmp_path)
         assert row["exact_match"] == (set(listed) == set(filter(None, row["true_labels"].split(";"))))
         probs = [float(p) for p in str(row["probabilities"]).split(";") if p]
         assert probs == sorted(probs, reverse=True) and len(probs) == len(listed)
-    assert exact == pytest.approx(table["exact_match"].mean()) and exact > 0.5
+    # measured 0.51 to 0.67 (seeds 42, 1; seed 42 under SSE41); always naming the commonest label set scores 0.31
+    assert exact == pytest.approx(table["exact_match"].mean()) and exact > 0.4
     truth = pd.read_csv(csv)["label"].map(lambda s: ";".join(sorted(s.split(";"))))
     assert (table["true_labels"] == truth).all()
 
@@ -136,6 +150,7 @@ def test_average_precision_of_tied_scores_does_not_depend_on_row_order():
     assert np.isnan(average_precision(np.array([False, False]), np.array([0.3, 0.9])))
 
 
+@pytest.mark.slow  # exports a SavedModel and a TFLite file, then predicts 300 images twice: test_export covers each
 def test_saved_model_gives_the_labels_above_their_thresholds(multilabel_run, tmp_path):
     import keras
     import tensorflow as tf
@@ -153,11 +168,13 @@ def test_saved_model_gives_the_labels_above_their_thresholds(multilabel_run, tmp
     served = tf.saved_model.load(str(tmp_path / "saved_model" / "1")).signatures["serving_pixels"]
     out = served(pixels=tf.constant(pixels, tf.uint8))
     expected = keras.models.load_model(run_dir / "model.keras").predict(pixels.astype("float32"), verbose=0)
-    np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
+    # the SavedModel's graph is not Keras's: float32-close, and a probability on its threshold may flip
+    np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=PROB_ATOL)
     thresholds = read_metadata(run_dir / "model.keras")["thresholds"]
-    above = expected >= np.array([thresholds[n] for n in CLASSES])
-    wanted = [[name.encode() if on else b"" for name, on in zip(CLASSES, row, strict=True)] for row in above]
-    assert out["labels"].numpy().tolist() == wanted
+    cut = np.array([thresholds[n] for n in CLASSES])
+    wanted = [[name.encode() if on else b"" for name, on in zip(CLASSES, row, strict=True)] for row in expected >= cut]
+    served_labels = [tuple(row) for row in out["labels"].numpy().tolist()]
+    assert_same_label_sets(expected, cut, served_labels, [tuple(row) for row in wanted])
     lite = json.loads((tmp_path / "model.tflite.json").read_text())
     assert lite["thresholds"] == thresholds and lite["class_names"] == CLASSES
     assert "(threshold " in (tmp_path / "model_card.md").read_text()
@@ -167,7 +184,8 @@ def test_saved_model_gives_the_labels_above_their_thresholds(multilabel_run, tmp
     (tmp_path / "k").mkdir()
     predict(compose_config(["task=predict", f"ckpt_path={run_dir}", f"predict.input={csv}"]), tmp_path / "k")
     keras_table = pd.read_csv(tmp_path / "k" / "predictions.csv", keep_default_na=False)
-    assert (served_table["labels"] == keras_table["labels"]).all()
+    keras_probabilities = keras_table[[f"prob_{n}" for n in CLASSES]].to_numpy()
+    assert_same_label_sets(keras_probabilities, cut, served_table["labels"], keras_table["labels"])
 
 
 def test_tensorboard_has_pr_curves_a_class_table_and_label_set_captions(multilabel_run):
@@ -190,7 +208,8 @@ def test_eval_scores_label_sets_at_the_stored_thresholds(multilabel_run, tmp_pat
     evaluate(compose_config(["task=eval", f"ckpt_path={run_dir}"]), tmp_path)
     values = json.loads((tmp_path / "eval_metrics.json").read_text())
     trained = json.loads((run_dir / "metrics.json").read_text())
-    assert values["test_f1_macro"] == pytest.approx(trained["test_f1_macro"], abs=1e-5)  # the same split, model
+    # the same split, model and batches as the run's own test evaluation: the same kernels, so only rounding differs
+    assert values["test_f1_macro"] == pytest.approx(trained["test_f1_macro"], abs=1e-5)
     report = pd.read_csv(tmp_path / "class_report.csv", index_col="class")
     assert list(report.index) == [*CLASSES, "macro avg"]
     assert report.loc["macro avg", "f1"] == pytest.approx(trained["test_f1_macro_tuned"], abs=1e-6)

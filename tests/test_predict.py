@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.conftest import compose_config
+from tests.conftest import PROB_ATOL, assert_same_top_labels, compose_config
 from tests.tiny_model import SIZE
 
 
@@ -36,6 +36,7 @@ def annotated_run(trained, tmp_path_factory) -> tuple[Path, pd.DataFrame, float]
     return out, pd.read_csv(out / "predictions.csv"), accuracy
 
 
+@pytest.mark.numeric
 def test_csv_has_top_k_columns_and_the_folder_labels(annotated_run, trained):
     table = annotated_run[1]
     # top_k=5 is capped at the two classes the model knows
@@ -48,6 +49,7 @@ def test_csv_has_top_k_columns_and_the_folder_labels(annotated_run, trained):
     assert (table["prob_1"] >= table["prob_2"]).all()
 
 
+@pytest.mark.numeric
 def test_accuracy_is_top_1_against_the_folder_labels(annotated_run, trained):
     import keras
 
@@ -55,7 +57,8 @@ def test_accuracy_is_top_1_against_the_folder_labels(annotated_run, trained):
     _, table, accuracy = annotated_run
     model = keras.models.load_model(run_dir / "model.keras")
     pixels = np.stack([np.asarray(Image.open(f).convert("RGB"), np.float32) for f in table["file"]])
-    expected = np.array(["cats", "dogs"])[model.predict(pixels, verbose=0).argmax(-1)]
+    # in the batches predict used (data.batch_size=10): the same kernels, so even a near tie agrees
+    expected = np.array(["cats", "dogs"])[model.predict(pixels, batch_size=10, verbose=0).argmax(-1)]
     truth = [Path(f).parent.name for f in table["file"]]
     assert (table["label_1"] == expected).all()
     assert (table["correct"] == (expected == truth)).all()
@@ -85,6 +88,7 @@ def test_contact_sheet_tiles_the_first_images(annotated_run):
         assert np.asarray(sheet.convert("L")).std() > 10
 
 
+@pytest.mark.numeric
 def test_unreadable_files_are_skipped_without_shifting_rows(trained, tmp_path):
     run_dir, images = trained
     flat = tmp_path / "mixed"
@@ -98,14 +102,16 @@ def test_unreadable_files_are_skipped_without_shifting_rows(trained, tmp_path):
     mixed = run_predict(tmp_path / "mixed_run", run_dir, flat, "data.batch_size=4")
     assert [Path(f).name for f in mixed["file"]] == [f"{i:02d}_ok.png" for i in range(len(readable))]
     expected = clean.set_index(clean["file"].map(lambda f: Path(f).name)).loc[[p.name for p in readable]]
-    np.testing.assert_allclose(mixed["prob_1"], expected["prob_1"], atol=1e-6)
-    assert (mixed["label_1"].to_numpy() == expected["label_1"].to_numpy()).all()
+    # batches of 4 here, one of 24 there: other kernels, so float32-close, not equal
+    np.testing.assert_allclose(mixed["prob_1"], expected["prob_1"], atol=PROB_ATOL)
+    assert_same_top_labels(expected[["prob_1", "prob_2"]], expected["label_1"], mixed["label_1"])
     skipped = (tmp_path / "mixed_run" / "unreadable.txt").read_text().split()
     assert sorted(Path(s).name for s in skipped) == sorted(
         [f"{i:02d}_zero.png" for i in range(len(readable))] + ["99_corrupt.jpg"]
     )
 
 
+@pytest.mark.numeric
 def test_a_single_image_and_a_labelled_csv(trained, tmp_path):
     run_dir, images = trained
     one = sorted(images.glob("dogs/*.png"))[0]

@@ -89,7 +89,7 @@ def test_a_second_process_is_refused_in_one_line_naming_the_holder(tmp_path):
 def test_a_lock_held_in_this_process_is_not_taken_by_another(tmp_path):
     path = run_lock.acquire(tmp_path)
     try:
-        script = "import pathlib, sys; from kfactory.run import lock as run_lock; run_lock.acquire(pathlib.Path(sys.argv[1]))"
+        script = "import pathlib, sys; from kfactory.run import lock; lock.acquire(pathlib.Path(sys.argv[1]))"
         other = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
         assert other.returncode == 1 and f"pid {os.getpid()} on" in other.stderr
         run_lock.check_free(tmp_path)  # this process's own lock does not block its own preflight

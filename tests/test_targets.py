@@ -42,6 +42,7 @@ def run_overrides(tmp_path, images) -> list[str]:
     ]
 
 
+@pytest.mark.slow  # three CLI processes: train, eval and predict with a user's parts
 def test_your_own_parts_train_evaluate_and_predict(tmp_path):
     images = write_image_folder(tmp_path / "images", {"cats": 10, "dogs": 10})
     (images / "dogs" / "broken.png").write_bytes(b"not an image")

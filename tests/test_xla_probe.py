@@ -44,7 +44,7 @@ def probed_fit(
         data = tf_batches(x, y).repeat()
         history = model.fit(
             data, epochs=STEPS // epoch_steps + 1, steps_per_epoch=epoch_steps, validation_data=tf_batches(x, y),
-            callbacks=[probe, *(extra or [])], verbose=0,
+            callbacks=[probe, *(extra or [])], shuffle=False, verbose=0,  # a dataset keeps its own order
         )  # fmt: skip
     return model, probe, history
 

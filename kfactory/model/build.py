@@ -7,6 +7,7 @@ saved ``model.keras`` loads and predicts with plain Keras, in safe mode.
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -147,16 +148,21 @@ def _keeps_imagenet_classifier(cfg: DictConfig, num_classes: int) -> bool:
 
 def load_weights_file(base: keras.Model, path) -> None:
     """Load a local weights file into ``base``, refusing one for another architecture."""
-    try:
-        base.load_weights(str(path))
-    except Exception as error:
-        reason = str(error).strip().splitlines()[0][:300]  # Keras lists every layer that did not fit
-        raise ConfigError(
-            "model.weights",
-            str(path),
-            f"a weights file saved from this architecture ({base.name}) with the same include_top; "
-            f"this file does not fit it: {reason}",
-        ) from error
+    # Keras warns once per layer that did not fit before it raises; the refusal below says that in one line.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            base.load_weights(str(path))
+        except Exception as error:
+            reason = str(error).strip().splitlines()[0][:300]  # Keras lists every layer that did not fit
+            raise ConfigError(
+                "model.weights",
+                str(path),
+                f"a weights file saved from this architecture ({base.name}) with the same include_top; "
+                f"this file does not fit it: {reason}",
+            ) from error
+    for warning in caught:  # a file that loaded: what Keras said about it still shows
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def _without_last_layer(model: keras.Model) -> keras.Model:
