@@ -5,9 +5,9 @@ fail to decode are left out of the entry and listed in its manifest, so no run
 decodes the folder a second time to find them. Records are written in a fixed
 random order, so reading a shard front to back is already a shuffled stream.
 
-A run reads an entry either into one array in memory (when it fits the budget,
-``kfactory.data.cache_store.fits_in_memory``) or streamed from its shards,
-where memory no longer grows with the number of images.
+A run reads an entry either at random, memory-mapped (when it fits the budget,
+``kfactory.data.cache_store.fits_in_memory``), or streamed from its shards in
+order, where memory no longer grows with the number of images.
 """
 
 from __future__ import annotations
@@ -37,11 +37,13 @@ from kfactory.data.cache_store import (
     temporary_folder,
 )
 from kfactory.data.image_check import progress_bar, read_image
+from kfactory.paths import fsync_file
 
 log = logging.getLogger(__name__)
 
 AUTOTUNE = tf.data.AUTOTUNE
 WRITE_BATCH = 256  # images decoded per write
+WRITE_AHEAD = 4  # batches decoded ahead while one is written
 SHARD_BYTES = 256 * 2**20  # a new shard file after about this many bytes
 READ_BUFFER = 4 * 2**20  # bytes read ahead per open shard
 SHARDS_READ_AT_ONCE = 4  # training interleaves this many shards, in a new order each epoch
@@ -116,7 +118,7 @@ def write_shards(paths: list[str], size: tuple[int, int], folder: Path) -> tuple
     shuffled = np.random.default_rng(0).permutation(len(paths))
     ds = tf.data.Dataset.from_tensor_slices((shuffled, np.asarray(paths)[shuffled]))
     ds = ds.map(lambda i, p: (i, read_image(p, size)), num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.ignore_errors().batch(WRITE_BATCH).prefetch(2)
+    ds = ds.ignore_errors().batch(WRITE_BATCH).prefetch(WRITE_AHEAD)
     per_shard = max(WRITE_BATCH, SHARD_BYTES // (size[0] * size[1] * 3))
     shards: list[dict] = []
     order: list[np.ndarray] = []
@@ -132,23 +134,20 @@ def write_shards(paths: list[str], size: tuple[int, int], folder: Path) -> tuple
             if progress:
                 progress.update(done)
     finally:
-        _close_synced(out)
+        if out is not None:
+            out.close()
+    for shard in shards:  # on the disk before the entry is published; written back meanwhile by the kernel
+        fsync_file(folder / shard["file"])
     if progress:
         progress.update(len(paths), finalize=True)  # the unreadable files are done too
     return shards, (np.concatenate(order) if order else np.zeros(0, np.int64))
 
 
 def _next_shard(out, folder: Path, shards: list[dict]):
-    _close_synced(out)
-    shards.append({"file": f"images-{len(shards):05d}.bin", "records": 0})
-    return open(folder / shards[-1]["file"], "wb")  # noqa: SIM115 (closed by _close_synced)
-
-
-def _close_synced(out) -> None:
     if out is not None:
-        out.flush()
-        os.fsync(out.fileno())
         out.close()
+    shards.append({"file": f"images-{len(shards):05d}.bin", "records": 0})
+    return open(folder / shards[-1]["file"], "wb")  # noqa: SIM115 (closed by the caller or the next shard)
 
 
 def write_synced(path: Path, data: bytes) -> None:
@@ -195,7 +194,7 @@ class DecodedImages:
             ds = ds.shuffle(min(len(indices), shuffle), seed=seed, reshuffle_each_iteration=True)
 
         def gather(rows: tf.Tensor) -> tf.Tensor:
-            images = tf.numpy_function(lambda r: pixels[r], [rows], tf.uint8, stateful=False)
+            images = tf.numpy_function(pixels.gather, [rows], tf.uint8, stateful=False)
             return tf.ensure_shape(images, [None, h, w, 3])
 
         return ds.batch(batch).map(lambda r, y: (gather(r), y), num_parallel_calls=AUTOTUNE)
@@ -247,18 +246,32 @@ def unreadable_paths(entry: Entry, files: np.ndarray, paths: list[str]) -> np.nd
     return np.flatnonzero(np.isin(listed_index(files, paths), entry.unreadable))
 
 
-def load_pixels(entry: Entry) -> np.ndarray:
-    """The entry's records as one (records, H, W, 3) uint8 array, read straight into place (no second copy)."""
+class MappedPixels:
+    """An entry's records, memory-mapped: the OS page cache holds them, shared by every process that reads them."""
+
+    def __init__(self, entry: Entry) -> None:
+        h, w = entry.size
+        self.shards = [np.memmap(path, np.uint8, "r", shape=(n, h, w, 3)) for path, n in entry.shards() if n]
+        counts = [len(shard) for shard in self.shards]
+        self.shard_of = np.repeat(np.arange(len(counts)), counts)  # record -> its shard
+        self.offset = np.arange(sum(counts)) - np.repeat(np.cumsum([0, *counts[:-1]]), counts)  # -> row in it
+
+    def __len__(self) -> int:
+        return len(self.shard_of)
+
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """The records ``rows``, copied into one array."""
+        out = np.empty((len(rows), *self.shards[0].shape[1:]), np.uint8)
+        shard_of = self.shard_of[rows]
+        for shard in np.unique(shard_of):
+            where = shard_of == shard
+            out[where] = self.shards[shard][self.offset[rows[where]]]
+        return out
+
+
+def load_pixels(entry: Entry) -> MappedPixels:
+    """The entry's records for random access; mapped, so nothing is read before a batch needs it."""
     h, w = entry.size
-    pixels = np.empty((entry.manifest["readable"], h, w, 3), np.uint8)
-    log.info("Decode cache: loading %d images (%.2f GB) into memory", len(pixels), pixels.nbytes / 1e9)
-    flat, offset = memoryview(pixels.reshape(-1)), 0
-    for path, records in entry.shards():
-        with open(path, "rb") as shard:
-            end = offset + records * h * w * 3
-            while offset < end:
-                read = shard.readinto(flat[offset:end])
-                if not read:
-                    raise OSError(f"{path} is shorter than its manifest says; delete {entry.path} to rebuild it")
-                offset += read
-    return pixels
+    count = entry.manifest["readable"]
+    log.info("Decode cache: %d images (%.2f GB) mapped for random access", count, count * h * w * 3 / 1e9)
+    return MappedPixels(entry)

@@ -3,9 +3,10 @@
 Files are read and decoded in parallel, no Python per image. With ``data.cache``
 ``auto`` (the default), ``memory`` or ``disk``, every file is decoded and resized
 once into the shared decode cache (``kfactory.data.cache_build``), which every
-later run on the same files reads instead; a run keeps that entry in memory when
-it fits ``data.cache_budget_gb`` (``memory`` insists on it, ``disk`` never does)
-and otherwise streams it from disk, so memory does not grow with the data. With
+later run on the same files reads instead; a run reads that entry at random,
+memory-mapped, when it fits ``data.cache_budget_gb`` (``memory`` insists on it,
+``disk`` never does) and otherwise streams it from disk in order, so memory does
+not grow with the data. With
 ``none`` the pipeline decodes the files every epoch. In-memory arrays (the
 digits, keras.datasets, a custom array) are gathered per batch and resized per batch.
 """
