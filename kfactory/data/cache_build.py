@@ -127,7 +127,7 @@ def write_shards(paths: list[str], size: tuple[int, int], folder: Path) -> tuple
         for indices, images in ds:
             if out is None or shards[-1]["records"] >= per_shard:
                 out = _next_shard(out, folder, shards)
-            out.write(images.numpy().tobytes())
+            out.write(memoryview(images.numpy()))  # no copy of the batch
             order.append(indices.numpy())
             shards[-1]["records"] += len(order[-1])
             done += len(order[-1])
