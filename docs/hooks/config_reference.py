@@ -15,7 +15,11 @@ import sys
 import tokenize
 import typing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mkdocs.config.defaults import MkDocsConfig
+    from mkdocs.structure.files import Files
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_PAGE = "reference/configuration.md"
@@ -114,7 +118,7 @@ def schema_keys(schema: type, prefix: str, comments: dict[str, dict[str, str]]) 
         if dataclasses.is_dataclass(hint):
             nested.extend(schema_keys(hint, f"{name}.", comments))
             continue
-        keys.append(Key(name, describe(hint), default_of(field), comments[schema.__name__][field.name]))
+        keys.append(Key(name, describe(hint), default_of(field), comments.get(schema.__name__, {}).get(field.name, "")))
     return [(schema, prefix.rstrip("."), keys), *nested]
 
 
@@ -167,8 +171,8 @@ def _cell(text: str) -> str:
     return "".join(part if part.startswith("`") else re.sub(r"([\\`*_\[\]<>|])", r"\\\1", part) for part in parts)
 
 
-def on_files(files, config):  # noqa: ANN001, ANN201 (MkDocs' hook signature)
-    """Add the generated pages to the site's files."""
+def on_files(files: Files, config: MkDocsConfig) -> Files:
+    """MkDocs' ``on_files`` event: add the generated pages to the site's files."""
     from mkdocs.structure.files import File
 
     root = Path(config.config_file_path).resolve().parent
