@@ -190,7 +190,7 @@ class DataConfig:
     cache: str = "auto"
     cache_dir: Optional[str] = None  # null: $KFACTORY_CACHE_DIR, else ~/.cache/kfactory/decoded (XDG_CACHE_HOME)
     cache_budget_gb: Optional[float] = None  # memory for decoded images; null: half the memory available at start
-    shuffle_buffer: int = 4096  # examples; a training stream from the disk cache shuffles at most 256 MB of them
+    shuffle_buffer: int = 4096  # examples; a training stream from the disk cache shuffles at most 64 MB of them
     # refuse | use_remaining: when an image of a run's recorded split (splits.csv) is gone or changed since,
     # eval, resume and the folds of a cross-validation refuse, or leave it out, say so and use the rest
     on_changed: str = "refuse"

@@ -273,14 +273,21 @@ def smoke_args(command: Command, home: Path, run: Path | None, work: Path) -> li
     return capped
 
 
+SWEPT = 2  # a documented sweep runs its first two values of each swept key: still a multirun, in CI's time
+
+
 def _cap(arg: str) -> str:
     key, _, value = arg.partition("=")
     if key in SMOKE_VALUES:
         return f"{key}={SMOKE_VALUES[key]}"
     if key == "trainer.epochs":
         return "trainer.epochs=2"
-    if key == "hydra.sweeper.n_trials":
-        return "hydra.sweeper.n_trials=2"
+    if key in ("hydra.sweeper.n_trials", "hparams_search.cv_folds"):
+        return f"{key}={SWEPT}"
+    if value.startswith("range(") and value.endswith(")"):
+        return f"{key}=range({SWEPT})"
+    if "," in value and not value.startswith(("[", "{", "'", '"')):
+        return f"{key}={','.join(value.split(',')[:SWEPT])}"
     return arg
 
 
