@@ -1,4 +1,4 @@
-# Common commands; see README.md (Development) and benchmarks/README.md.
+# Common commands; see docs/development.md and benchmarks/README.md.
 .PHONY: test test-slow lint bench bench-full
 
 test:

@@ -342,7 +342,7 @@ def _merge(schema: type, values: Any, where: str) -> DictConfig:
 
 
 def _refuse_loose_bools(schema: type, values: Any, where: str) -> None:
-    """Refuse ``1`` or ``yes`` for a bool key: OmegaConf would read them as true, the README says true or false."""
+    """Refuse ``1`` or ``yes`` for a bool key: OmegaConf would read them as true, the docs say true or false."""
     if not isinstance(values, dict):
         return
     for name, hint in typing.get_type_hints(schema).items():

@@ -1,8 +1,8 @@
 """A sweep on a local Ray head (hydra/launcher=ray), started on 127.0.0.1 for the test.
 
 hydra-ray-launcher pins cloudpickle<3 and joblib (hydra-joblib-launcher) needs
-cloudpickle>=3, so the Ray launcher lives in its own environment (README,
-"Launchers"); run this test with that environment's Python:
+cloudpickle>=3, so the Ray launcher lives in its own environment
+(docs/guides/clusters.md); run this test with that environment's Python:
 ``/path/to/venv-ray/bin/python -m pytest -m ray tests/test_ray.py``. It carries the ``ray`` marker,
 which the other runs leave out (``pytest -m "slow and not ray"``).
 """

@@ -80,7 +80,7 @@ def _validate(cfg: DictConfig) -> None:
         if source is not None and cfg.data.cache == "memory":  # refused here, before TensorFlow is imported
             fits_in_memory(cfg.data.cache, len(source), input_size(cfg.model), cfg.data.cache_budget_gb)
         _check_transfer(cfg)
-        check_targets(cfg)  # imports the modules of your own parts (see README, "Your own parts")
+        check_targets(cfg)  # imports the modules of your own parts (docs/guides/your-own-parts.md)
     else:
         _check_checkpoint(cfg)
     if cfg.task == "predict":
