@@ -87,6 +87,7 @@ print(tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threadin
 """
 
 
+@pytest.mark.slow  # a process that imports TensorFlow
 def test_threads_are_set_once_and_a_later_job_does_not_fail() -> None:
     """Fresh process: TensorFlow refuses thread changes once its runtime has started."""
     result = subprocess.run(

@@ -24,6 +24,7 @@ def import_tensorflow_in_a_subprocess(env: dict[str, str]) -> str:
     return result.stderr
 
 
+@pytest.mark.slow  # two processes that import TensorFlow
 def test_tensorflow_start_up_lines_are_kept_off_the_console_unless_asked_for():
     assert import_tensorflow_in_a_subprocess({"KFACTORY_TF_LOG": "0"}) == ""
     # The same lines come through with the switch: the quiet run hid something real.

@@ -184,6 +184,7 @@ def test_a_killed_build_is_never_read_and_the_next_build_replaces_it(folder, tmp
     assert entry.manifest["readable"] == 24 and not list(root.glob(".*.tmp-*"))
 
 
+@pytest.mark.slow  # writes 100,000 files
 def test_a_hundred_thousand_row_csv_is_listed_and_keyed_in_seconds(tmp_path):
     from kfactory.data.cache_store import entry_key
     from kfactory.data.sources import read_csv

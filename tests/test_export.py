@@ -42,6 +42,7 @@ def saved_model(trained, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow  # shares a SavedModel export (11 s)
 @pytest.mark.numeric
 def test_saved_model_takes_jpeg_bytes_and_matches_keras(trained, saved_model):
     import tensorflow as tf
@@ -63,6 +64,7 @@ def test_saved_model_takes_jpeg_bytes_and_matches_keras(trained, saved_model):
     np.testing.assert_allclose(by_pixels["probabilities"].numpy(), expected, atol=PROB_ATOL)
 
 
+@pytest.mark.slow  # shares a SavedModel export (11 s)
 @pytest.mark.numeric
 def test_predict_reads_the_exported_saved_model(trained, saved_model, tmp_path):
     import pandas as pd
@@ -80,6 +82,7 @@ def test_predict_reads_the_exported_saved_model(trained, saved_model, tmp_path):
     np.testing.assert_allclose(tables[0]["prob_1"], tables[1]["prob_1"], atol=PROB_ATOL)
 
 
+@pytest.mark.slow  # shares a SavedModel export (11 s)
 def test_model_card_lists_classes_metrics_and_training_config(saved_model):
     card = (saved_model / "model_card.md").read_text()
     assert "`saved_model/1` (saved_model)" in card
@@ -89,6 +92,7 @@ def test_model_card_lists_classes_metrics_and_training_config(saved_model):
     assert "name: mobilenet" in card  # from the run's .hydra/config.yaml
 
 
+@pytest.mark.slow  # converts to TFLite
 @pytest.mark.numeric
 def test_tflite_matches_keras_and_is_checked(trained, tmp_path):
     from kfactory.use.export import run_tflite

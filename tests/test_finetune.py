@@ -114,6 +114,7 @@ def fit_one_step(model, images) -> set[str]:
     return changed(before, snapshot(model))
 
 
+@pytest.mark.slow  # builds every model option; test_build keeps a fast sample
 def test_every_model_option_freezes_its_pretrained_base_and_keeps_bn_in_inference_mode(tmp_path):
     from kfactory.registry import MODELS
 

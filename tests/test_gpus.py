@@ -27,6 +27,7 @@ def fake_nvidia_smi(folder: Path, count: int) -> Path:
     return folder
 
 
+@pytest.mark.slow  # a sweep of two jobs through run.py per launcher
 @pytest.mark.parametrize(
     ("launcher", "expected"),
     [

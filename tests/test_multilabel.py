@@ -57,6 +57,7 @@ def multilabel_run(tmp_path_factory) -> tuple[Path, Path]:
     return train_run(tmp_path_factory.mktemp("multilabel"), count=300, epochs=5)
 
 
+@pytest.mark.slow  # shares a 5-epoch training run (40 s); CI also runs it on other kernels
 def test_training_ranks_label_sets_and_stores_thresholds(multilabel_run):
     run_dir, _ = multilabel_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -76,6 +77,7 @@ def test_training_ranks_label_sets_and_stores_thresholds(multilabel_run):
     assert {"val_f1_macro", "val_f1_micro", "val_pr_auc", "val_roc_auc", "val_exact_match"} <= set(history.columns)
 
 
+@pytest.mark.slow  # shares a 5-epoch training run (40 s); CI also runs it on other kernels
 def test_model_keras_loads_with_plain_keras(multilabel_run):
     import keras
 
@@ -83,6 +85,7 @@ def test_model_keras_loads_with_plain_keras(multilabel_run):
     assert model.output_shape == (None, 3)
 
 
+@pytest.mark.slow  # shares a 5-epoch training run (40 s); CI also runs it on other kernels
 def test_predict_lists_every_label_above_its_threshold(multilabel_run, tmp_path):
     from kfactory.use.predict import predict
 
@@ -188,6 +191,7 @@ def test_saved_model_gives_the_labels_above_their_thresholds(multilabel_run, tmp
     assert_same_label_sets(keras_probabilities, cut, served_table["labels"], keras_table["labels"])
 
 
+@pytest.mark.slow  # shares a 5-epoch training run (40 s); CI also runs it on other kernels
 def test_tensorboard_has_pr_curves_a_class_table_and_label_set_captions(multilabel_run):
     from tests.test_tensorboard import read_events, tensors
 
@@ -201,6 +205,7 @@ def test_tensorboard_has_pr_curves_a_class_table_and_label_set_captions(multilab
     assert table.startswith("| class | support | F1 at 0.5 | AP |") and all(f"| {n} |" in table for n in CLASSES)
 
 
+@pytest.mark.slow  # shares a 5-epoch training run (40 s); CI also runs it on other kernels
 def test_eval_scores_label_sets_at_the_stored_thresholds(multilabel_run, tmp_path):
     from kfactory.use.evaluate import evaluate
 

@@ -65,6 +65,7 @@ def assert_standalone_matches_predict(model_path: Path, table: pd.DataFrame, cwd
     np.testing.assert_allclose(got, expected, atol=PROB_ATOL, rtol=0)
 
 
+@pytest.mark.slow  # a second process that imports TensorFlow
 @pytest.mark.numeric
 def test_model_keras_loads_and_predicts_without_kfactory(trained, tmp_path):
     from kfactory.use.predict import predict

@@ -287,6 +287,7 @@ def test_tensorboard_serves_the_sweep(tensorboard_url):
     assert by_name == {"0_model.dropout=0.0,model.weights=null": 0.0, "2_model.dropout=0.5,model.weights=null": 0.5}
 
 
+@pytest.mark.slow  # two sweeps through run.py
 def test_a_sweep_run_again_into_its_folder_adds_jobs_and_leaves_the_earlier_ones_untouched(tmp_path: Path):
     root = tmp_path / "sweep"
     args = ["-m", "trainer=fast", "model.dropout=0.1,0.2", "model.weights=/no/such/w.h5", f"hydra.sweep.dir={root}"]
