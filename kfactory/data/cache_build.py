@@ -131,7 +131,7 @@ def write_shards(paths: list[str], size: tuple[int, int], folder: Path) -> tuple
             order.append(indices.numpy())
             shards[-1]["records"] += len(order[-1])
             done += len(order[-1])
-            if progress:
+            if progress and done < len(paths):  # the last line is the final update's
                 progress.update(done)
     finally:
         if out is not None:

@@ -41,7 +41,7 @@ def find_unreadable(paths: list[str]) -> np.ndarray:
     kept, progress = [], progress_bar(len(paths))
     for indices, _ in ds.ignore_errors().batch(256).prefetch(tf.data.AUTOTUNE):
         kept.append(indices.numpy())
-        if progress:
+        if progress and sum(map(len, kept)) < len(paths):  # the last line is the final update's
             progress.update(sum(map(len, kept)))
     if progress:
         progress.update(len(paths), finalize=True)  # the unreadable files are done too
