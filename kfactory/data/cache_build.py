@@ -151,10 +151,8 @@ def _next_shard(out, folder: Path, shards: list[dict]):
 
 
 def write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
+    path.write_bytes(data)
+    fsync_file(path)
 
 
 class DecodedImages:

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from kfactory.errors import ConfigError
-from kfactory.paths import expand_path, file_stats
+from kfactory.paths import expand_path, file_stats, fsync_directory
 
 CACHE_DIR_VARIABLE = "KFACTORY_CACHE_DIR"  # overrides the default root when data.cache_dir is null
 FORMAT = "kfactory-decoded-v1"  # the on-disk layout; bump when the records change
@@ -114,30 +114,16 @@ def temporary_folder(root: Path, key: str) -> Path:
 
 def publish(tmp: Path, root: Path, key: str) -> Entry:
     """Rename the finished ``tmp`` to its key; if another builder got there first, keep theirs."""
-    sync_folder(tmp)
+    fsync_directory(tmp)
     try:
         os.rename(tmp, root / key)
     except OSError:  # the key exists: an identical entry was published meanwhile
         shutil.rmtree(tmp, ignore_errors=True)
-    sync_folder(root)
+    fsync_directory(root)
     entry = open_entry(root, key)
     if entry is None:
         raise OSError(f"the decode cache entry {root / key} could not be published")
     return entry
-
-
-def sync_folder(path: Path) -> None:
-    """Make the folder's entries (new files, a rename) durable."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot sync a folder
-    finally:
-        os.close(fd)
 
 
 def remove_abandoned_builds(root: Path, key: str) -> None:
