@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -123,21 +124,29 @@ def write_shards(paths: list[str], size: tuple[int, int], folder: Path) -> tuple
     shards: list[dict] = []
     order: list[np.ndarray] = []
     out, progress, done = None, progress_bar(len(paths)), 0
-    try:
-        for indices, images in ds:
-            if out is None or shards[-1]["records"] >= per_shard:
-                out = _next_shard(out, folder, shards)
-            out.write(memoryview(images.numpy()))  # no copy of the batch
-            order.append(indices.numpy())
-            shards[-1]["records"] += len(order[-1])
-            done += len(order[-1])
-            if progress and done < len(paths):  # the last line is the final update's
-                progress.update(done)
-    finally:
-        if out is not None:
-            out.close()
-    for shard in shards:  # on the disk before the entry is published; written back meanwhile by the kernel
-        fsync_file(folder / shard["file"])
+    # Each finished shard is flushed to the disk on a thread while the next one is decoded, so that
+    # publishing (which needs every shard on the disk) does not wait for the whole entry's write-back.
+    with ThreadPoolExecutor(1) as flusher:
+        flushed = []
+        try:
+            for indices, images in ds:
+                if out is None or shards[-1]["records"] >= per_shard:
+                    out = _next_shard(out, folder, shards)
+                    if len(shards) > 1:
+                        flushed.append(flusher.submit(fsync_file, folder / shards[-2]["file"]))
+                out.write(memoryview(images.numpy()))  # no copy of the batch
+                order.append(indices.numpy())
+                shards[-1]["records"] += len(order[-1])
+                done += len(order[-1])
+                if progress and done < len(paths):  # the last line is the final update's
+                    progress.update(done)
+        finally:
+            if out is not None:
+                out.close()
+        if shards:
+            flushed.append(flusher.submit(fsync_file, folder / shards[-1]["file"]))
+        for flush in flushed:
+            flush.result()  # a failed flush fails the build: nothing half-written is published
     if progress:
         progress.update(len(paths), finalize=True)  # the unreadable files are done too
     return shards, (np.concatenate(order) if order else np.zeros(0, np.int64))
