@@ -92,7 +92,7 @@ def tree_bytes(folder: Path) -> dict[str, bytes]:
 def assert_pruned_trials_are_complete_runs(sweep_dir: Path, output: str) -> None:
     states = {t.user_attrs["job"]: t.state.name for t in load_study(sweep_dir).trials}
     pruned = [job for job in job_dirs(sweep_dir) if states[int(job.name.split("_")[0])] == "PRUNED"]
-    assert pruned, "no trial was pruned; the seed no longer gives the pruner a weaker trial, pick another\n" + output
+    assert pruned, "no trial was pruned\n" + output
     for job in pruned:
         assert_run_layout(job)  # best model, metrics.json, TensorBoard: a complete run
         metrics = json.loads((job / "metrics.json").read_text())
@@ -105,10 +105,12 @@ def assert_pruned_trials_are_complete_runs(sweep_dir: Path, output: str) -> None
 
 PRUNING = [
     "trainer.epochs=4",
-    "trainer.monitor=val_loss",  # continuous values: no ties for the pruner to let through
+    "trainer.monitor=val_loss",
     "hydra.sweeper.direction=minimize",
-    "hydra.sweeper.pruner=median",
-    "hydra.sweeper.pruner_args={n_startup_trials: 1, n_warmup_steps: 0}",
+    # A loss is never below 0, so every trial is pruned at its first report, whatever the seed or the CPU's
+    # kernels: the test is about what kfactory does with a pruned trial, not about which trial a pruner picks.
+    "hydra.sweeper.pruner=threshold",
+    "hydra.sweeper.pruner_args={upper: 0.0}",
     "optimizer.learning_rate=tag(log,interval(1e-5,1e-1))",
 ]
 

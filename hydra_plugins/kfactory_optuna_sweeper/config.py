@@ -22,7 +22,7 @@ class KfactoryOptunaSweeperConf:
     sampler: str = "tpe"  # tpe | random | cmaes | grid | nsga2
     seed: int | None = None  # the sampler's seed; a continued study adds its trial count
     sampler_args: Any = None  # more arguments of the Optuna sampler
-    pruner: str = "none"  # none | median | percentile | successive_halving | hyperband
+    pruner: str = "none"  # none | median | percentile | successive_halving | hyperband | threshold
     pruner_args: Any = None  # arguments of the Optuna pruner
     direction: str = "maximize"  # minimize | maximize: one objective, the job's return value
     directions: list[str] | None = None  # several objectives (hparams_search.objectives), e.g. [maximize, minimize]

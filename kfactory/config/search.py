@@ -33,6 +33,7 @@ PRUNERS = {
     "percentile": "PercentilePruner",
     "successive_halving": "SuccessiveHalvingPruner",
     "hyperband": "HyperbandPruner",
+    "threshold": "ThresholdPruner",  # pruner_args={upper: ...} or {lower: ...}: a trial past a bound, e.g. diverging
 }
 
 
