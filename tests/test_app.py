@@ -233,6 +233,7 @@ def test_cv_folds_trains_each_fold_in_its_folder_and_returns_their_mean(hydra_jo
     assert (saved.data.folds, saved.data.fold) == (3, 2)
 
 
+@pytest.mark.slow  # trains folds twice
 def test_cv_folds_rerun_skips_complete_folds_only_with_resume(hydra_job, monkeypatch):
     cfg, run_dir = hydra_job(["hparams_search.cv_folds=3"])
     fake_folds(monkeypatch, [0.5, 0.7, 0.9])

@@ -122,6 +122,7 @@ def test_quantised_tflite_is_smaller_and_fails_loudly_over_the_tolerance(trained
     assert not list((tmp_path / "strict").rglob("*.tflite"))  # a file that failed its check is not left behind
 
 
+@pytest.mark.slow  # exports the model
 def test_keras_export_copies_the_model_with_its_class_names(trained, tmp_path):
     from kfactory.model.checkpoint import read_metadata
 
@@ -150,6 +151,7 @@ def test_bad_export_settings_are_refused_before_tensorflow(trained, override, ke
     assert error.value.key == key
 
 
+@pytest.mark.slow  # shares a SavedModel export (11 s)
 def test_export_refuses_a_saved_model_as_its_source(saved_model):
     cfg = compose_config(["task=export", f"ckpt_path={saved_model}"])
     with pytest.raises(ConfigError, match="an exported SavedModel serves task=predict"):

@@ -167,6 +167,7 @@ def phase_recorder():
     return Recorder()
 
 
+@pytest.mark.slow  # two fine-tuning phases
 def test_head_phase_trains_only_the_head_then_the_unfrozen_layers_train(tmp_path):
     from kfactory.data.pipeline import make_splits
     from kfactory.train.best_model import BestModelCheckpoint

@@ -88,6 +88,7 @@ def test_contact_sheet_tiles_the_first_images(annotated_run):
         assert np.asarray(sheet.convert("L")).std() > 10
 
 
+@pytest.mark.slow  # predicts a folder twice
 @pytest.mark.numeric
 def test_unreadable_files_are_skipped_without_shifting_rows(trained, tmp_path):
     run_dir, images = trained
@@ -111,6 +112,7 @@ def test_unreadable_files_are_skipped_without_shifting_rows(trained, tmp_path):
     )
 
 
+@pytest.mark.slow  # three predict runs
 @pytest.mark.numeric
 def test_a_single_image_and_a_labelled_csv(trained, tmp_path):
     run_dir, images = trained

@@ -78,6 +78,7 @@ def test_a_validation_during_the_xla_steps_does_not_keep_xla_once_it_lost() -> N
     assert len(history.history["val_loss"]) == 3
 
 
+@pytest.mark.slow  # two fine-tuning phases
 def test_a_decided_probe_leaves_a_later_phase_alone() -> None:
     model, probe, _ = probed_fit(plain=1.0, xla=0.5)
     model.compile("adam", "sparse_categorical_crossentropy", jit_compile=probe.decided)  # as compile_phase does
