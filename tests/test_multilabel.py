@@ -58,6 +58,7 @@ def multilabel_run(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow  # shares a 5-epoch training run (40 s); CI also runs it on other kernels
+@pytest.mark.kernels
 def test_training_ranks_label_sets_and_stores_thresholds(multilabel_run):
     run_dir, _ = multilabel_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -86,6 +87,7 @@ def test_model_keras_loads_with_plain_keras(multilabel_run):
 
 
 @pytest.mark.slow  # shares a 5-epoch training run (40 s); CI also runs it on other kernels
+@pytest.mark.kernels
 def test_predict_lists_every_label_above_its_threshold(multilabel_run, tmp_path):
     from kfactory.use.predict import predict
 
@@ -206,6 +208,7 @@ def test_tensorboard_has_pr_curves_a_class_table_and_label_set_captions(multilab
 
 
 @pytest.mark.slow  # shares a 5-epoch training run (40 s); CI also runs it on other kernels
+@pytest.mark.kernels
 def test_eval_scores_label_sets_at_the_stored_thresholds(multilabel_run, tmp_path):
     from kfactory.use.evaluate import evaluate
 
