@@ -288,7 +288,7 @@ def _cap(arg: str) -> str:
         return f"{key}=2"  # the fewest folds there are
     if value.startswith("range(") and value.endswith(")"):
         return f"{key}=range({SWEPT})"
-    if "," in value and not value.startswith(("[", "{", "'", '"')):
+    if "," in value and not any(c in value for c in "([{'\""):  # a plain list of values, not a function or a dict
         return f"{key}={','.join(value.split(',')[:SWEPT])}"
     return arg
 
@@ -329,6 +329,14 @@ class Notify(keras.callbacks.Callback):
     def __init__(self, url):
         super().__init__()
         self.url = url  # the docs' example posts here; this stand-in only keeps it
+""",
+    "layers.py": """import keras
+
+
+@keras.saving.register_keras_serializable(package="my_pkg")
+class Scale(keras.layers.Layer):
+    def call(self, x):
+        return x * 2.0
 """,
 }
 
