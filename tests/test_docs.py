@@ -88,8 +88,9 @@ def documented_commands() -> list[Command]:
     for path in DOC_FILES:
         for block in shell_blocks(path.read_text()):
             for command in block_commands(block, str(path.relative_to(ROOT))):
-                if (command.program, command.args) not in seen:  # the README repeats some of the guides'
-                    seen.add((command.program, command.args))
+                key = (command.program, tuple(sorted(command.args)))  # Hydra applies overrides in any order alike
+                if key not in seen:  # the README repeats some of the guides'
+                    seen.add(key)
                     commands.append(command)
     return commands
 

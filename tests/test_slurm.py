@@ -16,7 +16,7 @@ import pytest
 from kfactory.run.resume import BACKUP_METADATA
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]  # one cluster, one worker
 
 SMALL = ["trainer=fast", "trainer.verbose=0", "model.input_size=[32,32]", "model.weights=null", "trainer.threads=1"]
 
