@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from kfactory.errors import ConfigError
-from tests.conftest import ROOT, compose_config, write_image_folder
+from tests.conftest import ROOT, compose_config, write_image_folder, write_multilabel_digits
 
 
 @pytest.fixture
@@ -49,6 +49,23 @@ def test_a_small_budget_streams_from_disk_and_gives_the_same_images_as_memory(fo
     shuffled = [sorted(x.tobytes() for b, _ in s.train for x in b.numpy()) for s in (in_memory, streamed)]
     assert len(shuffled[0]) == len(in_memory.indices["train"]) and shuffled[0] == shuffled[1]
     assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 1  # one entry served both
+
+
+def image_label_pairs(ds) -> list[tuple[bytes, bytes]]:
+    return [(x.tobytes(), y.tobytes()) for xs, ys in ds for x, y in zip(xs.numpy(), ys.numpy(), strict=True)]
+
+
+def test_label_sets_streamed_from_disk_keep_each_images_labels(tmp_path):
+    from kfactory.data.pipeline import make_splits
+
+    csv = write_multilabel_digits(tmp_path / "data", count=48, size=16)
+    base = ["data=csv", f"data.csv={csv}", f"data.cache_dir={tmp_path / 'cache'}", "model.input_size=[16,16]"]
+    splits = [make_splits(compose_config([*base, f"data.cache_budget_gb={gb}"])) for gb in (1, 0)]
+    assert splits[0].source.decoded.pixels is not None and splits[1].source.decoded.pixels is None
+    for name in ("train", "val", "test"):
+        pairs = [sorted(image_label_pairs(getattr(s, name))) for s in splits]
+        assert len(pairs[0]) == len(splits[0].indices[name]) and pairs[0] == pairs[1]
+        assert all(np.frombuffer(y, np.float32).shape == (3,) for _, y in pairs[0])  # even, ge5, odd: multi-hot
 
 
 def test_the_default_keeps_what_fits_and_streams_what_does_not(folder, tmp_path, monkeypatch):

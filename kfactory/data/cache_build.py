@@ -211,7 +211,6 @@ class DecodedImages:
         member = np.zeros(len(self.record_index), bool)
         member[self.position[indices]] = True
         record_member = tf.constant(member)
-        record_label = tf.constant(labels[np.maximum(self.record_index, 0)])  # members' labels; others unread
         files, counts = zip(*((str(p), n) for p, n in self.entry.shards()), strict=True)
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         shards = tf.data.Dataset.from_tensor_slices((list(files), starts, np.asarray(counts, np.int64)))
@@ -225,14 +224,21 @@ class DecodedImages:
         at_once = min(SHARDS_READ_AT_ONCE, len(files)) if training else 1  # else in record order: stream_order
         ds = shards.interleave(records, cycle_length=at_once, num_parallel_calls=AUTOTUNE, deterministic=True)
         ds = ds.filter(lambda r, _: tf.gather(record_member, r)).take(len(indices))  # stop after the last one
-        ds = ds.map(
-            lambda r, data: (tf.reshape(tf.io.decode_raw(data, tf.uint8), [h, w, 3]), tf.gather(record_label, r)),
-            num_parallel_calls=AUTOTUNE,
-        )
         if training:  # the records are in random order already; the buffer mixes the interleaved shards
             buffer = max(1, min(len(indices), shuffle, SHUFFLE_BYTES // record_bytes))
             ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-        return ds.batch(batch)
+
+        def decode(r: tf.Tensor, data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:  # a batch at once
+            return tf.reshape(tf.io.decode_raw(data, tf.uint8), [-1, h, w, 3]), self._labels_of(r, labels)
+
+        return ds.batch(batch).map(decode, num_parallel_calls=AUTOTUNE)
+
+    def _labels_of(self, records: tf.Tensor, labels: np.ndarray) -> tf.Tensor:
+        """The labels of a batch of ``records``, looked up in ``labels`` (indexed like the source) on the host:
+        no copy of the label table goes into the graph (N x classes floats for label sets)."""
+        lookup = lambda r: labels[self.record_index[r]]  # noqa: E731
+        found = tf.numpy_function(lookup, [records], tf.as_dtype(labels.dtype), stateful=False)
+        return tf.ensure_shape(found, [None, *labels.shape[1:]])
 
 
 def listed_index(files: np.ndarray, paths: list[str]) -> np.ndarray:
