@@ -25,6 +25,7 @@ from kfactory.train.best_model import BestModelCheckpoint
 from kfactory.train.callbacks import make_callbacks, stop_if_diverged
 from kfactory.train.compile import compile_model
 from kfactory.train.compute import build_before_fit, choose_jit_compile, configure_tensorflow
+from kfactory.train.diagnosis import chance_diagnosis
 from kfactory.train.distribute import make_strategy
 from kfactory.train.final_summaries import write_final_summaries
 from kfactory.train.finetune import fit_in_phases
@@ -76,6 +77,10 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     weights = describe_training(cfg, splits, run_dir)
     history = fit_in_phases(model, cfg, splits, steps, callbacks, compile_phase, weights)
     stop_if_diverged(callbacks, cfg, checkpoint)
+    epochs_run = len(past) + len(history.epoch)
+    classes, from_scratch = len(splits.class_names), cfg.model.weights is None
+    if stuck := chance_diagnosis(history.history, classes, model, steps * epochs_run, from_scratch):
+        log.warning("%s", stuck)
     if checkpoint.best is None:
         monitor = cfg.trainer.monitor
         raise RunStopped(f"no epoch produced a finite {monitor}; nothing to save (try a lower learning rate)")
@@ -83,7 +88,6 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     metrics = evaluate_best(cfg, best, checkpoint, splits)
     if cfg.data.task == "multilabel":
         metrics.update(store_thresholds(best, run_dir / MODEL_FILE, splits))
-    epochs_run = len(past) + len(history.epoch)
     metrics.update(best_epoch=checkpoint.best_epoch + 1, epochs_run=epochs_run, wall_time_s=time.time() - started)
     metrics[f"best_{cfg.trainer.monitor}"] = checkpoint.best
     metrics["params"] = model.count_params()  # a search can weigh accuracy against size
