@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from kfactory.run.resume import BACKUP_METADATA
-from tests.conftest import ROOT
+from tests.conftest import ROOT, write_image_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]  # one cluster, one worker
 
@@ -46,6 +46,25 @@ def test_a_slurm_sweep_runs_each_job_in_its_directory_and_sums_them_up(slurm_clu
     table = pd.read_csv(tmp_path / "summary.csv")
     assert sorted(table["job"]) == [0, 1] and set(table["status"]) == {"ok"}
     assert list((tmp_path / ".submitit").glob("*/*_log.out"))  # submitit's own logs
+
+
+def test_two_slurm_jobs_on_one_folder_decode_it_once_into_one_cache_entry(slurm_cluster, tmp_path):
+    from kfactory.data.pipeline import DECODE_CACHE_KEY
+
+    photos = write_image_folder(tmp_path / "photos", {"cats": 300, "dogs": 300}, size=64, fmt="jpg")
+    cache = tmp_path / "cache"
+    data = ["data=folder", f"data.path={photos}", f"data.cache_dir={cache}"]
+    sweep = slurm_sweep(slurm_cluster, tmp_path / "sweep", [*data, "model.dropout=0.0,0.5"])
+    output, _ = sweep.communicate(timeout=900)
+    assert sweep.returncode == 0, output[-4000:]
+    entries = [p.name for p in cache.iterdir() if not p.name.startswith(".")]
+    assert len(entries) == 1 and not [p for p in cache.iterdir() if p.name.startswith(".") and p.is_dir()]
+    jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith("."))
+    logs = [(job / "kfactory.log").read_text() for job in jobs]
+    assert sum("Decoding 600 images once" in log for log in logs) == 1, logs  # one job built it
+    assert sum("Decode cache: 600 images at" in log for log in logs) == 1, logs  # the other read it
+    for job in jobs:
+        assert json.loads((job / "splits.json").read_text())[DECODE_CACHE_KEY] == entries[0]
 
 
 def job_id(cluster) -> str:
