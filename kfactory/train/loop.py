@@ -79,7 +79,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     stop_if_diverged(callbacks, cfg, checkpoint)
     epochs_run = len(past) + len(history.epoch)
     classes, from_scratch = len(splits.class_names), cfg.model.weights is None
-    if stuck := chance_diagnosis(history.history, classes, model, steps * epochs_run, from_scratch):
+    single_label = cfg.data.task != "multilabel"  # a label set's accuracy has another chance level
+    if single_label and (stuck := chance_diagnosis(history.history, classes, model, steps * epochs_run, from_scratch)):
         log.warning("%s", stuck)
     if checkpoint.best is None:
         monitor = cfg.trainer.monitor
