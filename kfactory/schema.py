@@ -250,6 +250,15 @@ class LoadConfig:
 
 
 @dataclass
+class AutoConfig:
+    """``auto``: experiment=auto, a search for the best model the data allows in a time budget."""
+
+    # the whole command's wall time, e.g. 30m, 1h30m, 90s (at least 1m); experiment=auto passes it to
+    # hydra.sweeper.budget. null: no search budget
+    budget: Any = None
+
+
+@dataclass
 class RunConfig:
     """The whole run config (less ``hydra``)."""
 
@@ -271,6 +280,7 @@ class RunConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     hparams_search: HparamsSearchConfig = field(default_factory=HparamsSearchConfig)
     load: LoadConfig = field(default_factory=LoadConfig)
+    auto: AutoConfig = field(default_factory=AutoConfig)
 
 
 # group -> its schema, and whether extra keys need a ``_target_`` (False: always accepted)

@@ -25,6 +25,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kfactory.config.search import JOB_ATTR, PRUNED_ATTR, make_pruner, open_storage, trial_link
 from kfactory.errors import ConfigError
+from kfactory.overrides import rerun_command, split_override
+from kfactory.run.budget import END_RESERVE_S, BudgetLedger, deadline_link, format_duration, parse_budget
 
 from .config import SAMPLERS
 
@@ -34,6 +36,10 @@ RESULTS_FILE = "optimization_results.yaml"
 METRICS_FILE = "metrics.json"  # where a job's objectives are read from (hparams_search.objectives)
 FIXED_ATTR = "fixed"  # trial user attribute: the command-line values the trial ran with besides its params
 DIRECTIONS = ("minimize", "maximize")
+BEST_LINK = "best"  # with a budget: a link in the sweep root to the best trial's run directory
+MIN_START_S = 20.0  # with a budget: no trial starts with less time left (a small model's build, trace and epoch)
+FAILED_START = 3  # with a budget: the search stops when its first trials all failed (a bad config or data)
+DIR_ATTR = "dir"  # trial user attribute: the job's run directory
 
 
 # The search space ---------------------------------------------------------------------------------
@@ -127,6 +133,7 @@ class OptunaSearch:
         n_trials: int,
         n_jobs: int,
         enqueue: Sequence[DictConfig],
+        budget: Any = None,
     ) -> None:
         if sampler not in SAMPLERS:
             raise ConfigError("hydra.sweeper.sampler", sampler, "one of " + ", ".join(SAMPLERS))
@@ -141,6 +148,8 @@ class OptunaSearch:
         self.study_name, self.storage = study_name, storage
         self.n_trials, self.n_jobs = n_trials, max(int(n_jobs), 1)
         self.enqueue = [to_dict(entry) for entry in enqueue or []]
+        self.budget_s = None if budget is None else parse_budget(budget, "hydra.sweeper.budget")
+        self.ledger: BudgetLedger | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -165,21 +174,84 @@ class OptunaSearch:
         remaining = self.trials_to_run(study, space)
         so_far = len(study.trials)
         log.info("Study %s: %d trials so far, %d to run, first job %d", study.study_name, so_far, remaining, job)
-        while remaining > 0:
-            batch = [study.ask(fixed_distributions=space) for _ in range(min(self.n_jobs, remaining))]
-            remaining -= len(batch)
-            for trial in batch:
-                trial.set_user_attr(FIXED_ATTR, fixed)
-            new = [trial for trial in batch if not answer_from_earlier(study, trial, fixed)]
-            for number, trial in enumerate(new, start=job):
-                trial.set_user_attr(JOB_ATTR, number)
-            if not new:
-                continue
-            returns = self.launcher.launch([self.job_overrides(study, t, fixed) for t in new], initial_job_idx=job)
-            job += len(returns)
-            for trial, ret in zip(new, returns, strict=True):
-                self.record(study, trial, ret)
+        if self.budget_s is not None:
+            self.ledger = BudgetLedger(self.sweep_dir, self.budget_s)
+            self.ledger.start()
+            log.info("Budget: %s, %s left", format_duration(self.budget_s), format_duration(self.ledger.left_s))
+        try:
+            if self.ledger is not None:
+                self.resume_cut_trials(study, fixed)
+            while remaining > 0 and self.time_for_a_trial():
+                batch = [study.ask(fixed_distributions=space) for _ in range(min(self.n_jobs, remaining))]
+                remaining -= len(batch)
+                for trial in batch:
+                    trial.set_user_attr(FIXED_ATTR, fixed)
+                new = [trial for trial in batch if not answer_from_earlier(study, trial, fixed)]
+                for number, trial in enumerate(new, start=job):
+                    trial.set_user_attr(JOB_ATTR, number)
+                if not new:
+                    continue
+                returns = self.launcher.launch([self.job_overrides(study, t, fixed) for t in new], initial_job_idx=job)
+                job += len(returns)
+                for trial, ret in zip(new, returns, strict=True):
+                    self.record(study, trial, ret)
+                if self.ledger is not None and not self.report_progress(study):
+                    break
+        except KeyboardInterrupt:
+            if self.ledger is not None:
+                again = rerun_command(arguments, (), [f"hydra.sweep.dir={self.sweep_dir}"])
+                log.error("Interrupted. Finished trials are kept; continue with the time left: %s", again)
+            raise
+        finally:
+            if self.ledger is not None:
+                self.ledger.close()
         write_results(study, self.sweep_dir, self.objectives)
+
+    def resume_cut_trials(self, study: optuna.Study, fixed: dict[str, str]) -> None:
+        """Run again, in their own directories from their last finished epoch, the trials a kill cut short."""
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            job = frozen.user_attrs.get(JOB_ATTR)
+            if job is None or not self.time_for_a_trial():
+                continue
+            log.info(
+                "Trial %d (job %s) was cut short by a kill: it continues from its last finished epoch",
+                frozen.number,
+                job,
+            )
+            trial = optuna.trial.Trial(study, frozen._trial_id)
+            overrides = [*self.job_overrides(study, trial, fixed), "resume=auto"]
+            (ret,) = self.launcher.launch([overrides], initial_job_idx=int(job))
+            self.record(study, trial, ret)
+
+    def time_for_a_trial(self) -> bool:
+        """Without a budget always; with one, while the time left covers the start of a trial."""
+        if self.ledger is None:
+            return True
+        left = self.ledger.left_s - END_RESERVE_S
+        if left >= MIN_START_S:
+            return True
+        log.info("Budget: %s left, too little for another trial; the search ends", format_duration(max(left, 0)))
+        return False
+
+    def report_progress(self, study: optuna.Study) -> bool:
+        """One line after each batch: trials run, the best so far, the time left. False: stop (all failed so far)."""
+        trials = study.get_trials(deepcopy=False)
+        finished = [t for t in trials if t.state.is_finished()]
+        complete = [t for t in finished if t.state == TrialState.COMPLETE]
+        if not complete and len(finished) >= FAILED_START and all(t.state == TrialState.FAIL for t in finished):
+            log.error(
+                "Error: the first %d trials all failed, so the search stops; each job's error.txt in %s says why",
+                len(finished),
+                self.sweep_dir,
+            )
+            return False
+        best = ""
+        if complete and len(study.directions) == 1:
+            top = study.best_trial
+            best = f", best {top.value:.4f} (job {top.user_attrs.get(JOB_ATTR)})"
+        left = format_duration(max(self.ledger.left_s, 0))
+        log.info("Budget: %d trials finished (%d complete)%s; %s left", len(finished), len(complete), best, left)
+        return True
 
     def open_study(self, space: dict[str, BaseDistribution]) -> optuna.Study:
         """Create the study, or load it with its trials; seed the sampler past the trials it already has."""
@@ -219,11 +291,16 @@ class OptunaSearch:
         """The job's command line: the trial's parameters, the fixed values, and its trial link if pruning."""
         overrides = [f"{key}={value}" for key, value in trial.params.items()]
         overrides += [f"{key}={value}" for key, value in fixed.items()]
+        if self.ledger is not None:
+            overrides += deadline_link(self.ledger.deadline - END_RESERVE_S)
         return overrides + (trial_link(trial._trial_id, study.study_name) if self.pruning else [])
 
     def record(self, study: optuna.Study, trial: optuna.Trial, ret: JobReturn) -> None:
         """Tell the study how the trial's job ended: COMPLETE, PRUNED (the job stopped early) or FAIL."""
         job = trial.user_attrs.get(JOB_ATTR)
+        output_dir = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir") if ret.hydra_cfg else None
+        if output_dir:
+            study._storage.set_trial_user_attr(trial._trial_id, DIR_ATTR, str(Path(output_dir).absolute()))
         try:
             values = job_values(ret, self.objectives)
         except Exception as error:  # noqa: BLE001 - any failure of the job is the trial's FAIL
@@ -311,6 +388,10 @@ def write_results(study: optuna.Study, sweep_dir: Path, objectives: list[str] | 
         best = study.best_trial
         results.update(best_job=best.user_attrs.get(JOB_ATTR), best_params=best.params, best_value=best.value)
         log.info("Best trial %d (job %s): %s = %s", best.number, best.user_attrs.get(JOB_ATTR), best.params, best.value)
+        if (run_dir := best.user_attrs.get(DIR_ATTR)) and Path(run_dir).is_dir():
+            results.update(best_dir=run_dir, command=reproduce_command(Path(run_dir)))
+            link_best(sweep_dir, Path(run_dir))
+            log.info("Best run: %s; without the search: %s", run_dir, results["command"])
     else:
         results["objectives"] = objectives
         results["directions"] = [d.name.lower() for d in study.directions]
@@ -320,3 +401,29 @@ def write_results(study: optuna.Study, sweep_dir: Path, objectives: list[str] | 
         ]
         log.info("Pareto-optimal trials: %s", ", ".join(str(t.number) for t in study.best_trials))
     OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)
+
+
+def reproduce_command(run_dir: Path) -> str:
+    """The ``python run.py ...`` that trains ``run_dir``'s settings without the search.
+
+    The job's own overrides less the search's keys (``experiment=auto``, ``auto.*``,
+    ``hydra.*``); a run that its budget or its pruner stopped early gets the epochs it ran.
+    """
+    overrides = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
+    kept = [o for o in overrides if split_override(o) != ("experiment", "auto") and not o.startswith("auto.")]
+    metrics_file = run_dir / METRICS_FILE
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    cut = metrics.get("deadline_epoch") or metrics.get("pruned_epoch")
+    drop = ("resume", "trainer.epochs") if cut else ("resume",)  # a trial resumed after a kill ran with resume=auto
+    return rerun_command(kept, drop, [f"trainer.epochs={cut}"] if cut else [])
+
+
+def link_best(sweep_dir: Path, run_dir: Path) -> None:
+    """``<sweep dir>/best``: a relative link to the best run's directory, replaced atomically."""
+    link, temporary = sweep_dir / BEST_LINK, sweep_dir / f".{BEST_LINK}.tmp"
+    temporary.unlink(missing_ok=True)
+    target = Path(run_dir).absolute()
+    if target.is_relative_to(sweep_dir.absolute()):
+        target = target.relative_to(sweep_dir.absolute())
+    temporary.symlink_to(target, target_is_directory=True)
+    temporary.replace(link)

@@ -31,6 +31,10 @@ class KfactoryOptunaSweeperConf:
     n_trials: int = 20  # trials this call adds to the study
     n_jobs: int = 1  # trials asked per batch and launched together
     enqueue: list[dict[str, Any]] = field(default_factory=list)  # parameter sets to run first
+    # A time budget for the whole command (experiment=auto sets it from auto.budget): 90s, 30m, 1h30m.
+    # No trial starts once it is spent, and each job stops training in time to finish by it; the same
+    # command on the same sweep dir continues with the time left (budget.json). null: n_trials only.
+    budget: Any = None
 
 
 ConfigStore.instance().store(

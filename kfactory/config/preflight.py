@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from kfactory.config.validate import validate
 from kfactory.errors import ConfigError
 from kfactory.framework import check_backend
 from kfactory.run import lock as run_lock
+from kfactory.run.budget import parse_budget
 from kfactory.run.resume import COMPLETE, METRICS_FILE, check_run_dir, complete_message, resume_mode
 
 FORMAT = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")  # Hydra's job_logging format
@@ -33,9 +34,7 @@ class Preflight(Callback):
     """Validate the config and the run directory of a single run; exit 2 with one line on refusal."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        task_cfg = copy.deepcopy(config)
-        with read_write(task_cfg), open_dict(task_cfg):
-            del task_cfg["hydra"]
+        task_cfg = task_config(config)
         run_dir = Path(str(config.hydra.run.dir)).absolute()
         try:
             check_backend()
@@ -49,6 +48,28 @@ class Preflight(Callback):
         if state == COMPLETE:
             say(logging.INFO, complete_message(run_dir, json.loads((run_dir / METRICS_FILE).read_text())))
             raise SystemExit(0)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A search with a time budget (experiment=auto): refuse a bad budget or base config before any trial."""
+        budget = OmegaConf.select(config, "hydra.sweeper.budget", default=None)
+        if budget is None:
+            return
+        written = OmegaConf.to_container(config.hydra.sweeper, resolve=False).get("budget")
+        key = "auto.budget" if written == "${auto.budget}" else "hydra.sweeper.budget"
+        try:
+            parse_budget(budget, key)
+            check_backend()
+            validate(task_config(config))  # every trial starts from it; a refusal here would fail them all
+        except ConfigError as error:
+            refuse(error)
+
+
+def task_config(config: DictConfig) -> DictConfig:
+    """The config less ``hydra``, as the task sees it."""
+    task_cfg = copy.deepcopy(config)
+    with read_write(task_cfg), open_dict(task_cfg):
+        del task_cfg["hydra"]
+    return task_cfg
 
 
 def refuse(error: ConfigError) -> None:

@@ -2,13 +2,17 @@
 
 ``${kf_job_dirname:...}`` (``hydra.sweep.subdir``) names a sweep job's directory
 after the overrides that differ between the sweep's jobs, safe on any filesystem
-and short enough to read as a TensorBoard run name.
+and short enough to read as a TensorBoard run name. ``${kf_imagenet_or_null:}``
+(experiment=auto) is ``imagenet`` when the ImageNet weights can be downloaded, else ``null``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import re
+import socket
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -25,6 +29,8 @@ _FLOAT = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)")  # has a '
 VARIED_KEYS_FILE = "varied_keys.txt"  # written at the sweep root by kfactory.report.sweep before the jobs run
 JOB_OFFSET_FILE = "job_offset.txt"  # likewise: where this multirun's job numbers start (earlier jobs kept)
 FOLD_KEY = "data.fold"  # what a cross-validation sweep varies; its jobs group by everything else
+WEIGHTS_HOST = ("storage.googleapis.com", 443)  # where keras.applications downloads ImageNet weights
+WEIGHTS_TIMEOUT_S = 2.0
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+@-]+")  # '/' and anything a shell or Windows would trip on
 
 
@@ -111,12 +117,29 @@ def next_job_number(sweep_dir: str | Path) -> int:
     return max(numbers, default=-1) + 1
 
 
+@functools.cache
+def imagenet_or_null() -> str:
+    """``imagenet`` when Keras can download the ImageNet weights (their host answers), else ``null``.
+
+    ``KFACTORY_OFFLINE=1`` says ``null`` without asking.
+    """
+    if os.environ.get("KFACTORY_OFFLINE") == "1":
+        return "null"
+    try:
+        socket.create_connection(WEIGHTS_HOST, timeout=WEIGHTS_TIMEOUT_S).close()
+    except OSError:
+        return "null"
+    return "imagenet"
+
+
 def register_resolvers() -> None:
     """Register kfactory's resolvers once (importing this module does it)."""
     if not OmegaConf.has_resolver("kf_job_dirname"):
         OmegaConf.register_new_resolver("kf_job_dirname", job_dirname)
     if not OmegaConf.has_resolver("kf_job_number"):
         OmegaConf.register_new_resolver("kf_job_number", job_number)
+    if not OmegaConf.has_resolver("kf_imagenet_or_null"):
+        OmegaConf.register_new_resolver("kf_imagenet_or_null", imagenet_or_null)
 
 
 register_resolvers()

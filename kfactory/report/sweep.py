@@ -110,7 +110,8 @@ def summarize_sweep(root: Path, exclude_keys: Iterable[str] = ()):
     """
     import pandas as pd  # only at the end of a sweep, not on every start
 
-    jobs = sorted(p.parent.parent for p in root.glob("*/.hydra/overrides.yaml"))
+    # not the link to the best job (a search with a budget makes one)
+    jobs = sorted(p.parent.parent for p in root.glob("*/.hydra/overrides.yaml") if not p.parent.parent.is_symlink())
     if not jobs:
         return pd.DataFrame()
     overrides = {job: read_overrides(job) for job in jobs}

@@ -15,6 +15,7 @@ from kfactory.run.resume import backup_dir
 from kfactory.targets import build
 from kfactory.train.backup import AtomicBackupAndRestore
 from kfactory.train.best_model import BestModelCheckpoint
+from kfactory.train.deadline import deadline_callbacks
 from kfactory.train.divergence import StopOnNaN
 from kfactory.train.histograms import EpochTensorBoard
 from kfactory.train.pruning import trial_pruning
@@ -106,6 +107,7 @@ def make_callbacks(
         StopOnNaN(),
         # only in a trial of a pruning Optuna search; with cv_folds its steps count on across the folds
         *trial_pruning(cfg.trainer.monitor, cfg.data.fold * cfg.trainer.epochs if cfg.hparams_search.cv_folds else 0),
+        *deadline_callbacks(),  # only in a job of a search with a time budget (experiment=auto)
     ]
     if splits is not None:
         from kfactory.train.tensorboard import ValidationSummaries  # matplotlib, TensorBoard plugins

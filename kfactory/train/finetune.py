@@ -194,6 +194,8 @@ def fit_in_phases(
             break  # StopOnNaN stopped it; a later phase would start from diverged weights
         if any(getattr(c, "pruned_epoch", None) for c in callbacks):
             break  # the Optuna trial was pruned: the run ends here (kfactory.train.pruning)
+        if any(getattr(c, "deadline_epoch", None) for c in callbacks):
+            break  # the search's budget is spent: the run ends here (kfactory.train.deadline)
     history.epoch, history.history = epochs, logs
     return history
 

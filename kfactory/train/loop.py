@@ -25,6 +25,7 @@ from kfactory.train.best_model import BestModelCheckpoint
 from kfactory.train.callbacks import make_callbacks, stop_if_diverged
 from kfactory.train.compile import compile_model
 from kfactory.train.compute import build_before_fit, choose_jit_compile, configure_tensorflow
+from kfactory.train.deadline import deadline_epoch
 from kfactory.train.diagnosis import chance_diagnosis
 from kfactory.train.distribute import make_strategy
 from kfactory.train.final_summaries import write_final_summaries
@@ -94,6 +95,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     metrics["params"] = model.count_params()  # a search can weigh accuracy against size
     if pruned := pruned_epoch(callbacks):
         metrics.update(pruned=True, pruned_epoch=pruned)
+    if stopped := deadline_epoch(callbacks):
+        metrics["deadline_epoch"] = stopped  # the search's budget ended training in this epoch
     write_final_summaries(cfg, run_dir / "tensorboard", metrics)
     write_json_atomic(run_dir / "metrics.json", metrics)  # last: the run is complete
     drop_backup(run_dir)

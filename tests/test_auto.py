@@ -1,0 +1,208 @@
+"""experiment=auto: a search within a wall-clock budget that ends with a model and the command that retrains it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from kfactory.errors import ConfigError
+from kfactory.run import budget as budget_module
+from kfactory.run.budget import BudgetLedger, format_duration, parse_budget
+from kfactory.train.deadline import AFTER_FIT_S, Deadline
+from tests.conftest import ROOT, run_cli
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("30m", 1800), ("1h30m", 5400), ("2H", 7200), (120, 120), ("75", 75)]
+)
+def test_a_budget_reads_as_seconds(text, seconds):
+    assert parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize(("text", "says"), [("soon", "a duration such as"), ("10s", "at least 1m"), (None, "duration")])
+def test_a_bad_or_too_small_budget_is_refused_naming_what_it_needs(text, says):
+    with pytest.raises(ConfigError) as refused:
+        parse_budget(text)
+    assert refused.value.key == "auto.budget" and says in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_durations_read_as_people_write_them():
+    assert [format_duration(s) for s in (45, 724, 3900, -3)] == ["45s", "12m 04s", "1h 05m", "0s"]
+
+
+def test_the_ledger_counts_every_command_and_what_a_killed_one_spent(tmp_path, monkeypatch):
+    monkeypatch.setattr(budget_module, "TICK_S", 0.05)
+    first = BudgetLedger(tmp_path, 100.0)
+    first.start()
+    time.sleep(0.4)
+    first._stop.set()  # killed: no close, only what the thread recorded
+    first._thread.join()
+    second = BudgetLedger(tmp_path, 100.0)
+    assert 0.3 <= second.earlier_s <= 0.5
+    assert second.deadline == pytest.approx(second.started + 100.0 - second.earlier_s)
+    second.start()
+    second.close()
+    record = json.loads((tmp_path / "budget.json").read_text())
+    assert len(record["sessions_s"]) == 2 and record["spent_s"] == pytest.approx(sum(record["sessions_s"]), abs=0.1)
+
+
+class FakeClock:
+    """A clock that moves a fixed step per training batch (a StepClock callback moves it)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class StepClock(keras.callbacks.Callback):
+    def __init__(self, clock: FakeClock, step_s: float) -> None:
+        super().__init__()
+        self.clock, self.step_s, self.batches = clock, step_s, 0
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self.clock.now += self.step_s
+        self.batches += 1
+
+
+def test_a_run_stops_at_the_batch_past_which_it_could_not_finish_and_still_validates():
+    keras.utils.set_random_seed(0)
+    x, y = np.random.rand(160, 4).astype("float32"), np.random.randint(0, 2, 160)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    clock = FakeClock()
+    # 10 batches an epoch of 1 s each; a deadline 25 s away less what the end of a run keeps
+    deadline = Deadline(clock.now + 25 + AFTER_FIT_S, clock=clock)
+    stepper = StepClock(clock, 1.0)
+    history = model.fit(x, y, batch_size=16, epochs=5, validation_data=(x, y), callbacks=[stepper, deadline], verbose=0)
+    assert deadline.deadline_epoch == 3  # stopped inside the third epoch...
+    assert 20 < stepper.batches < 30  # ...after some of its batches, not at an epoch's end
+    assert len(history.history["val_loss"]) == 3  # the cut epoch was still validated (the checkpoint can keep it)
+
+
+def reproduce_command(run_dir: Path) -> str:
+    from hydra_plugins.kfactory_optuna_sweeper._impl import reproduce_command
+
+    return reproduce_command(run_dir)
+
+
+def test_the_winners_command_leaves_the_search_out_and_keeps_the_epochs_it_ran(tmp_path):
+    (tmp_path / ".hydra").mkdir()
+    overrides = [
+        "model=efficientnet_b0",
+        "optimizer.learning_rate=0.0031",
+        "data.path=/data/my photos",
+        "experiment=auto",
+        "auto.budget=30m",
+        "trainer.epochs=30",
+        "resume=auto",
+        "++hydra.job.env_set.KFACTORY_DEADLINE=1796386409.7",
+    ]
+    OmegaConf.save(OmegaConf.create(overrides), tmp_path / ".hydra" / "overrides.yaml")
+    (tmp_path / "metrics.json").write_text(json.dumps({"val_accuracy": 0.9, "deadline_epoch": 7}))
+    words = shlex.split(reproduce_command(tmp_path))
+    assert words == [
+        "python",
+        "run.py",
+        "model=efficientnet_b0",
+        "optimizer.learning_rate=0.0031",
+        "data.path=/data/my photos",
+        "trainer.epochs=7",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["auto.budget=10s"], "auto.budget=10s is not accepted: at least 1m"),
+        (["auto.budget=soon"], "auto.budget=soon is not accepted: a duration such as"),
+        (["auto.budget=5m", "data=folder", "data.path=/no/such/folder"], "data.path=/no/such/folder"),
+    ],
+)
+def test_a_refused_search_says_why_in_one_line_and_leaves_no_folder(tmp_path, args, says):
+    sweep = tmp_path / "auto"
+    result = run_cli(["experiment=auto", *args, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1 and says in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not sweep.exists()
+
+
+AUTO_TINY = [
+    "experiment=auto",
+    "auto.budget=60s",
+    "model=mobilenet_v3_small",  # a fixed value replaces the search's entry
+    "trainer.epochs=4",
+    "trainer.verbose=0",
+]
+
+
+def start_auto(sweep: Path, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KFACTORY_OFFLINE": "1"}
+    argv = [sys.executable, str(ROOT / "run.py"), *AUTO_TINY, f"hydra.sweep.dir={sweep}"]
+    return subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_a_killed_search_continues_with_the_time_left_and_ends_with_a_model_and_its_command(tmp_path):
+    sweep = tmp_path / "auto"
+    started = time.time()
+    first = start_auto(sweep, tmp_path)
+    history = None
+    # Kill in the first trial's third epoch: its first epoch's backup is complete by then
+    while first.poll() is None and time.time() - started < 120:
+        history = next(sweep.glob("0_*/history.csv"), None)
+        if history is not None and len(history.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.5)
+    assert first.poll() is None, first.communicate()[1][-3000:]
+    first.send_signal(signal.SIGINT)
+    out, err = first.communicate(timeout=60)
+    first_s = time.time() - started
+    assert "continue with the time left: python run.py" in out + err, (out + err)[-3000:]
+
+    again = time.time()
+    second = start_auto(sweep, tmp_path)
+    out, err = second.communicate(timeout=300)
+    second_s = time.time() - again
+    assert second.returncode == 0, err[-4000:]
+    assert "Trial 0 (job 0) was cut short by a kill: it continues from its last finished epoch" in out + err
+    # The budget holds for both commands together: 60 s, within 30 s (each command's start before the search
+    # opens its ledger, some seconds, is the only time not counted)
+    assert first_s + second_s <= 60 + 30, (first_s, second_s)
+    spent = json.loads((sweep / "budget.json").read_text())
+    assert len(spent["sessions_s"]) == 2 and spent["spent_s"] <= 60 + 5
+
+    # Job 0 went on from its last finished epoch in its own folder: each epoch once, in order
+    job0 = next(sweep.glob("0_*"))
+    epochs = pd.read_csv(job0 / "history.csv")["epoch"].tolist()
+    assert epochs == list(range(1, len(epochs) + 1)), epochs
+    assert "Resuming" in (job0 / "kfactory.log").read_text()
+
+    best = sweep / "best"
+    assert best.is_symlink() and (best / "model.keras").is_file() and (best / "metrics.json").is_file()
+    summary = pd.read_csv(sweep / "summary.csv")
+    assert "best" not in summary["job"].astype(str).tolist() and (summary["status"] == "ok").all()
+    results = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert Path(results.best_dir).resolve() == best.resolve()
+
+    # The command printed for the winner trains it without the search
+    words = shlex.split(results.command)
+    assert words[:2] == ["python", "run.py"] and "experiment=auto" not in words
+    rerun = run_cli([*words[2:], f"hydra.run.dir={tmp_path / 'again'}"], cwd=tmp_path, env={"KFACTORY_OFFLINE": "1"})
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (tmp_path / "again" / "model.keras").is_file()
