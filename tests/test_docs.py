@@ -50,7 +50,7 @@ class Command:
 
     @property
     def multirun(self) -> bool:
-        return "-m" in self.args or "--multirun" in self.args
+        return "-m" in self.args or "--multirun" in self.args or "experiment=auto" in self.args  # hydra.mode
 
     @property
     def overrides(self) -> list[str]:
@@ -265,8 +265,10 @@ def smoke_args(command: Command, home: Path, run: Path | None, work: Path) -> li
     capped += [f"{key}={value}" for key, value in SMOKE_VALUES.items() if key not in keys]
     if "model.input_size" not in keys:
         capped.append("model.input_size=[32,32]")
-    if "hparams_search=optuna" in args and "hydra.sweeper.n_trials" not in keys:
+    if ("hparams_search=optuna" in args or "experiment=auto" in args) and "hydra.sweeper.n_trials" not in keys:
         capped.append(f"hydra.sweeper.n_trials={SWEPT}")
+    if "experiment=auto" in args and "trainer.epochs" not in keys:
+        capped.append("trainer.epochs=2")  # the search's own 30 epochs are one of its parameters
     if "hydra.run.dir" not in keys:
         capped.append(f"hydra.run.dir={work / 'run'}")
     if "hydra.sweep.dir" not in keys:
@@ -285,6 +287,8 @@ def _cap(arg: str) -> str:
         return "trainer.epochs=2"
     if key == "hydra.sweeper.n_trials":
         return f"{key}={SWEPT}"
+    if key == "auto.budget":
+        return f"{key}=1m"  # the least budget; one trial at smoke size ends well within it
     if key == "hparams_search.cv_folds":
         return f"{key}=2"  # the fewest folds there are
     if value.startswith("range(") and value.endswith(")"):

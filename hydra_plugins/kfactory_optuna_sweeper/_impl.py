@@ -83,6 +83,14 @@ def distribution(override: Override) -> BaseDistribution:
     raise ConfigError(key, text, "choice(...), range(...), interval(...) or tag(log, interval(...))")
 
 
+def contains(dist: BaseDistribution, value: Any) -> bool:
+    """Whether ``value`` is one of ``dist``'s values."""
+    try:
+        return dist._contains(dist.to_internal_repr(value))
+    except (ValueError, TypeError):
+        return False
+
+
 def grid_values(key: str, dist: BaseDistribution) -> list[Any]:
     """Every value of a discrete distribution, for the grid sampler."""
     if isinstance(dist, CategoricalDistribution):
@@ -271,13 +279,17 @@ class OptunaSearch:
     def enqueue_starts(self, study: optuna.Study, space: dict[str, BaseDistribution], fixed: dict[str, str]) -> None:
         """Queue the known-good starting points (``hydra.sweeper.enqueue``) unless a trial already ran them.
 
-        A key fixed on the command line keeps its fixed value.
+        A key fixed on the command line keeps its fixed value; a value the command line's range
+        leaves out is left to the sampler.
         """
         for entry in self.enqueue:
             entry = {key: value for key, value in entry.items() if key not in fixed}
             if any(key not in space for key in entry):
                 raise ConfigError("hydra.sweeper.enqueue", entry, "keys of the search space: " + ", ".join(space))
-            study.enqueue_trial(entry, skip_if_exists=True)
+            outside = {key: value for key, value in entry.items() if not contains(space[key], value)}
+            if outside:
+                log.info("Enqueued start %s: %s outside the search space, so sampled", entry, outside)
+            study.enqueue_trial({k: v for k, v in entry.items() if k not in outside}, skip_if_exists=True)
 
     def trials_to_run(self, study: optuna.Study, space: dict[str, BaseDistribution]) -> int:
         """``n_trials``, or fewer when a grid has fewer points left."""

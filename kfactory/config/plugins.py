@@ -19,6 +19,7 @@ PLUGINS: dict[tuple[str, str], tuple[str, str]] = {
     # kfactory ships its Optuna sweeper (hydra_plugins/kfactory_optuna_sweeper); it needs Optuna itself
     ("hydra/sweeper", "kfactory_optuna"): ("optuna", "sweep"),
     ("hparams_search", "optuna"): ("optuna", "sweep"),
+    ("experiment", "auto"): ("optuna", "sweep"),  # a search with kfactory's Optuna sweeper
     ("hydra/launcher", "joblib"): ("hydra_plugins.hydra_joblib_launcher", "sweep"),
     ("hydra/launcher", "submitit_local"): ("hydra_plugins.hydra_submitit_launcher", "slurm"),
     ("hydra/launcher", "submitit_slurm"): ("hydra_plugins.hydra_submitit_launcher", "slurm"),
