@@ -93,6 +93,23 @@ def test_a_run_stops_at_the_batch_past_which_it_could_not_finish_and_still_valid
     assert len(history.history["val_loss"]) == 3  # the cut epoch was still validated (the checkpoint can keep it)
 
 
+def test_the_front_keeps_the_trials_no_other_beats_on_accuracy_size_and_speed():
+    from kfactory.report.sweep import trade_off_front
+
+    table = pd.DataFrame(
+        {
+            "job": [0, 1, 2, 3, 4, 5],
+            "status": ["ok", "ok", "ok", "ok", "failed", "ok"],
+            "val_accuracy": [0.90, 0.95, 0.95, 0.80, None, 0.85],
+            "params": [1e6, 2e6, 3e6, 0.5e6, 1.0, 2e6],
+            "test_ms_per_image": [1.0, 2.0, 1.5, 0.5, 1.0, 1.0],
+        }
+    )
+    # job 5 is beaten by job 0 on all three; job 2 trades size for speed against job 1; a failed job is out
+    assert trade_off_front(table, "val_accuracy", "auto") == [0, 1, 2, 3]
+    assert trade_off_front(table, "val_accuracy", "min") == [3]  # a metric to minimise: the lowest wins all three
+
+
 def reproduce_command(run_dir: Path) -> str:
     from hydra_plugins.kfactory_optuna_sweeper._impl import reproduce_command
 
@@ -197,6 +214,7 @@ def test_a_killed_search_continues_with_the_time_left_and_ends_with_a_model_and_
     assert best.is_symlink() and (best / "model.keras").is_file() and (best / "metrics.json").is_file()
     summary = pd.read_csv(sweep / "summary.csv")
     assert "best" not in summary["job"].astype(str).tolist() and (summary["status"] == "ok").all()
+    assert summary["pareto"].any() and (summary["test_ms_per_image"] > 0).all()
     results = OmegaConf.load(sweep / "optimization_results.yaml")
     assert Path(results.best_dir).resolve() == best.resolve()
 

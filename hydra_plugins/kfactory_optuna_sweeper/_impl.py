@@ -213,6 +213,10 @@ class OptunaSearch:
         finally:
             if self.ledger is not None:
                 self.ledger.close()
+        if self.ledger is not None:
+            ran = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+            spent = self.ledger.spent_s
+            log.info("Budget: %d trials in %s, %.0f an hour", ran, format_duration(spent), ran * 3600 / max(spent, 1))
         write_results(study, self.sweep_dir, self.objectives)
 
     def resume_cut_trials(self, study: optuna.Study, fixed: dict[str, str]) -> None:

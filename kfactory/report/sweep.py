@@ -29,6 +29,7 @@ from kfactory.config.resolvers import (  # registers the resolvers (also in laun
 from kfactory.overrides import split_override
 from kfactory.registry import metric_direction
 from kfactory.report.folds import FOLDS_KEY, STD_SUFFIX, fold_means, is_number
+from kfactory.run.budget import BUDGET_FILE
 from kfactory.schema import TrainerConfig
 
 ERROR_FILE = "error.txt"  # kfactory.app writes it in a failed job's directory
@@ -37,6 +38,7 @@ SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
 OPTUNA_RESULTS = "optimization_results.yaml"  # the Optuna sweeper's; with several objectives it lists the Pareto front
 STATUS_ORDER = {"ok": 0, "pruned": 1, "failed": 2}  # how the table ranks jobs before their metric
 TOP_ROWS = 10
+TRADE_OFFS = ("params", "test_ms_per_image")  # lower is better: what a search with a budget weighs accuracy against
 GROUP_COLUMN = "cv_group"  # a fold's cross-validation group (kfactory.config.resolvers.fold_group)
 MEAN_ROW = "mean"  # the data.fold cell of a group's row
 
@@ -121,7 +123,9 @@ def summarize_sweep(root: Path, exclude_keys: Iterable[str] = ()):
     metrics = next((m for m in (read_monitor(job, "metrics") for job in jobs) if m), [])
     table = pd.DataFrame(rows)
     pareto = pareto_jobs(root)
-    if pareto is not None:  # a multi-objective search: mark its Pareto-optimal trials
+    if pareto is None and (root / BUDGET_FILE).exists():  # experiment=auto: accuracy against size and speed
+        pareto = trade_off_front(table, monitor, mode, metrics)
+    if pareto is not None:  # a multi-objective search, or one with a budget: mark its Pareto-optimal trials
         table["pareto"] = table["job"].isin(pareto)
     override_keys = list(dict.fromkeys(key for job in jobs for key, _ in overrides[job]))
     lead = leading_columns(table, override_keys, monitor)
@@ -228,6 +232,25 @@ def read_job(job: Path, overrides: list[tuple[str, str]]) -> dict[str, Any]:
         row["wall_time_s"] = elapsed(job)
     row.update(overrides=" ".join(f"{k}={v}" for k, v in overrides), dir=job.name)
     return row
+
+
+def trade_off_front(table, monitor: str, mode: str, metrics: Any = ()) -> list[int]:
+    """The finished jobs no other beats on ``monitor`` and matches on size (``params``) and speed
+    (``test_ms_per_image``): the Pareto front of accuracy against size and speed."""
+    import numpy as np
+
+    needed = [monitor, *TRADE_OFFS]
+    if not set(needed) <= set(table.columns):
+        return []
+    done = table[(table["status"] == "ok") & table[needed].notna().all(axis=1)]
+    sign = 1 if (mode if mode in ("min", "max") else metric_direction(monitor, metrics or ())) == "min" else -1
+    costs = np.column_stack([sign * done[monitor].to_numpy(float), *(done[c].to_numpy(float) for c in TRADE_OFFS)])
+    front = [
+        job
+        for job, cost in zip(done["job"], costs, strict=True)
+        if not any((other <= cost).all() and (other < cost).any() for other in costs)
+    ]
+    return sorted(front)
 
 
 def pareto_jobs(root: Path) -> list[int] | None:

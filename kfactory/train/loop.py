@@ -183,8 +183,12 @@ def evaluate_best(
         if split == "val" and known is not None and any(key.startswith("val_") for key in known):
             metrics.update({key: value for key, value in known.items() if key.startswith("val_")})
             continue
+        started = time.perf_counter()
         values = best.evaluate(ds, verbose=0, return_dict=True)
         metrics.update({f"{split}_{k}": float(v) for k, v in values.items()})
+        if split == "test" and (images := len(splits.indices.get("test", []))):
+            # what an image costs the model in batches of data.batch_size: a search weighs it against accuracy
+            metrics["test_ms_per_image"] = 1000 * (time.perf_counter() - started) / images
     return metrics
 
 
