@@ -250,7 +250,13 @@ def child(way: str, name: str, work: Path, budget_s: float) -> None:
     model.save(path)
     loaded = keras.saving.load_model(path)  # the file is the result: it must load and predict
     accuracy = float((loaded.predict(x_test, verbose=0).argmax(-1) == y_test).mean())
-    (work / f"{way}.json").write_text(json.dumps({"test_accuracy": accuracy, "model": str(path), "trials": trials}))
+    result = {
+        "test_accuracy": accuracy,
+        "model": str(path),
+        "trials": trials,
+        "usable": True,
+    }  # it loaded and predicted
+    (work / f"{way}.json").write_text(json.dumps(result))
 
 
 # --- the comparison -----------------------------------------------------------------------------------------------
@@ -293,7 +299,8 @@ def main() -> None:
                 result = run_recipe(name, work, budget_s)
             else:
                 result = run_child(way, name, work, budget_s, args.python)
-            result.update(set=name, way=way, usable=model_loads(result["model"]))
+            # KerasTuner's and AutoKeras's files load where their package is: the child loaded its own back
+            result.update(set=name, way=way, usable=result.get("usable") or model_loads(result["model"]))
             result["overrun_s"] = result["wall_s"] - budget_s
             rows.append(result)
             print(json.dumps(result), flush=True)

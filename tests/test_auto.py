@@ -190,6 +190,7 @@ def test_a_killed_search_continues_with_the_time_left_and_ends_with_a_model_and_
     first.send_signal(signal.SIGINT)
     out, err = first.communicate(timeout=60)
     first_s = time.time() - started
+    assert first.returncode == 130 and "Traceback" not in out + err, (out + err)[-3000:]
     assert "continue with the time left: python run.py" in out + err, (out + err)[-3000:]
 
     again = time.time()

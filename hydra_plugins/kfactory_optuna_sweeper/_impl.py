@@ -24,7 +24,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState
 
 from kfactory.config.search import JOB_ATTR, PRUNED_ATTR, make_pruner, open_storage, trial_link
-from kfactory.errors import ConfigError
+from kfactory.errors import ConfigError, Terminated
 from kfactory.overrides import rerun_command, split_override
 from kfactory.run.budget import END_RESERVE_S, BudgetLedger, deadline_link, format_duration, parse_budget
 
@@ -205,11 +205,13 @@ class OptunaSearch:
                     self.record(study, trial, ret)
                 if self.ledger is not None and not self.report_progress(study):
                     break
-        except KeyboardInterrupt:
-            if self.ledger is not None:
-                again = rerun_command(arguments, (), [f"hydra.sweep.dir={self.sweep_dir}"])
-                log.error("Interrupted. Finished trials are kept; continue with the time left: %s", again)
-            raise
+        except KeyboardInterrupt as interrupt:
+            if self.ledger is None:
+                raise
+            again = rerun_command(arguments, (), [f"hydra.sweep.dir={self.sweep_dir}"])
+            what, status = ("Terminated", 143) if isinstance(interrupt, Terminated) else ("Interrupted", 130)
+            log.error("%s. Finished trials are kept; continue with the time left: %s", what, again)
+            raise SystemExit(status) from None  # the line above, not a traceback
         finally:
             if self.ledger is not None:
                 self.ledger.close()
