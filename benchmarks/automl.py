@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parent.parent
 WAYS = ("kfactory", "recipe", "keras_tuner", "autokeras")
@@ -86,9 +87,9 @@ def run_kfactory(name: str, work: Path, budget_s: float) -> dict:
     argv = [sys.executable, str(ROOT / "run.py"), "experiment=auto", f"auto.budget={budget_s:.0f}s"]
     argv += [*data_args(name, work), "trainer.verbose=0", f"hydra.sweep.dir={sweep}"]
     wall = run_timed(argv, work / "kfactory.log", budget_s)
-    best = sweep / "best"
+    best = Path(str(OmegaConf.load(sweep / "optimization_results.yaml").best_dir))
     metrics = json.loads((best / "metrics.json").read_text())
-    trials = sum(1 for p in sweep.iterdir() if p.is_dir() and not p.is_symlink() and p.name[0].isdigit())
+    trials = sum(1 for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit())
     return {"wall_s": wall, "test_accuracy": metrics["test_accuracy"], "model": str(best / "model.keras"),
             "trials": trials}  # fmt: skip
 
@@ -132,7 +133,8 @@ def load_split(name: str, work: Path) -> dict[str, tuple[np.ndarray, np.ndarray]
     import pandas as pd
     from PIL import Image
 
-    table = pd.read_csv(work / "kfactory" / "best" / "splits.csv", dtype={"file": str})
+    best = Path(str(OmegaConf.load(work / "kfactory" / "optimization_results.yaml").best_dir))
+    table = pd.read_csv(best / "splits.csv", dtype={"file": str})
     if name == "digits":
         from sklearn.datasets import load_digits
 

@@ -22,6 +22,7 @@ from kfactory.errors import ConfigError, RunStopped, Terminated
 from kfactory.framework import check_backend
 from kfactory.model.checkpoint import write_json_atomic
 from kfactory.overrides import override, rerun_command
+from kfactory.run import budget as _budget  # noqa: F401  (its clock starts with the command: a search's budget)
 from kfactory.run import lock as run_lock
 from kfactory.run.gpus import assign_job_gpus
 from kfactory.run.resume import (
@@ -144,6 +145,9 @@ def train_folds(cfg: DictConfig, run_dir: Path, dir_key: str, hydra_cfg: DictCon
         done.append(json.loads((fold_dir / METRICS_FILE).read_text()))
         if done[-1].get("pruned"):
             log.info("Fold %d was pruned; the folds after it are not trained", fold)
+            break
+        if done[-1].get("deadline_epoch"):
+            log.info("Fold %d reached the search's deadline; the folds after it are not trained", fold)
             break
     metrics = fold_means(done)
     for key in ("epochs_run", "wall_time_s"):  # the run's totals, so no spread beside them

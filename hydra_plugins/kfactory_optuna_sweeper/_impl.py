@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import re
+import shlex
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,14 @@ from optuna.trial import FrozenTrial, TrialState
 from kfactory.config.search import JOB_ATTR, PRUNED_ATTR, make_pruner, open_storage, trial_link
 from kfactory.errors import ConfigError, Terminated
 from kfactory.overrides import rerun_command, split_override
-from kfactory.run.budget import END_RESERVE_S, BudgetLedger, deadline_link, format_duration, parse_budget
+from kfactory.run.budget import (
+    END_RESERVE_S,
+    IMPORTED_AT,
+    BudgetLedger,
+    deadline_link,
+    format_duration,
+    parse_budget,
+)
 
 from .config import SAMPLERS
 
@@ -36,8 +44,7 @@ RESULTS_FILE = "optimization_results.yaml"
 METRICS_FILE = "metrics.json"  # where a job's objectives are read from (hparams_search.objectives)
 FIXED_ATTR = "fixed"  # trial user attribute: the command-line values the trial ran with besides its params
 DIRECTIONS = ("minimize", "maximize")
-BEST_LINK = "best"  # with a budget: a link in the sweep root to the best trial's run directory
-MIN_START_S = 20.0  # with a budget: no trial starts with less time left (a small model's build, trace and epoch)
+MIN_START_S = 30.0  # with a budget: no trial starts with less time left (a small model's build, trace and epoch)
 FAILED_START = 3  # with a budget: the search stops when its first trials all failed (a bad config or data)
 DIR_ATTR = "dir"  # trial user attribute: the job's run directory
 
@@ -183,7 +190,7 @@ class OptunaSearch:
         so_far = len(study.trials)
         log.info("Study %s: %d trials so far, %d to run, first job %d", study.study_name, so_far, remaining, job)
         if self.budget_s is not None:
-            self.ledger = BudgetLedger(self.sweep_dir, self.budget_s)
+            self.ledger = BudgetLedger(self.sweep_dir, self.budget_s, started=IMPORTED_AT)  # the command's start
             self.ledger.start()
             log.info("Budget: %s, %s left", format_duration(self.budget_s), format_duration(self.ledger.left_s))
         try:
@@ -208,7 +215,7 @@ class OptunaSearch:
         except KeyboardInterrupt as interrupt:
             if self.ledger is None:
                 raise
-            again = rerun_command(arguments, (), [f"hydra.sweep.dir={self.sweep_dir}"])
+            again = self.continue_command(arguments)
             what, status = ("Terminated", 143) if isinstance(interrupt, Terminated) else ("Interrupted", 130)
             log.error("%s. Finished trials are kept; continue with the time left: %s", what, again)
             raise SystemExit(status) from None  # the line above, not a traceback
@@ -219,7 +226,13 @@ class OptunaSearch:
             ran = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
             spent = self.ledger.spent_s
             log.info("Budget: %d trials in %s, %.0f an hour", ran, format_duration(spent), ran * 3600 / max(spent, 1))
-        write_results(study, self.sweep_dir, self.objectives)
+        write_results(study, self.sweep_dir, self.objectives, winner=self.ledger is not None)
+
+    def continue_command(self, arguments: list[str]) -> str:
+        """The command that continues this search: its overrides, its Hydra ones (a launcher, say), its sweep dir."""
+        hydra_overrides = [str(o) for o in self.config.hydra.overrides.hydra]
+        kept = [o for o in hydra_overrides if split_override(o)[0] != "hydra.sweep.dir"]
+        return f"{rerun_command(arguments, (), [])} {shlex.join([*kept, f'hydra.sweep.dir={self.sweep_dir}'])}"
 
     def resume_cut_trials(self, study: optuna.Study, fixed: dict[str, str]) -> None:
         """Run again, in their own directories from their last finished epoch, the trials a kill cut short."""
@@ -233,7 +246,8 @@ class OptunaSearch:
                 job,
             )
             trial = optuna.trial.Trial(study, frozen._trial_id)
-            overrides = [*self.job_overrides(study, trial, fixed), "resume=auto"]
+            ran_with = frozen.user_attrs.get(FIXED_ATTR, fixed)  # the values it started with, not this command's
+            overrides = [*self.job_overrides(study, trial, ran_with), "resume=auto"]
             (ret,) = self.launcher.launch([overrides], initial_job_idx=int(job))
             self.record(study, trial, ret)
 
@@ -394,8 +408,12 @@ def tell(study: optuna.Study, trial: optuna.Trial, **kwargs: Any) -> None:
             raise
 
 
-def write_results(study: optuna.Study, sweep_dir: Path, objectives: list[str] | None) -> None:
-    """optimization_results.yaml: the best trial, or the Pareto-optimal ones; one error line if none finished."""
+def write_results(study: optuna.Study, sweep_dir: Path, objectives: list[str] | None, winner: bool = False) -> None:
+    """optimization_results.yaml: the best trial, or the Pareto-optimal ones; one error line if none finished.
+
+    ``winner`` (a search with a budget): also the best run's directory and the command that trains it without
+    the search.
+    """
     trials = study.get_trials(deepcopy=False)
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState if state.is_finished()}
     if not counts.get("complete"):
@@ -406,9 +424,9 @@ def write_results(study: optuna.Study, sweep_dir: Path, objectives: list[str] | 
         best = study.best_trial
         results.update(best_job=best.user_attrs.get(JOB_ATTR), best_params=best.params, best_value=best.value)
         log.info("Best trial %d (job %s): %s = %s", best.number, best.user_attrs.get(JOB_ATTR), best.params, best.value)
-        if (run_dir := best.user_attrs.get(DIR_ATTR)) and Path(run_dir).is_dir():
+        run_dir = best.user_attrs.get(DIR_ATTR)
+        if winner and run_dir and Path(run_dir).is_dir():
             results.update(best_dir=run_dir, command=reproduce_command(Path(run_dir)))
-            link_best(sweep_dir, Path(run_dir))
             log.info("Best run: %s; without the search: %s", run_dir, results["command"])
     else:
         results["objectives"] = objectives
@@ -433,15 +451,12 @@ def reproduce_command(run_dir: Path) -> str:
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     cut = metrics.get("deadline_epoch") or metrics.get("pruned_epoch")
     drop = ("resume", "trainer.epochs") if cut else ("resume",)  # a trial resumed after a kill ran with resume=auto
-    return rerun_command(kept, drop, [f"trainer.epochs={cut}"] if cut else [])
-
-
-def link_best(sweep_dir: Path, run_dir: Path) -> None:
-    """``<sweep dir>/best``: a relative link to the best run's directory, replaced atomically."""
-    link, temporary = sweep_dir / BEST_LINK, sweep_dir / f".{BEST_LINK}.tmp"
-    temporary.unlink(missing_ok=True)
-    target = Path(run_dir).absolute()
-    if target.is_relative_to(sweep_dir.absolute()):
-        target = target.relative_to(sweep_dir.absolute())
-    temporary.symlink_to(target, target_is_directory=True)
-    temporary.replace(link)
+    if not cut:
+        return rerun_command(kept, drop, [])
+    config = run_dir / ".hydra" / "config.yaml"
+    warmup = (
+        OmegaConf.select(OmegaConf.load(config), "optimizer.schedule.warmup_epochs", default=0)
+        if config.is_file()
+        else 0
+    )
+    return rerun_command(kept, drop, [f"trainer.epochs={max(int(cut), int(warmup or 0) + 1)}"])  # warm-up < epochs

@@ -112,7 +112,7 @@ def summarize_sweep(root: Path, exclude_keys: Iterable[str] = ()):
     """
     import pandas as pd  # only at the end of a sweep, not on every start
 
-    # not the link to the best job (a search with a budget makes one)
+    # not a link to a job (a user's shortcut to the best one, say)
     jobs = sorted(p.parent.parent for p in root.glob("*/.hydra/overrides.yaml") if not p.parent.parent.is_symlink())
     if not jobs:
         return pd.DataFrame()

@@ -26,6 +26,7 @@ END_RESERVE_S = 5.0  # after the last job: the leaderboard and the results files
 TICK_S = 5.0  # how often the ledger records the time spent
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+IMPORTED_AT = time.time()  # kfactory.app imports this module first thing: about when the command started
 ACCEPTED = "a duration such as 90s, 30m, 1h or 1h30m (or a number of seconds)"
 
 
@@ -60,7 +61,9 @@ def format_duration(seconds: float) -> str:
     minutes, secs = divmod(rest, 60)
     if hours:
         return f"{hours}h {minutes:02d}m"
-    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+    if minutes:
+        return f"{minutes}m {secs:02d}s" if secs else f"{minutes}m"
+    return f"{secs}s"
 
 
 class BudgetLedger:
@@ -72,14 +75,14 @@ class BudgetLedger:
     time already spent still counts.
     """
 
-    def __init__(self, root: Path, budget_s: float) -> None:
+    def __init__(self, root: Path, budget_s: float, started: float | None = None) -> None:
         self.path = Path(root) / BUDGET_FILE
         self.budget_s = budget_s
         self.earlier: list[float] = []  # the seconds of each earlier command on this sweep
         if self.path.is_file():
             self.earlier = [float(s) for s in json.loads(self.path.read_text()).get("sessions_s", [])]
         self.earlier_s = sum(self.earlier)
-        self.started = time.time()
+        self.started = time.time() if started is None else started  # this command's start
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

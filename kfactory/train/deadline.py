@@ -20,6 +20,7 @@ from kfactory.run.budget import format_duration, job_deadline
 
 log = logging.getLogger(__name__)
 
+AFTER_EPOCH_S = 2.0  # an epoch's end: the best model and the backup written
 AFTER_FIT_S = 8.0  # loading the best model, its final evaluation, summaries and the model card, beyond validations
 AFTER_FIT_VALIDATIONS = 2.5  # ... plus this many validation passes (validation and test split, predictions)
 FIRST_VALIDATION_SHARE = 0.25  # before one is measured: a validation costs this share of the epoch's training
@@ -53,7 +54,10 @@ class Deadline(keras.callbacks.Callback):
             step = now - self._batch_end
             self.batch_s = step if self.batch_s is None else 0.8 * self.batch_s + 0.2 * step
         self._batch_end = now
-        if self.deadline_epoch is None and now + self.reserve_s() >= self.deadline:
+        reserve = self.reserve_s()
+        if batch + 1 == (self.params or {}).get("steps"):  # not stopped now, the next check is in the next epoch
+            reserve += AFTER_EPOCH_S + (self.batch_s or 0.0)
+        if self.deadline_epoch is None and now + reserve >= self.deadline:
             self.deadline_epoch = epoch = self._epoch + 1
             self.model.stop_training = True
             left = format_duration(self.deadline - now)
