@@ -235,10 +235,15 @@ class OptunaSearch:
         return f"{rerun_command(arguments, (), [])} {shlex.join([*kept, f'hydra.sweep.dir={self.sweep_dir}'])}"
 
     def resume_cut_trials(self, study: optuna.Study, fixed: dict[str, str]) -> None:
-        """Run again, in their own directories from their last finished epoch, the trials a kill cut short."""
+        """Run again, in their own directories from their last finished epoch, the trials a kill cut short.
+
+        While any time is left, even too little for a new trial: a resumed trial stops at its deadline
+        after one batch if it must, and ends as a complete run with its best epoch, so the search never
+        ends with a trial that holds a model and no result.
+        """
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             job = frozen.user_attrs.get(JOB_ATTR)
-            if job is None or not self.time_for_a_trial():
+            if job is None or self.ledger.left_s <= 0:
                 continue
             log.info(
                 "Trial %d (job %s) was cut short by a kill: it continues from its last finished epoch",
