@@ -112,8 +112,7 @@ def summarize_sweep(root: Path, exclude_keys: Iterable[str] = ()):
     """
     import pandas as pd  # only at the end of a sweep, not on every start
 
-    # not a link to a job (a user's shortcut to the best one, say)
-    jobs = sorted(p.parent.parent for p in root.glob("*/.hydra/overrides.yaml") if not p.parent.parent.is_symlink())
+    jobs = sorted(p.parent.parent for p in root.glob("*/.hydra/overrides.yaml"))
     if not jobs:
         return pd.DataFrame()
     overrides = {job: read_overrides(job) for job in jobs}
