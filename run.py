@@ -7,6 +7,7 @@ from omegaconf import DictConfig
 
 from kfactory.app import kfactory
 from kfactory.config.plugins import require_plugins
+from kfactory.errors import interrupted_exits_at_once
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -17,4 +18,5 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     require_plugins(sys.argv[1:])  # name the pip extra before Hydra fails on a missing plugin
-    main()
+    with interrupted_exits_at_once():
+        main()

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from kfactory.config.resolvers import register_resolvers
 from kfactory.config.validate import validate
 from kfactory.console import import_tensorflow
-from kfactory.errors import ConfigError, RunStopped, Terminated
+from kfactory.errors import ConfigError, RunStopped, Terminated, interrupt_status
 from kfactory.framework import check_backend
 from kfactory.model.checkpoint import write_json_atomic
 from kfactory.overrides import override, rerun_command
@@ -85,7 +85,7 @@ def kfactory(cfg: DictConfig) -> float | None:
     except KeyboardInterrupt as interrupt:
         if multirun:
             raise
-        what, status = ("Terminated", 143) if isinstance(interrupt, Terminated) else ("Interrupted", 130)
+        what, status = interrupt_status(interrupt)
         again = [override(dir_key, str(run_dir)), "resume=true"]
         resume = rerun_command(list(hydra_cfg.overrides.task), ("resume",), again)
         log.error("%s. Finished epochs are kept; continue with: %s", what, resume)

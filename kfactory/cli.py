@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from kfactory.app import kfactory
 from kfactory.config.plugins import require_plugins
+from kfactory.errors import interrupted_exits_at_once
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # An installed wheel carries the configs as kfactory/conf; a source checkout keeps them in conf/ beside the package.
@@ -23,4 +24,5 @@ def run(cfg: DictConfig) -> float | None:
 def main() -> None:
     """Name the pip extra of a missing Hydra plugin, then hand over to Hydra."""
     require_plugins(sys.argv[1:])
-    run()
+    with interrupted_exits_at_once():
+        run()

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -33,6 +38,34 @@ class RunStopped(RuntimeError):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's stop, ``kill``), raised where the run is, so it ends as Ctrl-C does."""
+
+
+CTRL_C_STATUS, SIGTERM_STATUS = 130, 143  # 128 + the signal's number, as a shell reports them
+
+
+def interrupt_status(interrupt: KeyboardInterrupt) -> tuple[str, int]:
+    """The word the log line uses and the exit status of an interrupted command."""
+    return ("Terminated", SIGTERM_STATUS) if isinstance(interrupt, Terminated) else ("Interrupted", CTRL_C_STATUS)
+
+
+@contextmanager
+def interrupted_exits_at_once() -> Iterator[None]:
+    """Around a command: an interrupted run's exit (130, 143) skips the interpreter's teardown.
+
+    The interrupt can land while TensorFlow's threads still run a step, an evaluation or a save;
+    tearing the interpreter down under them can abort ("terminate called without an active
+    exception", status -6), which hides the status and the line that says how to continue.
+    Everything worth keeping is on disk by then, so the log is flushed and the process ends.
+    """
+    try:
+        yield
+    except SystemExit as stop:
+        if stop.code not in (CTRL_C_STATUS, SIGTERM_STATUS):
+            raise
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(stop.code)
 
 
 def check_choice(key: str, value: Any, accepted: tuple | frozenset | dict) -> None:

@@ -8,8 +8,10 @@ import os
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import threading
+import time
 import types
 from pathlib import Path
 
@@ -323,3 +325,36 @@ def test_cli_refuses_without_traceback_or_tensorflow(tmp_path, overrides, code, 
     assert "Traceback" not in output
     assert key in output
     assert "tensorflow" not in output.lower()
+
+
+EXIT_UNDER_A_BUSY_THREAD = """
+import logging, sys, threading, time
+from kfactory.errors import interrupted_exits_at_once
+logging.basicConfig(filename=sys.argv[2], level=logging.INFO)
+threading.Thread(target=time.sleep, args=(60,)).start()  # teardown would wait for it, as TF's threads can abort it
+with interrupted_exits_at_once():
+    logging.getLogger("kfactory").error("Interrupted. Finished epochs are kept")
+    raise SystemExit(int(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("status", [130, 143])
+def test_an_interrupted_command_exits_at_once_with_its_status_and_its_log_line(tmp_path, status):
+    log_file = tmp_path / "run.log"
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", EXIT_UNDER_A_BUSY_THREAD, str(status), str(log_file)], timeout=50)
+    assert result.returncode == status
+    assert time.monotonic() - started < 30  # not the 60 s teardown would wait for the thread
+    assert "Interrupted. Finished epochs are kept" in log_file.read_text()
+
+
+def test_other_exits_keep_the_interpreters_teardown():
+    code = """
+import atexit
+from kfactory.errors import interrupted_exits_at_once
+atexit.register(print, "teardown ran")
+with interrupted_exits_at_once():
+    raise SystemExit(2)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
+    assert (result.returncode, result.stdout.strip()) == (2, "teardown ran")

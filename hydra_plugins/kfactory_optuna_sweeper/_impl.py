@@ -25,7 +25,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState
 
 from kfactory.config.search import JOB_ATTR, PRUNED_ATTR, make_pruner, open_storage, trial_link
-from kfactory.errors import ConfigError, Terminated
+from kfactory.errors import ConfigError, interrupt_status
 from kfactory.overrides import rerun_command, split_override
 from kfactory.run.budget import (
     END_RESERVE_S,
@@ -216,7 +216,7 @@ class OptunaSearch:
             if self.ledger is None:
                 raise
             again = self.continue_command(arguments)
-            what, status = ("Terminated", 143) if isinstance(interrupt, Terminated) else ("Interrupted", 130)
+            what, status = interrupt_status(interrupt)
             log.error("%s. Finished trials are kept; continue with the time left: %s", what, again)
             raise SystemExit(status) from None  # the line above, not a traceback
         finally:
