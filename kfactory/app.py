@@ -150,9 +150,10 @@ def train_folds(cfg: DictConfig, run_dir: Path, dir_key: str, hydra_cfg: DictCon
             log.info("Fold %d reached the search's deadline; the folds after it are not trained", fold)
             break
     metrics = fold_means(done)
-    for key in ("epochs_run", "wall_time_s"):  # the run's totals, so no spread beside them
+    for key in ("epochs_run", "wall_time_s", "setup_s", "finish_s"):  # the run's totals, so no spread beside them
         metrics.pop(f"{key}{STD_SUFFIX}", None)
-        metrics[key] = sum(m[key] for m in done)
+        if key in metrics:  # every fold has it (a fold resumed complete has no setup_s)
+            metrics[key] = sum(m[key] for m in done)
     metrics[FOLDS_KEY] = len(done)
     if done[-1].get("pruned"):
         metrics.update(pruned=True, pruned_epoch=done[-1]["pruned_epoch"], pruned_fold=len(done) - 1)

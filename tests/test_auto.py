@@ -153,6 +153,23 @@ def test_a_winner_stopped_in_its_warm_up_gets_epochs_its_schedule_accepts(tmp_pa
     assert shlex.split(reproduce_command(tmp_path))[-1] == "trainer.epochs=2"  # warm-up 1 needs 2 epochs at least
 
 
+def test_the_search_reports_the_median_fixed_cost_of_the_trials_that_trained(tmp_path):
+    import optuna
+
+    from hydra_plugins.kfactory_optuna_sweeper._impl import DIR_ATTR, fixed_cost
+
+    study = optuna.create_study()
+    for job, metrics in enumerate([{"setup_s": 6.0, "finish_s": 2.0}, {"setup_s": 9.0, "finish_s": 3.0}, {}, None]):
+        trial = study.ask()
+        if metrics is not None:  # the last job never wrote a directory
+            (tmp_path / str(job)).mkdir()
+            (tmp_path / str(job) / "metrics.json").write_text(json.dumps({"val_accuracy": 0.5, **metrics}))
+            trial.set_user_attr(DIR_ATTR, str(tmp_path / str(job)))
+        study.tell(trial, 0.5)
+    assert fixed_cost(study) == "; a trial's fixed cost (median): 7.5 s to its first step, 2.5 s after its last"
+    assert fixed_cost(optuna.create_study()) == ""
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [

@@ -27,6 +27,9 @@ def test_train_writes_model_metrics_history_tensorboard_and_config(trained_run):
     history = pd.read_csv(run_dir / "history.csv")
     assert history["epoch"].tolist() == [1, 2]  # epochs count from 1, as in the logs and best_epoch
     assert 1 <= metrics["best_epoch"] <= 2
+    # where the time went: before the first step (data, build, trace) and after the last (evaluation, reports)
+    assert metrics["setup_s"] > 0 and metrics["finish_s"] > 0
+    assert metrics["setup_s"] + metrics["finish_s"] < metrics["wall_time_s"]
     assert {"accuracy", "loss", "val_accuracy", "val_loss"} <= set(history.columns)
     assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
     assert (run_dir / ".hydra" / "config.yaml").is_file()

@@ -10,6 +10,7 @@ import logging
 import math
 import re
 import shlex
+import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from kfactory.config.search import JOB_ATTR, PRUNED_ATTR, make_pruner, open_storage, trial_link
 from kfactory.errors import ConfigError, interrupt_status
 from kfactory.overrides import rerun_command, split_override
+from kfactory.report.sweep import read_metrics
 from kfactory.run.budget import (
     END_RESERVE_S,
     IMPORTED_AT,
@@ -225,7 +227,8 @@ class OptunaSearch:
         if self.ledger is not None:
             ran = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
             spent = self.ledger.spent_s
-            log.info("Budget: %d trials in %s, %.0f an hour", ran, format_duration(spent), ran * 3600 / max(spent, 1))
+            rate = ran * 3600 / max(spent, 1)
+            log.info("Budget: %d trials in %s, %.0f an hour%s", ran, format_duration(spent), rate, fixed_cost(study))
         write_results(study, self.sweep_dir, self.objectives, winner=self.ledger is not None)
 
     def continue_command(self, arguments: list[str]) -> str:
@@ -411,6 +414,20 @@ def tell(study: optuna.Study, trial: optuna.Trial, **kwargs: Any) -> None:
     except RuntimeError as error:  # the grid sampler stops the study once every point ran; nothing to stop here
         if "Study.stop" not in str(error):
             raise
+
+
+def fixed_cost(study: optuna.Study) -> str:
+    """What every trial paid besides training, as medians over the trials that trained: '' when none did."""
+    costs = []
+    for trial in study.get_trials(deepcopy=False):
+        run_dir = trial.user_attrs.get(DIR_ATTR)
+        metrics = read_metrics(Path(run_dir)) if run_dir and Path(run_dir).is_dir() else None
+        if metrics and "setup_s" in metrics and "finish_s" in metrics:
+            costs.append((metrics["setup_s"], metrics["finish_s"]))
+    if not costs:
+        return ""
+    setup, finish = (statistics.median(column) for column in zip(*costs, strict=True))
+    return f"; a trial's fixed cost (median): {setup:.1f} s to its first step, {finish:.1f} s after its last"
 
 
 def write_results(study: optuna.Study, sweep_dir: Path, objectives: list[str] | None, winner: bool = False) -> None:

@@ -23,6 +23,7 @@ from kfactory.run.resume import drop_backup, restore_history
 from kfactory.targets import is_custom_model
 from kfactory.train.best_model import BestModelCheckpoint
 from kfactory.train.callbacks import make_callbacks, stop_if_diverged
+from kfactory.train.clock import RunClock
 from kfactory.train.compile import compile_model
 from kfactory.train.compute import build_before_fit, choose_jit_compile, configure_tensorflow
 from kfactory.train.deadline import deadline_epoch
@@ -74,7 +75,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     if past and splits.drawn:
         log.warning("%s has no recorded split (a run from before splits were recorded): drawn again", run_dir)
     checkpoint.replay(past)
-    callbacks = [*([probe] if probe else []), *make_callbacks(cfg, run_dir, checkpoint, splits, past)]
+    clock = RunClock(started)
+    callbacks = [clock, *([probe] if probe else []), *make_callbacks(cfg, run_dir, checkpoint, splits, past)]
     weights = describe_training(cfg, splits, run_dir)
     history = fit_in_phases(model, cfg, splits, steps, callbacks, compile_phase, weights)
     stop_if_diverged(callbacks, cfg, checkpoint)
@@ -90,7 +92,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     metrics = evaluate_best(cfg, best, checkpoint, splits)
     if cfg.data.task == "multilabel":
         metrics.update(store_thresholds(best, run_dir / MODEL_FILE, splits))
-    metrics.update(best_epoch=checkpoint.best_epoch + 1, epochs_run=epochs_run, wall_time_s=time.time() - started)
+    metrics.update(best_epoch=checkpoint.best_epoch + 1, epochs_run=epochs_run)
     metrics[f"best_{cfg.trainer.monitor}"] = checkpoint.best
     metrics["params"] = model.count_params()  # a search can weigh accuracy against size
     if pruned := pruned_epoch(callbacks):
@@ -98,6 +100,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     if stopped := deadline_epoch(callbacks):
         metrics["deadline_epoch"] = stopped  # the search's budget ended training in this epoch
     write_final_summaries(cfg, run_dir / "tensorboard", metrics)
+    metrics.update(clock.times())
     write_json_atomic(run_dir / "metrics.json", metrics)  # last: the run is complete
     drop_backup(run_dir)
     report(cfg, run_dir, metrics)
