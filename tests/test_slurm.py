@@ -127,3 +127,25 @@ def test_a_job_stopped_mid_run_is_requeued_and_continues_to_exactly_its_epochs(s
     runs = sorted(p.name for p in (job_dir / "tensorboard").iterdir() if p.is_dir())
     assert runs == ["train", "validation"]  # one TensorBoard run, continued
     assert "Restarts=1" in slurm_cluster.run("scontrol", "show", "job", job.split("_")[0]).stdout
+
+
+def test_a_budgeted_search_on_slurm_shares_its_deadline_and_ends_with_a_model(slurm_cluster, tmp_path):
+    budget_s = 100
+    command = [sys.executable, str(ROOT / "run.py"), "experiment=auto", f"auto.budget={budget_s}s",
+               "hydra/launcher=submitit_slurm", f"hydra.launcher.partition={slurm_cluster.partition}",
+               "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=30", "hydra.sweeper.n_jobs=2",
+               "model=mobilenet_v3_small", "model.input_size=32", "trainer.threads=1", "trainer.verbose=0",
+               f"hydra.sweep.dir={tmp_path}"]  # fmt: skip
+    env = {**os.environ, "SLURM_CONF": str(slurm_cluster.conf), "TF_CPP_MIN_LOG_LEVEL": "2", "KFACTORY_OFFLINE": "1"}
+    started = time.time()
+    output = subprocess.run(command, cwd=ROOT, env=env, text=True, capture_output=True, timeout=600)
+    wall_s = time.time() - started
+    assert output.returncode == 0, (output.stdout + output.stderr)[-4000:]
+    assert wall_s <= budget_s + 30, wall_s  # the promise: within max(2 %, 30 s) of the budget
+    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(jobs) >= 2  # the first batch: two trials at once, each its own Slurm job
+    metrics = [json.loads((job / "metrics.json").read_text()) for job in jobs]
+    assert all(m.get("deadline_epoch") for m in metrics[:2]), metrics  # 30 epochs do not fit: both were cut
+    results = (tmp_path / "optimization_results.yaml").read_text()
+    assert "best_dir:" in results and "command: python run.py" in results
+    assert list((tmp_path / ".submitit").glob("*/*_log.out"))  # they ran as Slurm jobs
