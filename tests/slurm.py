@@ -149,6 +149,10 @@ def slurm_cluster(tmp_path_factory) -> Iterator[SlurmCluster]:
         subprocess.run(["slurmd", "-f", str(conf), "-N", node], check=True, timeout=60)
         wait_for(lambda: cluster.run("srun", "-t", "1", "hostname", timeout=30).stdout.strip() == node, "srun", 90)
         yield cluster
+        # A sweep returns once its jobs' results are written, while Slurm may still be ending their steps;
+        # stopping the daemons then would leave those steps' srun processes behind.
+        with contextlib.suppress(TimeoutError):
+            wait_for(lambda: not cluster.run("squeue", "-h").stdout.strip(), "an empty queue", 60)
     finally:
         stop(pid_files, [munged] if munged else [])
         if before is None:

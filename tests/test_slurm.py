@@ -134,7 +134,7 @@ def test_a_budgeted_search_on_slurm_shares_its_deadline_and_ends_with_a_model(sl
     command = [sys.executable, str(ROOT / "run.py"), "experiment=auto", f"auto.budget={budget_s}s",
                "hydra/launcher=submitit_slurm", f"hydra.launcher.partition={slurm_cluster.partition}",
                "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=30", "hydra.sweeper.n_jobs=2",
-               "model=mobilenet_v3_small", "model.input_size=32", "trainer.threads=1", "trainer.verbose=0",
+               "model=mobilenet_v3_small", "model.input_size=64", "trainer.threads=1", "trainer.verbose=0",
                f"hydra.sweep.dir={tmp_path}"]  # fmt: skip
     env = {**os.environ, "SLURM_CONF": str(slurm_cluster.conf), "TF_CPP_MIN_LOG_LEVEL": "2", "KFACTORY_OFFLINE": "1"}
     started = time.time()
@@ -145,7 +145,8 @@ def test_a_budgeted_search_on_slurm_shares_its_deadline_and_ends_with_a_model(sl
     jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert len(jobs) >= 2  # the first batch: two trials at once, each its own Slurm job
     metrics = [json.loads((job / "metrics.json").read_text()) for job in jobs]
-    assert all(m.get("deadline_epoch") for m in metrics[:2]), metrics  # 30 epochs do not fit: both were cut
+    # 30 epochs at 64 px on one thread take several times the budget, even on a much faster CPU: both were cut
+    assert all(m.get("deadline_epoch") for m in metrics[:2]), metrics
     results = (tmp_path / "optimization_results.yaml").read_text()
     assert "best_dir:" in results and "command: python run.py" in results
     assert list((tmp_path / ".submitit").glob("*/*_log.out"))  # they ran as Slurm jobs
