@@ -152,7 +152,7 @@ def train_folds(cfg: DictConfig, run_dir: Path, dir_key: str, hydra_cfg: DictCon
     metrics = fold_means(done)
     for key in ("epochs_run", "wall_time_s", "setup_s", "finish_s"):  # the run's totals, so no spread beside them
         metrics.pop(f"{key}{STD_SUFFIX}", None)
-        if key in metrics:  # every fold has it (a fold resumed complete has no setup_s)
+        if key in metrics:  # every fold has it (not one written before these keys, nor one resumed with no epoch left)
             metrics[key] = sum(m[key] for m in done)
     metrics[FOLDS_KEY] = len(done)
     if done[-1].get("pruned"):

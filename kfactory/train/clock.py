@@ -12,7 +12,7 @@ import time
 
 import keras
 
-TIMING_KEYS = ("wall_time_s", "setup_s", "finish_s", "test_ms_per_image")  # seconds, not results
+TIMING_KEYS = ("wall_time_s", "setup_s", "finish_s", "test_ms_per_image")  # timings, not results
 
 
 class RunClock(keras.callbacks.Callback):
