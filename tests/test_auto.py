@@ -170,6 +170,42 @@ def test_the_search_reports_the_median_fixed_cost_of_the_trials_that_trained(tmp
     assert fixed_cost(optuna.create_study()) == ""
 
 
+@pytest.mark.parametrize(("left_s", "complete", "resumed"), [(20, True, False), (20, False, True), (200, True, True)])
+def test_a_cut_trial_resumes_unless_its_start_would_overrun_a_search_that_has_a_result(
+    tmp_path, left_s, complete, resumed
+):
+    import optuna
+    from hydra.core.utils import JobReturn, JobStatus
+    from optuna.trial import TrialState
+
+    from hydra_plugins.kfactory_optuna_sweeper._impl import JOB_ATTR, OptunaSearch
+
+    search = OptunaSearch(
+        params=None, sampler="tpe", seed=0, sampler_args={}, pruner="none", pruner_args={}, direction="maximize",
+        directions=None, study_name="s", storage=None, n_trials=5, n_jobs=1, enqueue=[], budget=300,
+    )  # fmt: skip
+    search.ledger = BudgetLedger(tmp_path, 300, started=time.time() - (300 - left_s))
+    launched = []
+
+    class Launcher:
+        def launch(self, overrides, initial_job_idx):
+            launched.append(overrides)
+            return [JobReturn(overrides=overrides[0], status=JobStatus.COMPLETED, _return_value=0.9)]
+
+    search.launcher, search.objectives = Launcher(), None
+    study = optuna.create_study(direction="maximize")
+    if complete:
+        study.tell(study.ask(), 0.8)
+    cut = study.ask()
+    cut.set_user_attr(JOB_ATTR, 1)
+    cut.report(0.7, step=1)  # its first epoch, as the pruning callback reports it
+    search.resume_cut_trials(study, {})
+    (after,) = [t for t in study.trials if t.number == cut.number]
+    assert bool(launched) == resumed
+    assert after.state == (TrialState.COMPLETE if resumed else TrialState.PRUNED)
+    assert study.best_value == (0.9 if resumed else 0.8)  # a trial stopped early never wins
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [

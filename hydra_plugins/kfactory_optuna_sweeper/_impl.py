@@ -240,13 +240,26 @@ class OptunaSearch:
     def resume_cut_trials(self, study: optuna.Study, fixed: dict[str, str]) -> None:
         """Run again, in their own directories from their last finished epoch, the trials a kill cut short.
 
-        While any time is left, even too little for a new trial: a resumed trial stops at its deadline
-        after one batch if it must, and ends as a complete run with its best epoch, so the search never
-        ends with a trial that holds a model and no result.
+        With time for a trial's start, or while any time is left when no trial has a result yet: a
+        resumed trial stops at its deadline after one batch if it must, and ends as a complete run with
+        its best epoch, so the search never ends without a model. With too little time and a result
+        already, a cut trial counts as stopped early (PRUNED) instead: its start would overrun the budget.
         """
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             job = frozen.user_attrs.get(JOB_ATTR)
             if job is None or self.ledger.left_s <= 0:
+                continue
+            if self.ledger.left_s - END_RESERVE_S < MIN_START_S and study.get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE,)
+            ):
+                log.info(
+                    "Trial %d (job %s) was cut short by a kill and %s is too little to finish it: "
+                    "it counts as stopped early, and the search keeps its complete trials",
+                    frozen.number,
+                    job,
+                    format_duration(max(self.ledger.left_s, 0)),
+                )
+                tell(study, optuna.trial.Trial(study, frozen._trial_id), state=TrialState.PRUNED)
                 continue
             log.info(
                 "Trial %d (job %s) was cut short by a kill: it continues from its last finished epoch",
