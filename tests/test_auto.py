@@ -93,6 +93,30 @@ def test_a_run_stops_at_the_batch_past_which_it_could_not_finish_and_still_valid
     assert len(history.history["val_loss"]) == 3  # the cut epoch was still validated (the checkpoint can keep it)
 
 
+def test_before_a_validation_is_timed_its_cost_is_estimated_from_its_batches_when_known():
+    from types import SimpleNamespace
+
+    from kfactory.train.callbacks import validation_batches
+    from kfactory.train.deadline import AFTER_FIT_VALIDATIONS, FIRST_VALIDATION_SHARE, VALIDATION_STEP_SHARE
+
+    by_epoch, by_batches = Deadline(1e12), Deadline(1e12, validation_batches=5)
+    for deadline in (by_epoch, by_batches):
+        deadline.params, deadline.batch_s = {"steps": 40}, 1.0  # 40 training steps of 1 s an epoch
+    passes = 1 + AFTER_FIT_VALIDATIONS
+    assert by_epoch.reserve_s() == pytest.approx(AFTER_FIT_S + passes * FIRST_VALIDATION_SHARE * 40)
+    assert by_batches.reserve_s() == pytest.approx(AFTER_FIT_S + passes * VALIDATION_STEP_SHARE * 5)
+    by_batches.validation_s = 3.0
+    assert by_batches.reserve_s() == pytest.approx(AFTER_FIT_S + passes * 3.0)  # once timed, the time it took
+
+    splits = SimpleNamespace(val=object(), indices={"val": np.arange(100)})
+    cfg = OmegaConf.create({"data": {"batch_size": 32}, "trainer": {"validation_steps": None}})
+    assert validation_batches(cfg, splits) == 4
+    cfg.trainer.validation_steps = 2
+    assert validation_batches(cfg, splits) == 2
+    assert validation_batches(cfg, SimpleNamespace(val=None, indices={"val": np.arange(0)})) is None
+    assert validation_batches(cfg, None) is None
+
+
 def test_the_front_keeps_the_trials_no_other_beats_on_accuracy_size_and_speed():
     from kfactory.report.sweep import trade_off_front
 

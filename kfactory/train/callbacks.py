@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +83,14 @@ def user_callbacks(trainer: DictConfig) -> list[keras.callbacks.Callback]:
     ]
 
 
+def validation_batches(cfg: DictConfig, splits: Splits | None) -> int | None:
+    """The batches one validation runs (``trainer.validation_steps`` at most); None when not known."""
+    if splits is None or splits.val is None:
+        return None
+    batches = math.ceil(len(splits.indices["val"]) / cfg.data.batch_size)
+    return min(batches, cfg.trainer.validation_steps) if cfg.trainer.validation_steps else batches
+
+
 def make_callbacks(
     cfg: DictConfig,
     run_dir: Path,
@@ -107,7 +116,7 @@ def make_callbacks(
         StopOnNaN(),
         # only in a trial of a pruning Optuna search; with cv_folds its steps count on across the folds
         *trial_pruning(cfg.trainer.monitor, cfg.data.fold * cfg.trainer.epochs if cfg.hparams_search.cv_folds else 0),
-        *deadline_callbacks(),  # only in a job of a search with a time budget (experiment=auto)
+        *deadline_callbacks(validation_batches(cfg, splits)),  # only in a job of a budgeted search (experiment=auto)
     ]
     if splits is not None:
         from kfactory.train.tensorboard import ValidationSummaries  # matplotlib, TensorBoard plugins

@@ -23,15 +23,18 @@ log = logging.getLogger(__name__)
 AFTER_EPOCH_S = 2.0  # an epoch's end: the best model and the backup written
 AFTER_FIT_S = 8.0  # loading the best model, its final evaluation, summaries and the model card, beyond validations
 AFTER_FIT_VALIDATIONS = 2.5  # ... plus this many validation passes (validation and test split, predictions)
-FIRST_VALIDATION_SHARE = 0.25  # before one is measured: a validation costs this share of the epoch's training
+VALIDATION_STEP_SHARE = 0.5  # before one is measured: a validation step costs this share of a training step
+FIRST_VALIDATION_SHARE = 0.25  # ... and without its number of batches, a validation this share of the epoch's training
 
 
 class Deadline(keras.callbacks.Callback):
     """Set ``stop_training`` after the batch past which the run could not finish by ``deadline``."""
 
-    def __init__(self, deadline: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, deadline: float, clock: Callable[[], float] = time.time, validation_batches: int | None = None
+    ) -> None:
         super().__init__()
-        self.deadline, self.clock = deadline, clock
+        self.deadline, self.clock, self.validation_batches = deadline, clock, validation_batches
         self.deadline_epoch: int | None = None  # the epoch (from 1) training stopped in
         self.validation_s: float | None = None  # the last validation's seconds
         self.batch_s: float | None = None  # a training step's seconds, from steps after an epoch's first
@@ -40,7 +43,9 @@ class Deadline(keras.callbacks.Callback):
     def reserve_s(self) -> float:
         """Seconds kept for what follows the batch that is ending: a validation and the run's end."""
         validation = self.validation_s
-        if validation is None:
+        if validation is None and self.validation_batches is not None:
+            validation = VALIDATION_STEP_SHARE * (self.batch_s or 0.0) * self.validation_batches
+        elif validation is None:
             steps = (self.params or {}).get("steps") or 0
             validation = FIRST_VALIDATION_SHARE * (self.batch_s or 0.0) * steps
         return AFTER_FIT_S + (1 + AFTER_FIT_VALIDATIONS) * validation
@@ -70,10 +75,14 @@ class Deadline(keras.callbacks.Callback):
         self.validation_s = self.clock() - self._test_start
 
 
-def deadline_callbacks() -> list[Deadline]:
-    """The deadline callback when a budgeted search launched this job, else none."""
+def deadline_callbacks(validation_batches: int | None = None) -> list[Deadline]:
+    """The deadline callback when a budgeted search launched this job, else none.
+
+    ``validation_batches``: the batches of one validation, when known; until a
+    validation is timed, its cost is estimated from them.
+    """
     deadline = job_deadline()
-    return [] if deadline is None else [Deadline(deadline)]
+    return [] if deadline is None else [Deadline(deadline, validation_batches=validation_batches)]
 
 
 def deadline_epoch(callbacks: list[keras.callbacks.Callback]) -> int | None:
