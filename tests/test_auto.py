@@ -223,11 +223,18 @@ def test_a_cut_trial_resumes_unless_its_start_would_overrun_a_search_that_has_a_
     cut = study.ask()
     cut.set_user_attr(JOB_ATTR, 1)
     cut.report(0.7, step=1)  # its first epoch, as the pruning callback reports it
+    search.sweep_dir = tmp_path
+    (tmp_path / "1_model=mob" / ".hydra").mkdir(parents=True)  # the cut job's directory, with no metrics.json
+    (tmp_path / "1_model=mob" / ".hydra" / "config.yaml").write_text("seed: 0\n")
     search.resume_cut_trials(study, {})
     (after,) = [t for t in study.trials if t.number == cut.number]
     assert bool(launched) == resumed
     assert after.state == (TrialState.COMPLETE if resumed else TrialState.PRUNED)
     assert study.best_value == (0.9 if resumed else 0.8)  # a trial stopped early never wins
+    if not resumed:  # the leaderboard lists it as pruned, and the search does not exit 1 for a failed job
+        from kfactory.report.sweep import read_job
+
+        assert read_job(tmp_path / "1_model=mob", [])["status"] == "pruned"
 
 
 @pytest.mark.parametrize(

@@ -260,6 +260,7 @@ class OptunaSearch:
                     format_duration(max(self.ledger.left_s, 0)),
                 )
                 tell(study, optuna.trial.Trial(study, frozen._trial_id), state=TrialState.PRUNED)
+                record_cut(self.sweep_dir, int(job), max(frozen.intermediate_values, default=0))
                 continue
             log.info(
                 "Trial %d (job %s) was cut short by a kill: it continues from its last finished epoch",
@@ -366,6 +367,15 @@ class OptunaSearch:
             tell(study, trial, state=TrialState.PRUNED)
         else:
             tell(study, trial, values=values)
+
+
+def record_cut(sweep_dir: Path, job: int, epochs: int) -> None:
+    """Write a cut trial's metrics.json as a pruned run's, so the leaderboard lists it as pruned, not failed."""
+    run_dir = next(sweep_dir.glob(f"{job}_*"), None)  # a job's directory: <job>_<its settings>
+    if run_dir is None or (run_dir / METRICS_FILE).exists():
+        return
+    stopped = "cut short by a kill, with too little of the budget left to finish"
+    (run_dir / METRICS_FILE).write_text(json.dumps({"pruned": True, "pruned_epoch": epochs, "stopped": stopped}))
 
 
 def to_dict(node: Any) -> dict[str, Any]:
