@@ -196,7 +196,7 @@ def test_the_search_reports_the_median_fixed_cost_of_the_trials_that_trained(tmp
 
 @pytest.mark.parametrize(("left_s", "complete", "resumed"), [(20, True, False), (20, False, True), (200, True, True)])
 def test_a_cut_trial_resumes_unless_its_start_would_overrun_a_search_that_has_a_result(
-    tmp_path, left_s, complete, resumed
+    tmp_path, caplog, left_s, complete, resumed
 ):
     import optuna
     from hydra.core.utils import JobReturn, JobStatus
@@ -226,7 +226,8 @@ def test_a_cut_trial_resumes_unless_its_start_would_overrun_a_search_that_has_a_
     search.sweep_dir = tmp_path
     (tmp_path / "1_model=mob" / ".hydra").mkdir(parents=True)  # the cut job's directory, with no metrics.json
     (tmp_path / "1_model=mob" / ".hydra" / "config.yaml").write_text("seed: 0\n")
-    search.resume_cut_trials(study, {})
+    with caplog.at_level("INFO"):
+        search.resume_cut_trials(study, {})
     (after,) = [t for t in study.trials if t.number == cut.number]
     assert bool(launched) == resumed
     assert after.state == (TrialState.COMPLETE if resumed else TrialState.PRUNED)
@@ -235,6 +236,7 @@ def test_a_cut_trial_resumes_unless_its_start_would_overrun_a_search_that_has_a_
         from kfactory.report.sweep import read_job
 
         assert read_job(tmp_path / "1_model=mob", [])["status"] == "pruned"
+        assert "left is too little to finish it: it counts as stopped early" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -249,15 +249,14 @@ class OptunaSearch:
             job = frozen.user_attrs.get(JOB_ATTR)
             if job is None or self.ledger.left_s <= 0:
                 continue
-            if self.ledger.left_s - END_RESERVE_S < MIN_START_S and study.get_trials(
-                deepcopy=False, states=(TrialState.COMPLETE,)
-            ):
+            left = self.ledger.left_s - END_RESERVE_S  # as time_for_a_trial counts it
+            if left < MIN_START_S and study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
                 log.info(
-                    "Trial %d (job %s) was cut short by a kill and %s is too little to finish it: "
+                    "Trial %d (job %s) was cut short by a kill and %s left is too little to finish it: "
                     "it counts as stopped early, and the search keeps its complete trials",
                     frozen.number,
                     job,
-                    format_duration(max(self.ledger.left_s, 0)),
+                    format_duration(max(left, 0)),
                 )
                 tell(study, optuna.trial.Trial(study, frozen._trial_id), state=TrialState.PRUNED)
                 record_cut(self.sweep_dir, int(job), max(frozen.intermediate_values, default=0))
