@@ -319,7 +319,9 @@ def test_a_killed_search_continues_with_the_time_left_and_ends_with_a_model_and_
     best = Path(results.best_dir)
     assert best.parent == sweep and (best / "model.keras").is_file() and (best / "metrics.json").is_file()
     summary = pd.read_csv(sweep / "summary.csv")
-    assert (summary["status"] == "ok").all() and summary["pareto"].any() and (summary["test_ms_per_image"] > 0).all()
+    # No trial failed; Hyperband may have pruned one (a pruned trial still ends as a complete run)
+    assert summary["status"].isin(["ok", "pruned"]).all(), summary["status"].tolist()
+    assert summary["pareto"].any() and (summary["test_ms_per_image"] > 0).all()
     assert summary.loc[0, "dir"] == best.name  # the leaderboard's first row is the run the results name
 
     # The command printed for the winner trains it without the search
