@@ -104,7 +104,9 @@ def start_requeued_job_now(cluster, job: str, timeout: float = 120) -> None:
     ],
 )
 def test_a_job_stopped_mid_run_is_requeued_and_continues_to_exactly_its_epochs(slurm_cluster, tmp_path, stop):
-    sweep = slurm_sweep(slurm_cluster, tmp_path, ["trainer.epochs=5"])
+    # 40 steps an epoch: the 4 epochs left after the stop must outlast Slurm's KillWait (5 s), or a fast
+    # machine finishes the run in that grace (submitit ignores SIGTERM) and the requeued job has nothing to resume
+    sweep = slurm_sweep(slurm_cluster, tmp_path, ["trainer.epochs=5", "trainer.steps_per_epoch=40"])
     try:
         job_dir = wait_for_epoch(tmp_path, sweep)
         job = job_id(slurm_cluster)
