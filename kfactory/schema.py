@@ -186,7 +186,8 @@ class DataConfig:
     # auto | memory | disk | none. Files are decoded once into the shared decode cache (cache_dir), which every
     # run on the same files at the same size reuses; auto reads it at random, memory-mapped (held in the page
     # cache, shared by every process), when it fits cache_budget_gb, else streams it from disk in order; memory
-    # refuses data that does not fit; disk always streams; none decodes every file every epoch.
+    # refuses data that does not fit; disk always streams; none decodes every file every epoch. When the cache's
+    # disk has no room for a new entry, auto reads the files as none does and memory and disk are refused.
     cache: str = "auto"
     cache_dir: Optional[str] = None  # null: $KFACTORY_CACHE_DIR, else ~/.cache/kfactory/decoded (XDG_CACHE_HOME)
     cache_budget_gb: Optional[float] = None  # memory for decoded images; null: half the memory available at start

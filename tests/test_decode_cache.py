@@ -254,3 +254,60 @@ def test_an_entry_opened_by_its_key_serves_a_subset_of_its_files(folder, tmp_pat
         assert sorted(got) == list(range(len(subset)))
         assert all(np.array_equal(got[i], read_image(tf.constant(p), (16, 16)).numpy()) for i, p in enumerate(subset))
     assert open_built(tmp_path / "cache", "no-such-key") is None
+
+
+def entries(root: Path) -> list[str]:
+    """The published entries under ``root`` (locks and build folders start with a dot)."""
+    return [p.name for p in root.iterdir() if not p.name.startswith(".")] if root.exists() else []
+
+
+def test_no_room_on_the_disk_reads_the_files_and_memory_or_disk_is_refused_before_decoding(
+    folder, tmp_path, monkeypatch, caplog
+):
+    from kfactory.config.validate import validate
+    from kfactory.data import cache_store
+    from kfactory.data.pipeline import make_splits
+
+    cache, size = tmp_path / "cache", "model.input_size=[32,32]"  # the smallest size validate accepts
+    monkeypatch.setattr(cache_store, "free_bytes", lambda root: 100 * 2**20)  # less than the headroom alone
+    with caplog.at_level(logging.WARNING, logger="kfactory.data.cache_build"):
+        splits = make_splits(folder_cfg(folder, cache, size), tmp_path / "run")
+    assert "No room for the decode cache: 24 images at 32x32 need 0.27 GB; 0.10 GB is free under" in caplog.text
+    assert splits.source.decoded is None and not entries(cache)  # the files, decoded as data.cache=none does
+    assert sum(len(x) for x, _ in splits.train) == len(splits.indices["train"])
+    for mode in ("disk", "memory"):
+        with pytest.raises(ConfigError) as refused:
+            validate(folder_cfg(folder, cache, f"data.cache={mode}", size, "model.weights=null"))
+        message = str(refused.value)
+        assert message.startswith(f"data.cache_dir={cache} is not accepted: a folder on a disk with room for the")
+        assert "24 images at 32x32 need 0.27 GB; 0.10 GB is free" in message and "data.cache=none" in message
+        assert "\n" not in message and not entries(cache)
+    monkeypatch.undo()  # room again: the entry is built, and then needs none
+    built = make_splits(folder_cfg(folder, cache, "data.cache=disk", size)).source.decoded.entry
+    monkeypatch.setattr(cache_store, "free_bytes", lambda root: 0)
+    cfg = validate(folder_cfg(folder, cache, "data.cache=disk", size, "model.weights=null"))
+    assert make_splits(cfg).source.decoded.entry.path == built.path
+
+
+def test_a_disk_that_fills_during_the_build_leaves_nothing_and_the_run_reads_the_files(folder, tmp_path, monkeypatch):
+    import errno
+
+    from kfactory.data import cache_build
+    from kfactory.data.pipeline import make_splits
+
+    def full(out, folder, shards):
+        if shards:  # the first shard is written; the disk fills at the second
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(out, folder, shards)
+
+    write = cache_build._next_shard
+    monkeypatch.setattr(cache_build, "WRITE_BATCH", 4)
+    monkeypatch.setattr(cache_build, "SHARD_BYTES", 1)
+    monkeypatch.setattr(cache_build, "_next_shard", full)
+    cache = tmp_path / "cache"
+    splits = make_splits(folder_cfg(folder, cache), tmp_path / "run")
+    assert splits.source.decoded is None and sum(map(len, splits.indices.values())) == 24
+    assert not entries(cache) and not list(cache.glob(".*.tmp-*"))  # the half-written build is gone
+    with pytest.raises(ConfigError, match=r"^data.cache_dir=.* is not accepted: a folder on a disk with room"):
+        make_splits(folder_cfg(folder, cache, "data.cache=disk"), tmp_path / "run2")
+    assert not list(cache.glob(".*.tmp-*"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -87,3 +89,37 @@ def test_with_steps_per_epoch_every_epoch_runs_all_its_steps(recwarn):
     assert steps == [2, 2, 2]
     assert len(history.history["val_loss"]) == 3
     assert not [w for w in recwarn if "ran out of data" in str(w.message)]
+
+
+@pytest.mark.parametrize("cache", ["disk", "none"])
+def test_streamed_or_read_files_tell_keras_their_batches_so_no_epoch_ran_out_of_data(tmp_path, cache, recwarn):
+    import keras
+
+    from kfactory.data.pipeline import epoch_inputs, make_splits
+
+    folder = write_image_folder(tmp_path / "imgs", {"a": 15, "b": 15}, size=20, fmt="jpg")
+    overrides = ["data=folder", f"data.path={folder}", f"data.cache={cache}", f"data.cache_dir={tmp_path / 'c'}"]
+    splits = make_splits(compose_config([*overrides, "model.input_size=[16,16]", "data.batch_size=4"]))
+    for name in ("train", "val", "test"):  # a filter (the streamed entry) or ignore_errors (the files) hid it
+        batches = -(-len(splits.indices[name]) // 4)
+        assert int(getattr(splits, name).cardinality()) == batches == sum(1 for _ in getattr(splits, name))
+    train, val = epoch_inputs(splits, steps_per_epoch=None, validation_steps=None)
+    model = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+    model.fit(train, validation_data=val, epochs=2, verbose=0, shuffle=False)
+    model.evaluate(splits.test, verbose=0)
+    assert not [w for w in recwarn if "ran out of data" in str(w.message)]
+
+
+def test_a_split_a_batch_short_of_its_files_stops_the_run_in_one_line(tmp_path):
+    from kfactory.data.pipeline import make_splits, splits_read_whole
+    from kfactory.errors import RunStopped
+
+    folder = write_image_folder(tmp_path / "imgs", {"a": 15, "b": 15}, size=20, fmt="jpg")
+    overrides = ["data=folder", f"data.path={folder}", "data.cache=none", "model.input_size=[16,16]"]
+    splits = make_splits(compose_config([*overrides, "data.batch_size=2", "data.val_split=0.2"]))
+    for index in splits.indices["val"][:3]:  # read every epoch: removed while the run trains
+        os.remove(splits.source.paths[index])
+    stopped = r"^An image of this run's split no longer decodes: data.cache=none reads"
+    with pytest.raises(RunStopped, match=stopped), splits_read_whole():
+        list(splits.val)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
-from kfactory.data.cache_store import fits_in_memory
+from kfactory.data.cache_store import check_disk_room, fits_in_memory
 from kfactory.data.label_task import settle_label_task
 from kfactory.data.split_record import ON_CHANGED
 from kfactory.errors import ConfigError, check_choice
@@ -79,6 +79,8 @@ def _validate(cfg: DictConfig) -> None:
         source = _check_data(cfg.data, cfg.hparams_search.cv_folds, source)
         if source is not None and cfg.data.cache == "memory":  # refused here, before TensorFlow is imported
             fits_in_memory(cfg.data.cache, len(source), input_size(cfg.model), cfg.data.cache_budget_gb)
+        if source is not None and source.paths is not None:  # ... and memory or disk without room on the disk
+            check_disk_room(cfg.data.cache, cfg.data.cache_dir, source.paths, input_size(cfg.model))
         _check_transfer(cfg)
         check_targets(cfg)  # imports the modules of your own parts (docs/guides/your-own-parts.md)
     else:

@@ -12,6 +12,7 @@ order, where memory no longer grows with the number of images.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -31,13 +32,18 @@ from kfactory.data.cache_store import (
     ORDER_FILE,
     Entry,
     build_lock,
+    canonical_files,
     entry_key,
+    fits_on_disk,
+    no_room,
     open_entry,
     publish,
     remove_abandoned_builds,
+    room_needed,
     temporary_folder,
 )
 from kfactory.data.image_check import progress_bar, read_image
+from kfactory.errors import ConfigError
 from kfactory.paths import fsync_file
 
 log = logging.getLogger(__name__)
@@ -49,16 +55,19 @@ SHARD_BYTES = 256 * 2**20  # a new shard file after about this many bytes
 READ_BUFFER = 4 * 2**20  # bytes read ahead per open shard
 SHARDS_READ_AT_ONCE = 4  # training interleaves this many shards, in a new order each epoch
 SHUFFLE_BYTES = 64 * 2**20  # a streamed training split shuffles at most this many bytes of images
+FALLBACK = "Reading the files every epoch instead; data.cache_dir=<a folder on a larger disk> decodes them once"
 
 
-def canonical_files(paths: list[str]) -> np.ndarray:
-    """The distinct absolute paths of ``paths``, sorted: what an entry is built from, whatever the listing order."""
-    return np.unique(np.asarray([os.path.abspath(p) for p in paths], dtype=str))
-
-
-def ensure_entry(paths: list[str], size: tuple[int, int], root: Path, source: str) -> tuple[Entry, np.ndarray]:
+def ensure_entry(
+    paths: list[str], size: tuple[int, int], root: Path, source: str, mode: str = "auto"
+) -> tuple[Entry, np.ndarray] | None:
     """The entry for ``paths`` at ``size`` under ``root`` and the files it indexes (``canonical_files``):
-    opened if published, else built (once, across processes)."""
+    opened if published, else built (once, across processes).
+
+    None when a new entry has no room on its disk (or the disk fills while it is
+    built) and ``data.cache`` is ``auto``: the run reads the files instead. With
+    ``memory`` or ``disk``, the same is refused in one line (ConfigError).
+    """
     started = time.time()
     files = canonical_files(paths)
     key = entry_key(files.tolist(), size)
@@ -68,7 +77,23 @@ def ensure_entry(paths: list[str], size: tuple[int, int], root: Path, source: st
             entry = open_entry(root, key)  # another job may have published it while this one waited
             if entry is None:
                 remove_abandoned_builds(root, key)
-                return build_entry(files.tolist(), size, root, key, source), files
+                if not fits_on_disk(mode, root, len(files), size):
+                    log.warning("No room for the decode cache: %s. %s", room_needed(root, len(files), size), FALLBACK)
+                    return None
+                try:
+                    return build_entry(files.tolist(), size, root, key, source), files
+                except OSError as error:
+                    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    if mode != "auto":  # the build's folder is already removed
+                        raise ConfigError("data.cache_dir", str(root), no_room(root, len(files), size)) from None
+                    log.warning(
+                        "The disk filled while the decode cache was built (%s): %s. %s",
+                        error.strerror,
+                        room_needed(root, len(files), size),
+                        FALLBACK,
+                    )
+                    return None
     log.info(
         "Decode cache: %d images at %dx%d from %s (listed and checked in %.1f s)",
         entry.manifest["readable"],

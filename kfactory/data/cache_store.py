@@ -45,6 +45,8 @@ MANIFEST = "manifest.json"
 ORDER_FILE = "order.npy"  # record r holds the image of file order[r] of the listed files
 FILES_FILE = "files.txt"  # the listed files: distinct absolute paths, sorted, one a line
 BUDGET_FRACTION = 0.5  # data.cache_budget_gb=null: this share of the memory available at start
+DISK_HEADROOM_BYTES = 256 * 2**20  # left free on the cache's disk beyond a new entry
+ENTRY_BYTES_PER_FILE = 512  # an entry's files.txt and order.npy, per listed file
 WAIT_LOG_SECONDS = 30  # a job waiting for another's build says so this often
 
 
@@ -209,6 +211,60 @@ def fits_in_memory(mode: str, count: int, size: tuple[int, int], budget_gb: floa
         )
         raise ConfigError("data.cache", mode, accepted)
     return False
+
+
+def free_bytes(root: Path) -> int:
+    """Bytes a process may still write on the file system that holds (or will hold) ``root``."""
+    path = root
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def entry_room(count: int, size: tuple[int, int]) -> int:
+    """What building an entry of ``count`` files at ``size`` needs free on its disk, headroom included."""
+    return image_bytes(count, size) + count * ENTRY_BYTES_PER_FILE + DISK_HEADROOM_BYTES
+
+
+def room_needed(root: Path, count: int, size: tuple[int, int], free: int | None = None) -> str:
+    """What an entry of ``count`` images at ``size`` needs under ``root``, and what is free there, in words."""
+    free = free_bytes(root) if free is None else free
+    need = entry_room(count, size) / 1e9
+    return f"{count} images at {size[0]}x{size[1]} need {need:.2f} GB; {free / 1e9:.2f} GB is free under {root}"
+
+
+def no_room(root: Path, count: int, size: tuple[int, int], free: int | None = None) -> str:
+    """The accepted values when ``data.cache=memory|disk`` has no room for its entry."""
+    return (
+        f"a folder on a disk with room for the decode cache ({room_needed(root, count, size, free)}); "
+        "or a smaller model.input_size, or data.cache=none to read the files every epoch"
+    )
+
+
+def fits_on_disk(mode: str, root: Path, count: int, size: tuple[int, int]) -> bool:
+    """Whether a new entry of ``count`` files at ``size`` fits on ``root``'s disk; refuse ``memory`` and ``disk``
+    (which insist on the cache) when it does not. ``auto`` then reads the files instead."""
+    free = free_bytes(root)
+    if entry_room(count, size) <= free:
+        return True
+    if mode in ("memory", "disk"):
+        raise ConfigError("data.cache_dir", str(root), no_room(root, count, size, free))
+    return False
+
+
+def check_disk_room(mode: str, cache_dir: str | None, paths: list[str], size: tuple[int, int]) -> None:
+    """Refuse ``data.cache=memory|disk`` before anything is decoded when the entry it needs is missing and
+    cannot fit on its disk (an entry already built needs no room)."""
+    root = cache_root(cache_dir)
+    if mode not in ("memory", "disk") or entry_room(len(paths), size) <= free_bytes(root):
+        return
+    if open_entry(root, entry_key(canonical_files(paths).tolist(), size)) is None:
+        fits_on_disk(mode, root, len(paths), size)
+
+
+def canonical_files(paths: list[str]) -> np.ndarray:
+    """The distinct absolute paths of ``paths``, sorted: what an entry is built from, whatever the listing order."""
+    return np.unique(np.asarray([os.path.abspath(p) for p in paths], dtype=str))
 
 
 def list_entries(root: Path) -> list[Entry]:

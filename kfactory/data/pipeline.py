@@ -14,6 +14,8 @@ digits, keras.datasets, a custom array) are gathered per batch and resized per b
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -39,12 +41,13 @@ from kfactory.data.split_record import (
     source_key,
     write_split,
 )
-from kfactory.errors import ConfigError
+from kfactory.errors import ConfigError, RunStopped
 from kfactory.model.build import output_units
 from kfactory.registry import input_size, label_loss, sparse_labels
 
 AUTOTUNE = tf.data.AUTOTUNE
 DECODE_CACHE_KEY = "decode_cache"  # splits.json: the decode cache entry the run's images were read from
+SHORT_SPLIT = "Input dataset was expected to contain"  # tf.data, when a split yields fewer batches than it holds
 log = logging.getLogger(__name__)
 
 
@@ -138,14 +141,17 @@ def read_recorded_split(cfg: DictConfig, recorded: SplitRecord) -> tuple[ImageSo
     return source, skipped, indices
 
 
-def recorded_images(source: ImageSource, cfg: DictConfig, key: str | None) -> DecodedImages:
-    """The decode cache entry ``key`` (a recorded split's) for ``source``'s images, or one built for them now."""
+def recorded_images(source: ImageSource, cfg: DictConfig, key: str | None) -> DecodedImages | None:
+    """The decode cache entry ``key`` (a recorded split's) for ``source``'s images, or one built for them now;
+    None when a new one has no room (``ensure_entry``): the files are read instead."""
     data, size = cfg.data, input_size(cfg.model)
     in_memory = fits_in_memory(data.cache, len(source), size, data.cache_budget_gb)
     root = cache_root(data.cache_dir)
     built = open_built(root, key) if key else None
     if built is None or built[0].size != size or not holds_all(built[1], source.paths):
-        built = ensure_entry(source.paths, size, root, data.path or data.csv or data.source)
+        built = ensure_entry(source.paths, size, root, data.path or data.csv or data.source, data.cache)
+    if built is None:
+        return None
     entry, files = built
     bad = unreadable_paths(entry, files, source.paths)
     if len(bad):
@@ -163,7 +169,11 @@ def prepare_images(source: ImageSource, cfg: DictConfig, run_dir: Path | None) -
         return drop_unreadable(source, data, run_dir)
     size = input_size(cfg.model)
     in_memory = fits_in_memory(data.cache, len(source), size, data.cache_budget_gb)  # refuses before decoding
-    entry, files = ensure_entry(source.paths, size, cache_root(data.cache_dir), data.path or data.csv or data.source)
+    root = cache_root(data.cache_dir)
+    built = ensure_entry(source.paths, size, root, data.path or data.csv or data.source, data.cache)
+    if built is None:  # no room for the decode cache: as data.cache=none
+        return drop_unreadable(source, data, run_dir)
+    entry, files = built
     kept, skipped = leave_out(source, unreadable_paths(entry, files, source.paths), data, run_dir)
     return replace(kept, decoded=DecodedImages(entry, files, kept.paths, in_memory)), skipped
 
@@ -188,6 +198,10 @@ def make_dataset(source: ImageSource, indices: np.ndarray, cfg: DictConfig, trai
         ds = _shuffled(tf.data.Dataset.from_tensor_slices((indices, labels)), training, cfg)
         pixels = tf.convert_to_tensor(source.images)  # a no-op for a tensor
         ds = ds.batch(data.batch_size).map(lambda i, y: (tf.gather(pixels, i), y), num_parallel_calls=AUTOTUNE)
+    # The number of batches, known to Keras: a streamed entry's filter and the files' ignore_errors hide it,
+    # and Keras then warns at every epoch's end that the input "ran out of data". The count is exact: an
+    # entry holds each image once, and unreadable files are left out before this pipeline is made.
+    ds = ds.apply(tf.data.experimental.assert_cardinality(-(-len(indices) // data.batch_size)))
     encode = label_encoder(label_loss(cfg.loss), len(source.class_names), is_multilabel(labels))
     ds = ds.map(
         lambda x, y: (to_rgb_float(x, size if resize_batches else None), encode(y)), num_parallel_calls=AUTOTUNE
@@ -196,6 +210,22 @@ def make_dataset(source: ImageSource, indices: np.ndarray, cfg: DictConfig, trai
     if augment is not None:
         ds = ds.map(augment, num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
+
+
+@contextmanager
+def splits_read_whole() -> Iterator[None]:
+    """Around training and evaluation: a split that yields fewer batches than it holds (a file read every
+    epoch that no longer decodes) ends the run in one line (RunStopped) instead of tf.data's error."""
+    try:
+        yield
+    except tf.errors.FailedPreconditionError as error:
+        if SHORT_SPLIT not in str(error):
+            raise
+        raise RunStopped(
+            "An image of this run's split no longer decodes: data.cache=none reads the files every epoch, and one "
+            "was removed or changed while the run trained. Finished epochs are kept; resume=true in this run "
+            "directory names the file"
+        ) from None
 
 
 def _shuffled(ds: tf.data.Dataset, training: bool, cfg: DictConfig) -> tf.data.Dataset:

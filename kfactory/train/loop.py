@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from kfactory.data.augment import augment_entries, write_augmented_images
 from kfactory.data.class_weights import class_weights, record_class_counts
 from kfactory.data.image_check import SKIPPED_FILE
-from kfactory.data.pipeline import Splits, make_dataset, make_splits
+from kfactory.data.pipeline import Splits, make_dataset, make_splits, splits_read_whole
 from kfactory.errors import RunStopped
 from kfactory.model.build import build_model
 from kfactory.model.checkpoint import MODEL_FILE, load_model, update_metadata, write_json_atomic
@@ -78,7 +78,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     clock = RunClock(started)
     callbacks = [clock, *([probe] if probe else []), *make_callbacks(cfg, run_dir, checkpoint, splits, past)]
     weights = describe_training(cfg, splits, run_dir)
-    history = fit_in_phases(model, cfg, splits, steps, callbacks, compile_phase, weights)
+    with splits_read_whole():
+        history = fit_in_phases(model, cfg, splits, steps, callbacks, compile_phase, weights)
     stop_if_diverged(callbacks, cfg, checkpoint)
     epochs_run = len(past) + len(history.epoch)
     classes, from_scratch = len(splits.class_names), cfg.model.weights is None
@@ -89,7 +90,8 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         monitor = cfg.trainer.monitor
         raise RunStopped(f"no epoch produced a finite {monitor}; nothing to save (try a lower learning rate)")
     best = best_model(cfg, model, checkpoint, splits)
-    metrics = evaluate_best(cfg, best, checkpoint, splits)
+    with splits_read_whole():
+        metrics = evaluate_best(cfg, best, checkpoint, splits)
     if cfg.data.task == "multilabel":
         metrics.update(store_thresholds(best, run_dir / MODEL_FILE, splits))
     metrics.update(best_epoch=checkpoint.best_epoch + 1, epochs_run=epochs_run)
