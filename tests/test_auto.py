@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import signal
@@ -192,6 +193,35 @@ def test_the_search_reports_the_median_fixed_cost_of_the_trials_that_trained(tmp
         study.tell(trial, 0.5)
     assert fixed_cost(study) == "; a trial's fixed cost (median): 7.5 s to its first step, 2.5 s after its last"
     assert fixed_cost(optuna.create_study()) == ""
+
+
+def test_trials_tied_at_the_validation_ceiling_are_told_apart_by_their_loss(tmp_path, caplog):
+    import optuna
+
+    from hydra_plugins.kfactory_optuna_sweeper._impl import DIR_ATTR, RESULTS_FILE, write_results
+    from kfactory.report.sweep import sort_by_monitor
+
+    study = optuna.create_study(direction="maximize")
+    runs = [(1.0, 0.30), (0.9, 0.01), (1.0, 0.05), (1.0, None)]  # val_accuracy, val_loss (None: not recorded)
+    for job, (accuracy, loss) in enumerate(runs):
+        run_dir = tmp_path / str(job)
+        (run_dir / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create([f"model.dropout=0.{job}"]), run_dir / ".hydra" / "overrides.yaml")
+        metrics = {"val_accuracy": accuracy, **({} if loss is None else {"val_loss": loss})}
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        trial = study.ask()
+        trial.set_user_attr(DIR_ATTR, str(run_dir))
+        study.tell(trial, accuracy)
+    assert study.best_trial.number == 0  # Optuna names the first of the tied trials
+    with caplog.at_level(logging.INFO):
+        write_results(study, tmp_path, None, winner=True)
+    results = OmegaConf.load(tmp_path / RESULTS_FILE)
+    assert results.best_dir == str(tmp_path / "2") and results.command == "python run.py model.dropout=0.2"
+    assert "Trials 0, 2, 3 tie at 1.0; trial 2 has the lowest val_loss (0.05)" in caplog.text
+    table = pd.DataFrame(
+        {"job": [0, 1, 2, 3], "status": "ok", "val_accuracy": [a for a, _ in runs], "val_loss": [0.3, 0.01, 0.05, None]}
+    )
+    assert sort_by_monitor(table, "val_accuracy")["job"].tolist() == [2, 0, 3, 1]  # the leaderboard agrees
 
 
 @pytest.mark.parametrize(("left_s", "complete", "resumed"), [(20, True, False), (20, False, True), (200, True, True)])

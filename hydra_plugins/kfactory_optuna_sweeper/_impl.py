@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from kfactory.config.search import JOB_ATTR, PRUNED_ATTR, make_pruner, open_storage, trial_link
 from kfactory.errors import ConfigError, interrupt_status
 from kfactory.overrides import rerun_command, split_override
-from kfactory.report.sweep import read_metrics
+from kfactory.report.sweep import TIE_BREAK, read_metrics
 from kfactory.run.budget import (
     END_RESERVE_S,
     IMPORTED_AT,
@@ -465,7 +465,7 @@ def write_results(study: optuna.Study, sweep_dir: Path, objectives: list[str] | 
         return
     results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name, "trials": counts}
     if len(study.directions) == 1:
-        best = study.best_trial
+        best = winner_of(study) if winner else study.best_trial
         results.update(best_job=best.user_attrs.get(JOB_ATTR), best_params=best.params, best_value=best.value)
         log.info("Best trial %d (job %s): %s = %s", best.number, best.user_attrs.get(JOB_ATTR), best.params, best.value)
         run_dir = best.user_attrs.get(DIR_ATTR)
@@ -481,6 +481,35 @@ def write_results(study: optuna.Study, sweep_dir: Path, objectives: list[str] | 
         ]
         log.info("Pareto-optimal trials: %s", ", ".join(str(t.number) for t in study.best_trials))
     OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)
+
+
+def winner_of(study: optuna.Study) -> FrozenTrial:
+    """The study's best trial; of trials tied on its value, the one whose run has the lowest ``TIE_BREAK``.
+
+    A small validation split reaches its ceiling (accuracy 1.0) easily, and Optuna
+    names the first trial that did; the loss still tells them apart.
+    """
+    best = study.best_trial
+    tied = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value == best.value]
+
+    def tie_break(trial: FrozenTrial) -> float:
+        run_dir = trial.user_attrs.get(DIR_ATTR)
+        metrics = read_metrics(Path(run_dir)) if run_dir and Path(run_dir).is_dir() else None
+        value = (metrics or {}).get(TIE_BREAK)
+        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
+
+    chosen = min(tied, key=lambda t: (tie_break(t), t.number))
+    if chosen.number != best.number:
+        numbers = ", ".join(str(t.number) for t in sorted(tied, key=lambda t: t.number))
+        log.info(
+            "Trials %s tie at %s; trial %d has the lowest %s (%.4g)",
+            numbers,
+            best.value,
+            chosen.number,
+            TIE_BREAK,
+            tie_break(chosen),
+        )
+    return chosen
 
 
 def reproduce_command(run_dir: Path) -> str:

@@ -37,6 +37,7 @@ METRICS_FILES = ("metrics.json", "eval_metrics.json")  # task=train, task=eval
 SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
 OPTUNA_RESULTS = "optimization_results.yaml"  # the Optuna sweeper's; with several objectives it lists the Pareto front
 STATUS_ORDER = {"ok": 0, "pruned": 1, "failed": 2}  # how the table ranks jobs before their metric
+TIE_BREAK = "val_loss"  # jobs tied on the monitor (a small validation split at 1.0): the lower ranks first
 TOP_ROWS = 10
 TRADE_OFFS = ("params", "test_ms_per_image")  # lower is better: what a search with a budget weighs accuracy against
 GROUP_COLUMN = "cv_group"  # a fold's cross-validation group (kfactory.config.resolvers.fold_group)
@@ -327,7 +328,8 @@ def markdown_table(table) -> str:
 
 
 def sort_by_monitor(table, monitor: str, mode: str = "auto", metrics: Any = ()):
-    """Best first by ``monitor`` (lower is better for a loss or an error, or with ``mode`` min).
+    """Best first by ``monitor`` (lower is better for a loss or an error, or with ``mode`` min), ties by
+    the lower ``TIE_BREAK``.
 
     Pruned jobs come after finished ones, failed jobs last.
     """
@@ -335,5 +337,8 @@ def sort_by_monitor(table, monitor: str, mode: str = "auto", metrics: Any = ()):
     if column is None:
         return table.sort_values("job").reset_index(drop=True)
     ascending = (mode if mode in ("min", "max") else metric_direction(monitor, metrics or ())) == "min"
-    table = table.sort_values(column, ascending=ascending, na_position="last", kind="stable")
+    by, order = [column], [ascending]
+    if TIE_BREAK in table.columns and TIE_BREAK not in column:
+        by, order = [column, TIE_BREAK], [ascending, True]
+    table = table.sort_values(by, ascending=order, na_position="last", kind="stable")
     return table.sort_values("status", key=lambda s: s.map(STATUS_ORDER), kind="stable").reset_index(drop=True)
