@@ -287,6 +287,13 @@ def test_no_room_on_the_disk_reads_the_files_and_memory_or_disk_is_refused_befor
     monkeypatch.setattr(cache_store, "free_bytes", lambda root: 0)
     cfg = validate(folder_cfg(folder, cache, "data.cache=disk", size, "model.weights=null"))
     assert make_splits(cfg).source.decoded.entry.path == built.path
+    with pytest.raises(ConfigError) as refused:  # another size: the entry there is named, with how to list it
+        validate(folder_cfg(folder, cache, "data.cache=disk", "model.input_size=[40,40]", "model.weights=null"))
+    listing = str(refused.value).split(", where 1 earlier entry takes 0.00 GB (")[1].split(")")[0]
+    assert listing == f"python -m kfactory.data.cache_store --cache-dir {cache} list"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    listed = subprocess.run([sys.executable, *listing.split()[1:]], capture_output=True, text=True, env=env)
+    assert listed.returncode == 0 and built.key in listed.stdout, listed.stderr
 
 
 def test_a_disk_that_fills_during_the_build_leaves_nothing_and_the_run_reads_the_files(folder, tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import socket
 import sys
@@ -230,7 +231,13 @@ def room_needed(root: Path, count: int, size: tuple[int, int], free: int | None 
     """What an entry of ``count`` images at ``size`` needs under ``root``, and what is free there, in words."""
     free = free_bytes(root) if free is None else free
     need = entry_room(count, size) / 1e9
-    return f"{count} images at {size[0]}x{size[1]} need {need:.2f} GB; {free / 1e9:.2f} GB is free under {root}"
+    said = f"{count} images at {size[0]}x{size[1]} need {need:.2f} GB; {free / 1e9:.2f} GB is free under {root}"
+    if entries := list_entries(root):  # old entries stay until deleted: the likeliest thing to free
+        held = sum(entry_bytes(e) for e in entries) / 1e9
+        command = f"python -m kfactory.data.cache_store --cache-dir {shlex.quote(str(root))} list"
+        held_by = "1 earlier entry takes" if len(entries) == 1 else f"{len(entries)} earlier entries take"
+        said += f", where {held_by} {held:.2f} GB ({command})"
+    return said
 
 
 def no_room(root: Path, count: int, size: tuple[int, int], free: int | None = None) -> str:
