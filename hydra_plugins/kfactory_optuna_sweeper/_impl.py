@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kfactory.config.search import JOB_ATTR, PRUNED_ATTR, make_pruner, open_storage, trial_link
 from kfactory.errors import ConfigError, interrupt_status
+from kfactory.model.checkpoint import write_json_atomic
 from kfactory.overrides import rerun_command, split_override
 from kfactory.report.sweep import TIE_BREAK, read_metrics
 from kfactory.run.budget import (
@@ -374,7 +375,7 @@ def record_cut(sweep_dir: Path, job: int, epochs: int) -> None:
     if run_dir is None or (run_dir / METRICS_FILE).exists():
         return
     stopped = "cut short by a kill, with too little of the budget left to finish"
-    (run_dir / METRICS_FILE).write_text(json.dumps({"pruned": True, "pruned_epoch": epochs, "stopped": stopped}))
+    write_json_atomic(run_dir / METRICS_FILE, {"pruned": True, "pruned_epoch": epochs, "stopped": stopped})
 
 
 def to_dict(node: Any) -> dict[str, Any]:
