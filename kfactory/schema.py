@@ -144,6 +144,9 @@ class TrainerConfig:
     callbacks: list[Any] = field(default_factory=list)  # extra Keras callbacks as _target_ dicts
     top_k: int = 5  # k for the top_k metric
     steps_per_epoch: Optional[int] = None  # null: the whole training split
+    # an epoch trains on at most this many images, going on through the split where the last epoch ended
+    # (a large folder is seen whole over several epochs); null: the whole split; steps_per_epoch, when set, decides
+    max_images_per_epoch: Optional[int] = None
     validation_steps: Optional[int] = None
     early_stopping: Optional[int] = None  # patience in epochs; null disables
     monitor: str = "val_accuracy"  # picks the best checkpoint and drives early stopping
@@ -257,6 +260,9 @@ class AutoConfig:
     # the whole command's wall time, e.g. 30m, 1h30m, 90s (at least 1m); experiment=auto passes it to
     # hydra.sweeper.budget. null: no search budget
     budget: Any = None
+    # experiment=auto passes it to trainer.max_images_per_epoch: 10 images per second of the budget
+    # (conf/experiment/auto.yaml); null: every epoch trains on the whole split
+    max_images_per_epoch: Optional[int] = None
 
 
 @dataclass

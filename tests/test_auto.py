@@ -141,6 +141,16 @@ def reproduce_command(run_dir: Path) -> str:
     return reproduce_command(run_dir)
 
 
+@pytest.mark.parametrize(("budget", "images"), [("30m", 18000), ("5m", 3000), ("90", 900), ("10s", None)])
+def test_a_trials_epoch_is_capped_at_ten_images_a_second_of_the_budget(tmp_path, budget, images):
+    import kfactory.config.resolvers  # noqa: F401  (registers the resolver, as run.py does)
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["experiment=auto", f"auto.budget={budget}"], run_dir=tmp_path)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params, resolve=True)
+    assert params["trainer.max_images_per_epoch"] == images  # a budget below 1m is refused by the search itself
+
+
 def test_the_winners_command_leaves_the_search_out_and_keeps_the_epochs_it_ran(tmp_path):
     (tmp_path / ".hydra").mkdir()
     overrides = [

@@ -91,6 +91,45 @@ def test_with_steps_per_epoch_every_epoch_runs_all_its_steps(recwarn):
     assert not [w for w in recwarn if "ran out of data" in str(w.message)]
 
 
+@pytest.mark.parametrize(
+    ("steps_per_epoch", "most", "steps"),
+    [(None, None, None), (None, 5000, None), (None, 1437, None), (None, 100, 2), (None, 128, 2), (3, 100, 3)],
+)
+def test_an_epoch_is_one_pass_unless_its_steps_or_images_are_capped(steps_per_epoch, most, steps):
+    from omegaconf import OmegaConf
+
+    from kfactory.data.pipeline import epoch_steps
+
+    trainer = OmegaConf.create({"steps_per_epoch": steps_per_epoch, "max_images_per_epoch": most})
+    assert epoch_steps(trainer, train_images=1437, batch_size=64) == steps
+
+
+def test_epochs_capped_by_images_go_on_through_the_split_where_the_last_one_ended():
+    import keras
+    import tensorflow as tf
+
+    from kfactory.data.pipeline import epoch_inputs, epoch_steps
+
+    # 10 images in batches of 2, at most 4 images an epoch: 2 steps, and 5 epochs see every image twice
+    cfg = compose_config(["trainer.max_images_per_epoch=4", "data.batch_size=2"])
+    steps = epoch_steps(cfg.trainer, train_images=10, batch_size=2)
+    images = tf.data.Dataset.range(10).map(lambda i: (tf.fill([1], tf.cast(i, tf.float32)), i % 2)).batch(2)
+    splits = type("Splits", (), {"train": images, "val": None})()
+    train, _ = epoch_inputs(splits, steps, None)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    seen: list[list[float]] = []
+
+    def note(x: tf.Tensor) -> tf.Tensor:  # the images of each batch fit reads
+        return tf.ensure_shape(
+            tf.py_function(lambda v: seen.append(v.numpy()[:, 0].tolist()) or v, [x], tf.float32), [None, 1]
+        )
+
+    model.fit(train.map(lambda x, y: (note(x), y)), epochs=5, steps_per_epoch=steps, verbose=0, shuffle=False)
+    assert steps == 2 and len(seen) >= 10  # tf.data reads a batch or two ahead of the last step
+    assert sorted(sum(seen[:5], [])) == list(range(10)) and sorted(sum(seen[5:10], [])) == list(range(10))
+
+
 @pytest.mark.parametrize("cache", ["disk", "none"])
 def test_streamed_or_read_files_tell_keras_their_batches_so_no_epoch_ran_out_of_data(tmp_path, cache, recwarn):
     import keras

@@ -37,6 +37,7 @@ REFUSALS = [
     (["optimizer.learning_rate=0"], "optimizer.learning_rate"),
     (["optimizer.learning_rate=-0.1"], "optimizer.learning_rate"),
     (["trainer.epochs=0"], "trainer.epochs"),
+    (["trainer.max_images_per_epoch=0"], "trainer.max_images_per_epoch"),
     (["data.batch_size=0"], "data.batch_size"),
     (["data.on_changed=evaluate_anyway"], "data.on_changed"),
     (["task=eval", "ckpt_path={tmp}/not_a_model.keras", "data.on_changed=skip"], "data.on_changed"),

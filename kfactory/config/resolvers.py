@@ -3,7 +3,8 @@
 ``${kf_job_dirname:...}`` (``hydra.sweep.subdir``) names a sweep job's directory
 after the overrides that differ between the sweep's jobs, safe on any filesystem
 and short enough to read as a TensorBoard run name. ``${kf_imagenet_or_null:}``
-(experiment=auto) is ``imagenet`` when the ImageNet weights can be downloaded, else ``null``.
+(experiment=auto) is ``imagenet`` when the ImageNet weights can be downloaded, else ``null``;
+``${kf_images_per_epoch:${auto.budget}}`` the images a trial's epoch trains on at most.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from kfactory.overrides import split_override
+from kfactory.run.budget import images_per_epoch
 
 MAX_DIRNAME = 160  # characters; longer names shorten their values, then keep a prefix plus a short hash
 SIGNIFICANT_DIGITS = 4  # floats in job names: enough to tell trials apart, short enough to read
@@ -140,6 +142,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("kf_job_number", job_number)
     if not OmegaConf.has_resolver("kf_imagenet_or_null"):
         OmegaConf.register_new_resolver("kf_imagenet_or_null", imagenet_or_null)
+    if not OmegaConf.has_resolver("kf_images_per_epoch"):
+        OmegaConf.register_new_resolver("kf_images_per_epoch", images_per_epoch)
 
 
 register_resolvers()

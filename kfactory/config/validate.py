@@ -169,7 +169,7 @@ def _check_trainer(t: DictConfig, multilabel: bool = False) -> None:
     for metric in t.metrics:
         if target_of(metric) is None:  # a _target_ entry is resolved by check_targets
             check_choice("trainer.metrics", metric, METRICS)
-    for key in ("steps_per_epoch", "validation_steps", "early_stopping", "threads"):
+    for key in ("steps_per_epoch", "max_images_per_epoch", "validation_steps", "early_stopping", "threads"):
         if t[key] is not None and t[key] < 1:
             raise ConfigError(f"trainer.{key}", t[key], "null or an integer >= 1")
     if t.jit_compile != "auto" and not isinstance(t.jit_compile, bool):  # typed Any: auto, true or false

@@ -236,13 +236,23 @@ def _shuffled(ds: tf.data.Dataset, training: bool, cfg: DictConfig) -> tf.data.D
     return ds.shuffle(min(count, cfg.data.shuffle_buffer), seed=cfg.seed, reshuffle_each_iteration=True)
 
 
+def epoch_steps(trainer: DictConfig, train_images: int, batch_size: int) -> int | None:
+    """The steps of an epoch that is not one pass over the ``train_images``: ``trainer.steps_per_epoch``, or the
+    batches of ``trainer.max_images_per_epoch`` when the split holds more; None for one whole pass."""
+    if trainer.steps_per_epoch:
+        return trainer.steps_per_epoch
+    most = trainer.max_images_per_epoch
+    return -(-most // batch_size) if most and most < train_images else None
+
+
 def epoch_inputs(
     splits: Splits, steps_per_epoch: int | None, validation_steps: int | None
 ) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
     """The training and validation data ``fit`` gets, so that every epoch is whole.
 
-    With ``steps_per_epoch`` the training data repeats (reshuffled each pass), so
-    every epoch runs all its steps instead of running out of data part-way. With
+    With ``steps_per_epoch`` (``epoch_steps``) the training data repeats (reshuffled
+    each pass), so every epoch runs all its steps instead of running out of data
+    part-way, and an epoch shorter than the split goes on where the last one ended. With
     ``validation_steps`` every epoch validates on the same first batches (a
     finite ``take``, read afresh each epoch).
     """

@@ -24,6 +24,7 @@ DEADLINE_ENV = "KFACTORY_DEADLINE"  # the job's deadline, seconds since the epoc
 MIN_BUDGET_S = 60.0  # one trial of the smallest model: start, build, trace, an epoch and its evaluation
 END_RESERVE_S = 5.0  # after the last job: the leaderboard and the results files
 TICK_S = 5.0  # how often the ledger records the time spent
+IMAGES_PER_BUDGET_S = 10  # experiment=auto: a trial's epoch trains on at most this many images per second of budget
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 IMPORTED_AT = time.time()  # kfactory.app imports this module first thing: about when the command started
@@ -52,6 +53,16 @@ def parse_budget(value: object, key: str = "auto.budget") -> float:
             "(start, build, trace, one epoch, its evaluation)",
         )
     return seconds
+
+
+def images_per_epoch(budget: object) -> int | None:
+    """``experiment=auto``'s ``trainer.max_images_per_epoch`` for ``budget``: IMAGES_PER_BUDGET_S a second of it
+    (18,000 for 30m), so that on a large folder the pruner still sees many trials' epochs; None for a budget
+    that does not parse (the search refuses it in one line)."""
+    try:
+        return int(IMAGES_PER_BUDGET_S * parse_budget(budget))
+    except ConfigError:
+        return None
 
 
 def format_duration(seconds: float) -> str:

@@ -154,7 +154,7 @@ def fit_in_phases(
 
     Returns the last phase's History with the epochs and logs of all phases.
     """
-    from kfactory.data.pipeline import epoch_inputs
+    from kfactory.data.pipeline import epoch_inputs, epoch_steps
     from kfactory.train.schedules import learning_rate_logger, make_learning_rate, schedule_callbacks, schedule_of
 
     schedule = schedule_of(cfg.optimizer)
@@ -166,7 +166,8 @@ def fit_in_phases(
     base = None if is_custom_model(cfg.model) else find_base(model)  # your own model trains as you built it
     epochs, logs, history = [], {}, None
     first = _resumed_phase(callbacks, len(phases))
-    train, val = epoch_inputs(splits, cfg.trainer.steps_per_epoch, cfg.trainer.validation_steps)
+    fit_steps = epoch_steps(cfg.trainer, len(splits.indices["train"]), cfg.data.batch_size)
+    train, val = epoch_inputs(splits, fit_steps, cfg.trainer.validation_steps)
     for number, phase in enumerate(phases, start=1):
         if number < first:
             continue
@@ -181,7 +182,7 @@ def fit_in_phases(
             validation_data=val,
             initial_epoch=phase.initial_epoch,
             epochs=phase.epochs,
-            steps_per_epoch=cfg.trainer.steps_per_epoch,
+            steps_per_epoch=fit_steps,
             callbacks=[*before, *_for_phase(callbacks, number, len(phases), phase.initial_epoch), *after],
             class_weight=class_weight,
             verbose=cfg.trainer.verbose,

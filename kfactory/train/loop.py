@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from kfactory.data.augment import augment_entries, write_augmented_images
 from kfactory.data.class_weights import class_weights, record_class_counts
 from kfactory.data.image_check import SKIPPED_FILE
-from kfactory.data.pipeline import Splits, make_dataset, make_splits, splits_read_whole
+from kfactory.data.pipeline import Splits, epoch_steps, make_dataset, make_splits, splits_read_whole
 from kfactory.errors import RunStopped
 from kfactory.model.build import build_model
 from kfactory.model.checkpoint import MODEL_FILE, load_model, update_metadata, write_json_atomic
@@ -48,7 +48,16 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         log.info("%s", describe_task(cfg))
     if note := weights_note(cfg.model):
         log.info("%s", note)
-    steps = cfg.trainer.steps_per_epoch or -(-len(splits.indices["train"]) // cfg.data.batch_size)
+    train_images = len(splits.indices["train"])
+    steps = epoch_steps(cfg.trainer, train_images, cfg.data.batch_size) or -(-train_images // cfg.data.batch_size)
+    if not cfg.trainer.steps_per_epoch and steps * cfg.data.batch_size < train_images:
+        log.info(
+            "Epochs of %d steps: %d of the %d training images each (trainer.max_images_per_epoch); "
+            "each epoch goes on through the split where the last one ended",
+            steps,
+            min(cfg.trainer.max_images_per_epoch, train_images),
+            train_images,
+        )
     strategy = make_strategy(cfg.trainer)
     xla = choose_jit_compile(
         cfg.trainer.jit_compile,
