@@ -21,7 +21,7 @@ from kfactory.console import import_tensorflow
 from kfactory.errors import ConfigError, RunStopped, Terminated, interrupt_status
 from kfactory.framework import check_backend
 from kfactory.model.checkpoint import write_json_atomic
-from kfactory.overrides import override, rerun_command
+from kfactory.overrides import override, rerun_command, split_override
 from kfactory.run import budget as _budget  # noqa: F401  (its clock starts with the command: a search's budget)
 from kfactory.run import lock as run_lock
 from kfactory.run.gpus import assign_job_gpus
@@ -78,7 +78,10 @@ def kfactory(cfg: DictConfig) -> float | None:
                 return complete_run_metric(run_dir, cfg.trainer.monitor)
         return run_task(cfg, run_dir)
     except (ConfigError, RunStopped) as error:
-        log.error("%s", error)
+        if not multirun and getattr(error, "resume_with", None) is not None:
+            log.error("%s; continue with: %s", error, resume_command(hydra_cfg, dir_key, run_dir, error.resume_with))
+        else:
+            log.error("%s", error)
         if not multirun:
             raise SystemExit(2 if isinstance(error, ConfigError) else 1) from None
         (run_dir / ERROR_FILE).write_text(f"{error}\n")
@@ -86,8 +89,7 @@ def kfactory(cfg: DictConfig) -> float | None:
         if multirun:
             raise
         what, status = interrupt_status(interrupt)
-        again = [override(dir_key, str(run_dir)), "resume=true"]
-        resume = rerun_command(list(hydra_cfg.overrides.task), ("resume",), again)
+        resume = resume_command(hydra_cfg, dir_key, run_dir)
         log.error("%s. Finished epochs are kept; continue with: %s", what, resume)
         raise SystemExit(status) from None
     except Exception as error:
@@ -100,6 +102,13 @@ def kfactory(cfg: DictConfig) -> float | None:
             run_lock.release(lock)
         release_memory()  # also before a single run's exit: live tf.data threads can abort the interpreter's teardown
     return None
+
+
+def resume_command(hydra_cfg: DictConfig, dir_key: str, run_dir: Path, extra: list[str] | None = None) -> str:
+    """The command that continues this run in ``run_dir``: its overrides, ``resume=true`` and ``extra``."""
+    again = [override(dir_key, str(run_dir)), "resume=true", *(extra or [])]
+    keys = ("resume", *(split_override(o)[0] for o in extra or []))
+    return rerun_command(list(hydra_cfg.overrides.task), keys, again)
 
 
 def plan_training(cfg: DictConfig, run_dir: Path, dir_key: str, hydra_cfg: DictConfig) -> bool:

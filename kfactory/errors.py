@@ -33,7 +33,15 @@ def show_value(value: Any) -> str:
 
 
 class RunStopped(RuntimeError):
-    """Training stopped for a reason the user can act on (e.g. the loss became NaN); exit status 1."""
+    """Training stopped for a reason the user can act on (e.g. the loss became NaN); exit status 1.
+
+    ``resume_with``: when the run can go on, the overrides its resume needs beside ``resume=true``
+    (the log line then ends with the whole command).
+    """
+
+    def __init__(self, message: str, resume_with: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.resume_with = resume_with
 
 
 class Terminated(KeyboardInterrupt):

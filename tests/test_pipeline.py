@@ -159,6 +159,6 @@ def test_a_split_a_batch_short_of_its_files_stops_the_run_in_one_line(tmp_path):
     splits = make_splits(compose_config([*overrides, "data.batch_size=2", "data.val_split=0.2"]))
     for index in splits.indices["val"][:3]:  # read every epoch: removed while the run trains
         os.remove(splits.source.paths[index])
-    stopped = r"^An image of this run's split no longer decodes: data.cache=none reads"
+    stopped = r"^Images of this run's split were removed or changed while it trained, reading the files every epoch"
     with pytest.raises(RunStopped, match=stopped), splits_read_whole():
         list(splits.val)

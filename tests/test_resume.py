@@ -233,6 +233,36 @@ def test_ctrl_c_or_sigterm_ends_the_run_with_one_line_naming_the_resume_command(
 
 
 @pytest.mark.slow
+def test_images_removed_while_a_run_reads_its_files_stop_it_naming_them_and_the_command_that_goes_on(tmp_path):
+    import shlex
+
+    from tests.conftest import write_image_folder
+
+    folder = write_image_folder(tmp_path / "imgs", {"a": 15, "b": 15}, size=20, fmt="jpg")
+    run_dir = tmp_path / "run"
+    remove = f"{{_target_:tests.user_parts.RemoveValImages,splits:'{run_dir / 'splits.csv'}',count:4}}"
+    args = [*TINY, "trainer.steps_per_epoch=null", "trainer.validation_steps=null", "data.batch_size=2"]
+    args += ["data=folder", f"data.path={folder}", "data.cache=none", "data.val_split=0.2"]
+    args += ["model.weights=null", "model.input_size=[32,32]"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = run_cli([*args, f"trainer.callbacks=[{remove}]", f"hydra.run.dir={run_dir}"], env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    errors = [line for line in output.splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1 and "Traceback" not in output, output[-3000:]
+    assert "while it trained, reading the files every epoch (data.cache=none): of its 30 images, 4 (" in errors[0]
+    assert "Finished epochs are kept; continue with: python run.py " in errors[0]
+    assert not (run_dir / "metrics.json").exists() and (run_dir / "backup").is_dir()
+    command = shlex.split(errors[0].split("continue with: ")[1])
+    assert command[-3:] == [f"hydra.run.dir={run_dir}", "resume=true", "data.on_changed=use_remaining"]
+    again = run_cli(command[2:], env=env)  # the command as printed, from its `run.py` on
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "data.on_changed=use_remaining: of the 30 train/val/test images recorded in" in again.stdout + again.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 2
+
+
+@pytest.mark.slow
 def test_a_two_phase_run_killed_while_fine_tuning_resumes_in_that_phase(tmp_path):
     import keras
 

@@ -81,6 +81,23 @@ class EpochFile(keras.callbacks.Callback):
             out.write(f"epoch {epoch}\n")
 
 
+class RemoveValImages(keras.callbacks.Callback):
+    """At the end of epoch 1, removes ``count`` validation images named in ``splits`` (a run's splits.csv):
+    a data set that changes while a run reads its files every epoch."""
+
+    def __init__(self, splits, count):
+        super().__init__()
+        self.splits, self.count = Path(splits), count
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            import pandas as pd
+
+            rows = pd.read_csv(self.splits)
+            for path in rows[rows["split"] == "val"]["file"].head(self.count):
+                Path(path).unlink()
+
+
 def load_files(root):
     """A data source: the image files under ``root``/<class>/, labelled by folder name."""
     paths = sorted(Path(root).glob("*/*.png"))

@@ -31,10 +31,12 @@ from kfactory.data.label_sets import is_multilabel
 from kfactory.data.sources import ImageSource, describe_source, split_source
 from kfactory.data.split_record import (
     ARRAYS,
+    FILES,
     SPLIT_NAMES,
     SplitRecord,
     check_files,
     check_settings,
+    find_changes,
     read_split,
     record_split,
     recorded_source,
@@ -213,18 +215,23 @@ def make_dataset(source: ImageSource, indices: np.ndarray, cfg: DictConfig, trai
 
 
 @contextmanager
-def splits_read_whole() -> Iterator[None]:
+def splits_read_whole(run_dir: Path | None = None) -> Iterator[None]:
     """Around training and evaluation: a split that yields fewer batches than it holds (a file read every
-    epoch that no longer decodes) ends the run in one line (RunStopped) instead of tf.data's error."""
+    epoch that no longer decodes) ends the run in one line (RunStopped) instead of tf.data's error, naming
+    the files gone or changed since ``run_dir``'s split was recorded, and how to go on without them."""
     try:
         yield
     except tf.errors.FailedPreconditionError as error:
         if SHORT_SPLIT not in str(error):
             raise
+        what, record = "", read_split(run_dir) if run_dir is not None else None
+        if record is not None and record.kind == FILES:  # only files are read every epoch
+            used, bad, changes = find_changes(record)
+            what = f": of its {len(used)} images, {changes}" if bad.any() else ""
         raise RunStopped(
-            "An image of this run's split no longer decodes: data.cache=none reads the files every epoch, and one "
-            "was removed or changed while the run trained. Finished epochs are kept; resume=true in this run "
-            "directory names the file"
+            "Images of this run's split were removed or changed while it trained, reading the files every epoch "
+            f"(data.cache=none){what}. Finished epochs are kept",
+            resume_with=["data.on_changed=use_remaining"],
         ) from None
 
 

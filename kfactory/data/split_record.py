@@ -235,23 +235,10 @@ def check_files(record: SplitRecord, data: DictConfig, arrays: ImageSource | Non
     Files are compared by stat (size, mtime_ns); an in-memory source (``arrays``,
     loaded afresh) by each row's digest.
     """
-    used = record.rows[record.rows["split"] != SKIPPED]
-    stamp = STAMP[record.kind]
-    if record.kind == FILES:
-        sizes, stamps = file_stats(used["file"].tolist())
-    else:
-        rows = used["file"].to_numpy(np.int64)
-        there = rows < len(arrays)
-        digests = row_digests(arrays.images, arrays.labels)[np.where(there, rows, 0)] if len(arrays) else 0
-        sizes, stamps = np.where(there, used["size"], -1), np.where(there, digests, -1)
-    gone = sizes == -1
-    changed = ~gone & ((sizes != used["size"].to_numpy()) | (stamps != used[stamp].to_numpy()))
-    bad = gone | changed
+    used, bad, what = find_changes(record, arrays)
     if not bad.any():
         return record
     splits = "/".join(name for name in SPLIT_NAMES if (used["split"] == name).any())
-    how = "size or mtime" if record.kind == FILES else "pixels or label"
-    what = f"{_first(used['file'], gone)} gone, {_first(used['file'], changed)} changed ({how})"
     remaining = int((~bad).sum())
     if data.on_changed != "use_remaining" or not remaining:
         todo = f"add data.on_changed=use_remaining to use the other {remaining}" if remaining else "none remain"
@@ -266,6 +253,24 @@ def check_files(record: SplitRecord, data: DictConfig, arrays: ImageSource | Non
         remaining,
     )
     return replace(record, rows=record.rows.drop(used.index[bad]))
+
+
+def find_changes(record: SplitRecord, arrays: ImageSource | None = None) -> tuple[pd.DataFrame, np.ndarray, str]:
+    """The rows ``record``'s splits use, which of them are gone or changed, and both counted in words:
+    ``1 (a.png) gone, 0 changed (size or mtime)``."""
+    used = record.rows[record.rows["split"] != SKIPPED]
+    stamp = STAMP[record.kind]
+    if record.kind == FILES:
+        sizes, stamps = file_stats(used["file"].tolist())
+    else:
+        rows = used["file"].to_numpy(np.int64)
+        there = rows < len(arrays)
+        digests = row_digests(arrays.images, arrays.labels)[np.where(there, rows, 0)] if len(arrays) else 0
+        sizes, stamps = np.where(there, used["size"], -1), np.where(there, digests, -1)
+    gone = sizes == -1
+    changed = ~gone & ((sizes != used["size"].to_numpy()) | (stamps != used[stamp].to_numpy()))
+    how = "size or mtime" if record.kind == FILES else "pixels or label"
+    return used, gone | changed, f"{_first(used['file'], gone)} gone, {_first(used['file'], changed)} changed ({how})"
 
 
 def _first(files: pd.Series, mask: np.ndarray) -> str:
