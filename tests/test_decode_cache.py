@@ -233,6 +233,12 @@ def test_the_cache_command_lists_and_deletes_entries(folder, tmp_path, capsys):
     assert f"{root}: 1 entries" in listed and entry.key in listed and str(folder) in listed
     assert main(["--cache-dir", str(root), "delete", "no-such-key"]) == 2 and entry.path.is_dir()
     assert main(["--cache-dir", str(root), "delete", entry.key]) == 0 and not entry.path.exists()
+    entry, _ = ensure_entry(list_folder(str(folder)).paths, (16, 16), root, str(folder))
+    next(entry.path.glob("images-*.bin")).unlink()  # damaged: listed as such, and deleted like an entry
+    capsys.readouterr()
+    assert main(["--cache-dir", str(root), "list"]) == 0
+    assert f"{root}: 0 entries\n{entry.key}  damaged: its images-00000.bin is missing" in capsys.readouterr().out
+    assert main(["--cache-dir", str(root), "delete", "--all"]) == 0 and not entry.path.exists()
 
 
 def test_an_entry_opened_by_its_key_serves_a_subset_of_its_files(folder, tmp_path):
@@ -318,3 +324,30 @@ def test_a_disk_that_fills_during_the_build_leaves_nothing_and_the_run_reads_the
     with pytest.raises(ConfigError, match=r"^data.cache_dir=.* is not accepted: a folder on a disk with room"):
         make_splits(folder_cfg(folder, cache, "data.cache=disk"), tmp_path / "run2")
     assert not list(cache.glob(".*.tmp-*"))
+
+
+@pytest.mark.parametrize("harm", ["truncate", "delete_order", "garble_manifest"])
+@pytest.mark.parametrize("budget", ["1", "0"])  # mapped, streamed
+def test_a_damaged_entry_is_never_read_and_the_next_run_decodes_the_files_again(folder, tmp_path, caplog, harm, budget):
+    from kfactory.data.cache_store import MANIFEST, ORDER_FILE
+    from kfactory.data.pipeline import make_splits
+
+    cache = tmp_path / "cache"
+    first = make_splits(folder_cfg(folder, cache, f"data.cache_budget_gb={budget}"))
+    expected = {name: images_by_index(first, name) for name in ("val", "test")}
+    entry = first.source.decoded.entry.path
+    if harm == "truncate":  # a shard cut short (a partial copy, a failing disk)
+        shard = next(entry.glob("images-*.bin"))
+        shard.write_bytes(shard.read_bytes()[:-100])
+    elif harm == "delete_order":
+        (entry / ORDER_FILE).unlink()
+    else:
+        (entry / MANIFEST).write_text("{not json")
+    with caplog.at_level(logging.INFO, logger="kfactory.data.cache_build"):
+        again = make_splits(folder_cfg(folder, cache, f"data.cache_budget_gb={budget}"))
+    assert f"The decode cache entry {entry} is damaged (its " in caplog.text
+    assert "Decoding 24 images once at 16x16" in caplog.text
+    assert entries(cache) == [entry.name] and again.source.decoded.entry.path == entry
+    for name, images in expected.items():
+        got = images_by_index(again, name)
+        assert all(np.array_equal(images[i], got[i]) for i in images)

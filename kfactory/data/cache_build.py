@@ -39,6 +39,7 @@ from kfactory.data.cache_store import (
     open_entry,
     publish,
     remove_abandoned_builds,
+    remove_damaged,
     room_needed,
     temporary_folder,
 )
@@ -77,6 +78,7 @@ def ensure_entry(
             entry = open_entry(root, key)  # another job may have published it while this one waited
             if entry is None:
                 remove_abandoned_builds(root, key)
+                remove_damaged(root, key, log)
                 if not fits_on_disk(mode, root, len(files), size):
                     log.warning("No room for the decode cache: %s. %s", room_needed(root, len(files), size), FALLBACK)
                     return None

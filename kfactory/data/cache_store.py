@@ -99,13 +99,46 @@ def entry_key(paths: list[str], size: tuple[int, int]) -> str:
 
 
 def open_entry(root: Path, key: str) -> Entry | None:
-    """The published entry ``key`` under ``root``, or None."""
+    """The published entry ``key`` under ``root``, or None (none published, or a damaged one: ``damage``)."""
     path = root / key
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    return Entry(path, manifest) if manifest.get("format") == FORMAT else None
+    return None if damage(path, manifest) else Entry(path, manifest)
+
+
+def damage(path: Path, manifest: dict | None = None) -> str | None:
+    """What is wrong with the entry folder ``path``, or None: a manifest that does not read, a file it
+    names that is missing, or a shard of another size than its images need (one ``stat`` per shard)."""
+    try:
+        manifest = manifest or json.loads((path / MANIFEST).read_text())
+        height, width = manifest["size"]
+        shards = [(shard["file"], int(shard["records"])) for shard in manifest["shards"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"its {MANIFEST} does not read"
+    if manifest.get("format") != FORMAT:
+        return f"its {MANIFEST} is not of format {FORMAT}"
+    for name in (ORDER_FILE, FILES_FILE):
+        if not (path / name).is_file():
+            return f"its {name} is missing"
+    for name, records in shards:
+        try:
+            found = (path / name).stat().st_size
+        except OSError:
+            return f"its {name} is missing"
+        if found != records * height * width * 3:
+            return f"its {name} holds {found:,} bytes, not the {records * height * width * 3:,} of its {records} images"
+    return None
+
+
+def remove_damaged(root: Path, key: str, log) -> None:
+    """Delete a folder at ``key`` that is not a whole entry (call only while holding its lock): a published
+    entry is whole, so one that is not was damaged since, and the next build replaces it."""
+    path = root / key
+    if path.is_dir() and (what := damage(path)):
+        log.warning("The decode cache entry %s is damaged (%s): deleted; its files are decoded again", path, what)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def temporary_folder(root: Path, key: str) -> Path:
@@ -282,6 +315,14 @@ def list_entries(root: Path) -> list[Entry]:
     return sorted(entries, key=lambda e: e.manifest.get("created", 0), reverse=True)
 
 
+def damaged_folders(root: Path) -> dict[str, str]:
+    """The folders under ``root`` named like entries that are not whole ones, each with what is wrong."""
+    if not root.is_dir():
+        return {}
+    folders = (p for p in root.iterdir() if not p.name.startswith(".") and p.is_dir())
+    return {p.name: what for p in folders if (what := damage(p))}
+
+
 def entry_bytes(entry: Entry) -> int:
     return sum(f.stat().st_size for f in entry.path.iterdir() if f.is_file())
 
@@ -297,21 +338,23 @@ def main(argv: list[str] | None = None) -> int:
     delete.add_argument("--all", action="store_true", help="delete every entry and abandoned build")
     args = parser.parse_args(argv)
     root = cache_root(args.cache_dir)
-    entries = list_entries(root)
+    entries, damaged = list_entries(root), damaged_folders(root)
     if args.command == "list":
         print(f"{root}: {len(entries)} entries")
         for e in entries:
             made = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.manifest.get("created", 0)))
             m = e.manifest
             print(f"{e.key}  {entry_bytes(e) / 1e9:.2f} GB  {m['readable']} images  {made}  {m.get('source', '')}")
+        for key, what in damaged.items():  # never read; the next build of the key replaces it
+            print(f"{key}  damaged: {what}")
         return 0
-    known = {e.key: e for e in entries}
+    known = {**{e.key: e.path for e in entries}, **{key: root / key for key in damaged}}
     unknown = [k for k in args.keys if k not in known]
     if unknown or not (args.keys or args.all):
         print(f"No such entry under {root}: {', '.join(unknown) or '(name keys or --all)'}", file=sys.stderr)
         return 2
     for key in known if args.all else args.keys:
-        shutil.rmtree(known[key].path)
+        shutil.rmtree(known[key])
         print(f"deleted {key}")
     if args.all:
         for key in {tmp.name[1:].split(".tmp-")[0] for tmp in root.glob(".*.tmp-*")}:
