@@ -351,3 +351,17 @@ def test_a_damaged_entry_is_never_read_and_the_next_run_decodes_the_files_again(
     for name, images in expected.items():
         got = images_by_index(again, name)
         assert all(np.array_equal(images[i], got[i]) for i in images)
+
+
+def test_an_entry_cut_while_a_run_streams_it_stops_the_run_in_one_line_naming_the_entry(folder, tmp_path):
+    from kfactory.data.pipeline import make_splits, splits_read_whole
+    from kfactory.errors import RunStopped
+
+    splits = make_splits(folder_cfg(folder, tmp_path / "cache", "data.cache=disk"))
+    entry = splits.source.decoded.entry.path
+    for shard in entry.glob("images-*.bin"):  # cut after the run opened the entry
+        shard.write_bytes(b"")
+    cut_short = f"^The decode cache entry {entry} came up short"
+    with pytest.raises(RunStopped, match=cut_short) as stopped, splits_read_whole(splits, tmp_path / "run"):
+        list(splits.val)
+    assert stopped.value.resume_with == []  # resume=true alone: the resumed run rebuilds the entry

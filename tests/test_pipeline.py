@@ -160,5 +160,5 @@ def test_a_split_a_batch_short_of_its_files_stops_the_run_in_one_line(tmp_path):
     for index in splits.indices["val"][:3]:  # read every epoch: removed while the run trains
         os.remove(splits.source.paths[index])
     stopped = r"^Images of this run's split were removed or changed while it trained, reading the files every epoch"
-    with pytest.raises(RunStopped, match=stopped), splits_read_whole():
+    with pytest.raises(RunStopped, match=stopped), splits_read_whole(splits):
         list(splits.val)

@@ -215,17 +215,25 @@ def make_dataset(source: ImageSource, indices: np.ndarray, cfg: DictConfig, trai
 
 
 @contextmanager
-def splits_read_whole(run_dir: Path | None = None) -> Iterator[None]:
-    """Around training and evaluation: a split that yields fewer batches than it holds (a file read every
-    epoch that no longer decodes) ends the run in one line (RunStopped) instead of tf.data's error, naming
-    the files gone or changed since ``run_dir``'s split was recorded, and how to go on without them."""
+def splits_read_whole(splits: Splits, run_dir: Path | None = None) -> Iterator[None]:
+    """Around training and evaluation: a split that yields fewer batches than it holds ends the run in one
+    line (RunStopped, with the command that goes on) instead of tf.data's error. Read from the files
+    (``data.cache=none``), the line names those gone or changed since ``run_dir``'s split was recorded; read
+    from the decode cache, the entry, which a resumed run finds damaged and builds again."""
     try:
         yield
     except tf.errors.FailedPreconditionError as error:
         if SHORT_SPLIT not in str(error):
             raise
+        if splits.source.decoded is not None:
+            raise RunStopped(
+                f"The decode cache entry {splits.source.decoded.entry.path} came up short while this run read it "
+                "(a shard cut or removed since the run opened it). Finished epochs are kept; resumed, the run "
+                "finds the damage, deletes the entry and decodes the files again",
+                resume_with=[],
+            ) from None
         what, record = "", read_split(run_dir) if run_dir is not None else None
-        if record is not None and record.kind == FILES:  # only files are read every epoch
+        if record is not None and record.kind == FILES:
             used, bad, changes = find_changes(record)
             what = f": of its {len(used)} images, {changes}" if bad.any() else ""
         raise RunStopped(

@@ -87,7 +87,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     clock = RunClock(started)
     callbacks = [clock, *([probe] if probe else []), *make_callbacks(cfg, run_dir, checkpoint, splits, past)]
     weights = describe_training(cfg, splits, run_dir)
-    with splits_read_whole(run_dir):
+    with splits_read_whole(splits, run_dir):
         history = fit_in_phases(model, cfg, splits, steps, callbacks, compile_phase, weights)
     stop_if_diverged(callbacks, cfg, checkpoint)
     epochs_run = len(past) + len(history.epoch)
@@ -99,7 +99,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         monitor = cfg.trainer.monitor
         raise RunStopped(f"no epoch produced a finite {monitor}; nothing to save (try a lower learning rate)")
     best = best_model(cfg, model, checkpoint, splits)
-    with splits_read_whole(run_dir):
+    with splits_read_whole(splits, run_dir):
         metrics = evaluate_best(cfg, best, checkpoint, splits)
     if cfg.data.task == "multilabel":
         metrics.update(store_thresholds(best, run_dir / MODEL_FILE, splits))
