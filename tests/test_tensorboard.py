@@ -235,3 +235,17 @@ def test_a_summary_that_fails_to_draw_is_logged_and_training_goes_on(tmp_path, c
         "TensorBoard summaries of epoch 1 not written",
         "TensorBoard summaries of epoch 2 not written",
     ]
+
+
+def test_figures_of_a_split_that_came_up_short_leave_the_run_its_one_line(tmp_path, caplog):
+    cfg = compose_config([*TINY], run_dir=tmp_path)
+    images = np.random.default_rng(0).uniform(0, 255, (12, 8, 8, 3)).astype(np.float32)
+    one_hot = np.eye(3, dtype=np.float32)[np.arange(12) % 3]
+    val = tf.data.Dataset.from_tensor_slices((images, one_hot)).batch(4)
+    short = val.take(0).apply(tf.data.experimental.assert_cardinality(3))  # no batch of the 3 promised
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(3, "softmax")])
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    extras = ValidationSummaries(tmp_path / "tensorboard", short, CLASSES, cfg)  # its image grid reads the split
+    with caplog.at_level("WARNING", logger="kfactory.train.tensorboard"):
+        model.fit(images, one_hot, validation_data=val, epochs=1, verbose=0, callbacks=[extras])
+    assert cfg.trainer.tensorboard.images > 0 and not [r for r in caplog.records if "not written" in r.getMessage()]

@@ -20,6 +20,7 @@ import tensorflow as tf
 from omegaconf import DictConfig
 from tensorboard.plugins.hparams import api as hp
 
+from kfactory.data.pipeline import SHORT_SPLIT
 from kfactory.model.build import to_probabilities
 from kfactory.overrides import task_overrides
 from kfactory.train.deferred import Deferred
@@ -123,6 +124,9 @@ class ValidationSummaries(keras.callbacks.Callback):
                     write_image_grid(images_at(order), labels[order], predicted[order], self.class_names, step)
             self.writer.flush()
         except Exception as error:  # a figure is not worth a run
+            if SHORT_SPLIT in str(error):  # a split came up short: the run stops on it, in one line of its own
+                log.debug("TensorBoard summaries of epoch %d not written: a split came up short", step)
+                return
             log.warning("TensorBoard summaries of epoch %d not written: %s: %s", step, type(error).__name__, error)
 
     def on_train_end(self, logs: dict | None = None) -> None:
