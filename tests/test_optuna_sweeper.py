@@ -50,6 +50,17 @@ def test_a_range_optuna_cannot_sample_is_refused_naming_the_key(override, key):
         _impl.search_space([override])
 
 
+def test_params_reach_the_jobs_as_the_command_line_writes_them():
+    from hydra_plugins.kfactory_optuna_sweeper._impl import param_overrides, search_space
+
+    params = {"trainer.max_images_per_epoch": None, "trainer.deterministic": True, "model.input_size": "choice(32,64)"}
+    overrides = param_overrides(params)
+    assert overrides[:2] == ["trainer.max_images_per_epoch=null", "trainer.deterministic=true"]
+    assert overrides[2] == "model.input_size=choice(32,64)"
+    space, fixed = search_space(overrides)
+    assert set(space) == {"model.input_size"} and fixed["trainer.max_images_per_epoch"] == "null"
+
+
 def test_grid_takes_discrete_ranges_and_refuses_intervals():
     space, _ = _impl.search_space(["a=choice(x,y)", "b=range(1,4)", "c=range(0.0,0.3,0.1)"])
     sampler = _impl.make_sampler("grid", 0, {}, space)

@@ -26,7 +26,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState
 
 from kfactory.config.search import JOB_ATTR, PRUNED_ATTR, make_pruner, open_storage, trial_link
-from kfactory.errors import ConfigError, interrupt_status
+from kfactory.errors import ConfigError, interrupt_status, show_value
 from kfactory.model.checkpoint import write_json_atomic
 from kfactory.overrides import rerun_command, split_override
 from kfactory.report.sweep import TIE_BREAK, read_metrics
@@ -185,7 +185,7 @@ class OptunaSearch:
             raise ConfigError("hparams_search.objectives", None, accepted)
 
     def sweep(self, arguments: list[str]) -> None:
-        space, fixed = search_space([f"{key}={value}" for key, value in self.params.items()] + list(arguments))
+        space, fixed = search_space(param_overrides(self.params) + list(arguments))
         study = self.open_study(space)
         self.enqueue_starts(study, space, fixed)
         job = next_job_number(self.sweep_dir, study.get_trials(deepcopy=False))
@@ -376,6 +376,12 @@ def record_cut(sweep_dir: Path, job: int, epochs: int) -> None:
         return
     stopped = "cut short by a kill, with too little of the budget left to finish"
     write_json_atomic(run_dir / METRICS_FILE, {"pruned": True, "pruned_epoch": epochs, "stopped": stopped})
+
+
+def param_overrides(params: dict[str, Any]) -> list[str]:
+    """``hydra.sweeper.params`` (resolved) as overrides, each value as the command line writes it: a
+    resolved null must reach the job as ``null``, not as the string ``None``."""
+    return [f"{key}={show_value(value)}" for key, value in params.items()]
 
 
 def to_dict(node: Any) -> dict[str, Any]:
