@@ -235,10 +235,14 @@ def test_the_cache_command_lists_and_deletes_entries(folder, tmp_path, capsys):
     assert main(["--cache-dir", str(root), "delete", entry.key]) == 0 and not entry.path.exists()
     entry, _ = ensure_entry(list_folder(str(folder)).paths, (16, 16), root, str(folder))
     next(entry.path.glob("images-*.bin")).unlink()  # damaged: listed as such, and deleted like an entry
+    (root / "my_notes").mkdir()  # a folder of the user's in a shared cache_dir: not an entry, never touched
     capsys.readouterr()
     assert main(["--cache-dir", str(root), "list"]) == 0
-    assert f"{root}: 0 entries\n{entry.key}  damaged: its images-00000.bin is missing" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert f"{root}: 0 entries\n{entry.key}  damaged: its images-00000.bin is missing" in listed
+    assert "my_notes" not in listed
     assert main(["--cache-dir", str(root), "delete", "--all"]) == 0 and not entry.path.exists()
+    assert (root / "my_notes").is_dir()
 
 
 def test_an_entry_opened_by_its_key_serves_a_subset_of_its_files(folder, tmp_path):

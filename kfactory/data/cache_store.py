@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -96,6 +97,9 @@ def entry_key(paths: list[str], size: tuple[int, int]) -> str:
     digest.update("\0".join(paths).encode("utf-8", "surrogateescape"))
     digest.update(np.ascontiguousarray(np.stack([sizes, mtimes], 1), dtype="<i8").tobytes())
     return f"{size[0]}x{size[1]}-{len(paths)}-{digest.hexdigest()[:20]}"
+
+
+KEY = re.compile(r"\d+x\d+-\d+-[0-9a-f]{20}")  # what entry_key names an entry: no other folder is one
 
 
 def open_entry(root: Path, key: str) -> Entry | None:
@@ -309,18 +313,26 @@ def canonical_files(paths: list[str]) -> np.ndarray:
 
 def list_entries(root: Path) -> list[Entry]:
     """The published entries under ``root``, newest first."""
-    if not root.is_dir():
-        return []
-    entries = [e for p in root.iterdir() if not p.name.startswith(".") and (e := open_entry(root, p.name))]
-    return sorted(entries, key=lambda e: e.manifest.get("created", 0), reverse=True)
+    return scan(root)[0]
 
 
-def damaged_folders(root: Path) -> dict[str, str]:
-    """The folders under ``root`` named like entries that are not whole ones, each with what is wrong."""
-    if not root.is_dir():
-        return {}
-    folders = (p for p in root.iterdir() if not p.name.startswith(".") and p.is_dir())
-    return {p.name: what for p in folders if (what := damage(p))}
+def scan(root: Path) -> tuple[list[Entry], dict[str, str]]:
+    """The published entries under ``root``, newest first, and the folders named as entries are that are not
+    whole ones, each with what is wrong. Other folders (a ``data.cache_dir`` shared with other files) are
+    neither: nothing here lists or deletes them."""
+    entries, damaged = [], {}
+    for path in root.iterdir() if root.is_dir() else ():
+        if not (KEY.fullmatch(path.name) and path.is_dir()):
+            continue
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+        except (OSError, ValueError):
+            manifest = None
+        if what := damage(path, manifest):
+            damaged[path.name] = what
+        else:
+            entries.append(Entry(path, manifest))
+    return sorted(entries, key=lambda e: e.manifest.get("created", 0), reverse=True), damaged
 
 
 def entry_bytes(entry: Entry) -> int:
@@ -338,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     delete.add_argument("--all", action="store_true", help="delete every entry and abandoned build")
     args = parser.parse_args(argv)
     root = cache_root(args.cache_dir)
-    entries, damaged = list_entries(root), damaged_folders(root)
+    entries, damaged = scan(root)
     if args.command == "list":
         print(f"{root}: {len(entries)} entries")
         for e in entries:
