@@ -49,8 +49,9 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     if note := weights_note(cfg.model):
         log.info("%s", note)
     train_images = len(splits.indices["train"])
-    steps = epoch_steps(cfg.trainer, train_images, cfg.data.batch_size) or -(-train_images // cfg.data.batch_size)
-    if not cfg.trainer.steps_per_epoch and steps * cfg.data.batch_size < train_images:
+    capped = epoch_steps(cfg.trainer, train_images, cfg.data.batch_size)
+    steps = capped or -(-train_images // cfg.data.batch_size)
+    if capped and not cfg.trainer.steps_per_epoch:
         log.info(
             "Epochs of %d steps: %d of the %d training images each (trainer.max_images_per_epoch); "
             "each epoch goes on through the split where the last one ended",
