@@ -3,12 +3,12 @@
 Each way gets the same wall-clock budget, the same images and the same held-out test split, in a
 process of its own (its whole wall time counted, imports included), one after another:
   kfactory     python run.py experiment=auto auto.budget=<budget>
-  recipe       the README's hand recipe (experiment=from_scratch_small: MobileNetV3Small at 32 px, 30 epochs)
-               as one run, stopped by the same deadline if it would run longer
+  recipe       the best hand recipe (experiment=from_scratch_small model=small_cnn: kfactory's small CNN at
+               32 px, 30 epochs) as one run, stopped by the same deadline if it would run longer
   keras_tuner  KerasTuner Hyperband (max_epochs 30, factor 3) over the same space as experiment=auto:
-               six keras.applications families from scratch, input size 32-128 px, learning rate 3e-4 to
-               1e-2 (log), dropout 0 or 0.2, augmentation none / light / strong; no trial starts after
-               the deadline and a running one stops at it (KerasTuner has no time limit of its own)
+               kfactory's small CNN and six keras.applications families from scratch, input size 32-128 px,
+               learning rate 3e-4 to 1e-2 (log), dropout 0 or 0.2, augmentation none / light / strong; no trial
+               starts after the deadline and a running one stops at it (KerasTuner has no time limit of its own)
   autokeras    AutoKeras 3 ImageClassifier (its own space and greedy tuner), up to 30 epochs a trial
                with early stopping, the deadline enforced the same way
 The images: scikit-learn's 8x8 digits (1,797, 10 classes) and 1,200 photo crops (128x128 JPEGs of
@@ -42,7 +42,15 @@ ROOT = Path(__file__).resolve().parent.parent
 WAYS = ("kfactory", "recipe", "keras_tuner", "autokeras")
 SETS = ("digits", "photos")
 MAX_EPOCHS = 30
-FAMILIES = ("MobileNetV3Small", "MobileNetV3Large", "MobileNetV2", "EfficientNetB0", "EfficientNetV2B0", "ResNet50V2")
+FAMILIES = (
+    "SmallCNN",
+    "MobileNetV3Small",
+    "MobileNetV3Large",
+    "MobileNetV2",
+    "EfficientNetB0",
+    "EfficientNetV2B0",
+    "ResNet50V2",
+)
 SIZES = (32, 64, 96, 128)
 
 
@@ -96,7 +104,8 @@ def run_kfactory(name: str, work: Path, budget_s: float) -> dict:
 
 def run_recipe(name: str, work: Path, budget_s: float) -> dict:
     run_dir = work / "recipe"
-    argv = [sys.executable, str(ROOT / "run.py"), "experiment=from_scratch_small", *data_args(name, work)]
+    argv = [sys.executable, str(ROOT / "run.py"), "experiment=from_scratch_small", "model=small_cnn"]
+    argv += data_args(name, work)
     argv += ["trainer.verbose=0", f"hydra.run.dir={run_dir}"]
     started = time.time()
     env = {"KFACTORY_DEADLINE": f"{started + budget_s - 5:.1f}"}  # the deadline a search's job gets
@@ -182,6 +191,8 @@ def build_hypermodel(classes: int):
     """The space of experiment=auto, as a KerasTuner hypermodel."""
     import keras
 
+    from kfactory.model import nets
+
     def build(hp):
         family = hp.Choice("family", list(FAMILIES))
         size = hp.Choice("input_size", list(SIZES))
@@ -191,8 +202,8 @@ def build_hypermodel(classes: int):
             x = layer(x)
         if family in ("MobileNetV2", "ResNet50V2"):  # these expect [-1, 1]; the others rescale themselves
             x = keras.layers.Rescaling(1 / 127.5, offset=-1)(x)
-        base = getattr(keras.applications, family)(weights=None, include_top=False, input_shape=(size, size, 3),
-                                                   pooling="avg")  # fmt: skip
+        builder = nets.SmallCNN if family == "SmallCNN" else getattr(keras.applications, family)
+        base = builder(weights=None, include_top=False, input_shape=(size, size, 3), pooling="avg")
         x = keras.layers.Dropout(hp.Choice("dropout", [0.0, 0.2]))(base(x))
         model = keras.Model(inputs, keras.layers.Dense(classes, activation="softmax")(x))
         rate = hp.Float("learning_rate", 3e-4, 1e-2, sampling="log")

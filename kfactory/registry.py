@@ -23,12 +23,13 @@ PREPROCESS_MODES = ("caffe", "tf", "torch", "none")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One Keras application."""
+    """One Keras application, or one of kfactory's own networks."""
 
-    keras_name: str  # attribute of keras.applications
-    default_size: int  # the size its ImageNet weights were trained at
+    keras_name: str  # attribute of keras.applications (of kfactory.model.nets when not an application)
+    default_size: int  # the size its ImageNet weights were trained at (kfactory's own: its usual size)
     preprocess: str  # one of PREPROCESS_MODES
     min_size: int = 32  # smallest input side the architecture accepts
+    application: bool = True  # a keras.applications model, with ImageNet weights; False: trained from scratch
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -72,6 +73,8 @@ MODELS: dict[str, ModelSpec] = {
     "convnext_base": ModelSpec("ConvNeXtBase", 224, "none"),
     "convnext_large": ModelSpec("ConvNeXtLarge", 224, "none"),
     "convnext_xlarge": ModelSpec("ConvNeXtXLarge", 224, "none"),
+    # kfactory's own: plain 3x3 convolutions, for small images trained from scratch (8x8 digits, 28x28 scans)
+    "small_cnn": ModelSpec("SmallCNN", 32, "none", min_size=8, application=False),
 }
 
 # Config name -> keras.optimizers class.

@@ -188,6 +188,27 @@ def test_a_winner_stopped_in_its_warm_up_gets_epochs_its_schedule_accepts(tmp_pa
     assert shlex.split(reproduce_command(tmp_path))[-1] == "trainer.epochs=2"  # warm-up 1 needs 2 epochs at least
 
 
+@pytest.mark.parametrize(
+    ("model", "reachable", "weights"), [("small_cnn", True, "null"), ("mobilenet_v2", True, "imagenet")]
+)
+def test_each_trial_resolves_its_weights_and_the_winners_command_says_what_they_were(
+    tmp_path, monkeypatch, model, reachable, weights
+):
+    from kfactory.config import resolvers
+    from tests.conftest import compose_config
+
+    monkeypatch.setattr(resolvers, "imagenet_reachable", lambda: reachable)
+    (tmp_path / ".hydra").mkdir()
+    overrides = ["experiment=auto", f"model={model}", "optimizer.learning_rate=0.002"]  # a trial's command line
+    OmegaConf.save(OmegaConf.create(overrides), tmp_path / ".hydra" / "overrides.yaml")
+    OmegaConf.save(compose_config(overrides, run_dir=tmp_path), tmp_path / ".hydra" / "config.yaml")
+    words = shlex.split(reproduce_command(tmp_path))[2:]
+    assert words == [f"model={model}", "optimizer.learning_rate=0.002", f"model.weights={weights}"]
+    overrides.append("model.weights=/w/mine.weights.h5")  # the command line's own value stays, once
+    OmegaConf.save(OmegaConf.create(overrides), tmp_path / ".hydra" / "overrides.yaml")
+    assert shlex.split(reproduce_command(tmp_path))[2:] == [*overrides[1:]]
+
+
 def test_the_search_reports_the_median_fixed_cost_of_the_trials_that_trained(tmp_path):
     import optuna
 

@@ -10,7 +10,7 @@ from tests.conftest import compose_config
 
 # One model per kind of block in the default suite (residual, dense, separable, inverted residual with its own
 # rescaling, EfficientNet's normalization, ConvNeXt's layer norm); every other model is in the slow run.
-FAST = {"resnet50", "densenet121", "xception", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny"}
+FAST = {"resnet50", "densenet121", "xception", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny", "small_cnn"}
 
 
 def build(overrides: list[str], num_classes: int = 3):

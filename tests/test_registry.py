@@ -8,6 +8,9 @@ from kfactory.registry import ACTIVATIONS, LOSSES, MODELS, OPTIMIZERS, PREPROCES
 from kfactory.targets import CUSTOM
 from tests.conftest import CONF_DIR, compose_config
 
+APPLICATIONS = sorted(name for name, spec in MODELS.items() if spec.application)
+OWN = sorted(name for name, spec in MODELS.items() if not spec.application)
+
 
 def group_options(group: str) -> set[str]:
     return {p.stem for p in (CONF_DIR / group).glob("*.yaml")}
@@ -16,13 +19,25 @@ def group_options(group: str) -> set[str]:
 def test_every_keras_application_has_a_model_option():
     import keras
 
+    from kfactory.model import nets
+
     applications = {name for name in dir(keras.applications) if name[0].isupper()}
-    assert applications == {spec.keras_name for spec in MODELS.values()}
-    assert len(MODELS) == 40
+    assert applications == {MODELS[name].keras_name for name in APPLICATIONS}
+    assert len(APPLICATIONS) == 40
+    assert all(callable(getattr(nets, MODELS[name].keras_name)) for name in OWN)
     assert group_options("model") == set(MODELS) | {CUSTOM}  # custom: your own model (tests/test_targets.py)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", OWN)
+def test_kfactorys_own_networks_compose_from_scratch_at_their_size(name):
+    spec = MODELS[name]
+    assert f"{spec.default_size} px" in (CONF_DIR / "model" / f"{name}.yaml").read_text().splitlines()[0]
+    cfg = compose_config([f"model={name}", "data=folder", "data.path=/nonexistent"])
+    assert input_size(cfg.model) == (spec.default_size, spec.default_size)
+    assert cfg.model.weights is None  # no ImageNet weights to start from
+
+
+@pytest.mark.parametrize("name", APPLICATIONS)
 def test_model_option_composes_with_its_own_size(name):
     spec = MODELS[name]
     assert spec.preprocess in PREPROCESS_MODES
@@ -61,7 +76,7 @@ def keras_input_sizes(spec) -> tuple[int, int]:
     raise AssertionError(f"{spec.keras_name} did not ask obtain_input_shape for its size")
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", APPLICATIONS)
 def test_default_and_minimum_sizes_are_the_ones_keras_declares(name):
     spec = MODELS[name]
     assert (spec.default_size, spec.min_size) == tuple(keras_input_sizes(spec))

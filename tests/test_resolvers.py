@@ -93,3 +93,17 @@ def test_the_sweep_subdir_of_the_real_config_is_the_job_number_and_the_varied_ov
     assert cfg.hydra.sweep.subdir == "3_model.dropout=0.5"
     (tmp_path / VARIED_KEYS_FILE).unlink()  # not recorded: every override but the excluded keys (seed, dirs)
     assert cfg.hydra.sweep.subdir == "3_model.dropout=0.5,trainer=fast"
+
+
+@pytest.mark.parametrize(
+    ("model", "reachable", "weights"),
+    [("mobilenet_v2", True, "imagenet"), ("mobilenet_v2", False, None), ("small_cnn", True, None)],
+)
+def test_imagenet_or_null_fine_tunes_only_a_model_with_imagenet_weights_that_download(
+    monkeypatch, model, reachable, weights
+):
+    from kfactory.config import resolvers
+
+    monkeypatch.setattr(resolvers, "imagenet_reachable", lambda: reachable)
+    cfg = compose_config([f"model={model}", "model.weights=${kf_imagenet_or_null:}"])  # as a search's trial gets it
+    assert cfg.model.weights == weights

@@ -50,6 +50,9 @@ REFUSALS = [
     (["model=inception_v3", "model.input_size=[74,74]"], "model.input_size"),
     (["model=xception", "model.input_size=[70,70]"], "model.input_size"),
     (["model=vgg16", "model.input_size=[31,31]"], "model.input_size"),
+    (["model=small_cnn", "model.input_size=[7,7]"], "model.input_size"),
+    (["model=small_cnn", "model.weights=imagenet"], "model.weights"),  # kfactory's own: no ImageNet weights
+    (["model=small_cnn", "model.include_top=true"], "model.include_top"),
     (
         ["model=vgg16", "model.weights=imagenet", "model.include_top=true", "model.input_size=[64,64]"],
         "model.input_size",

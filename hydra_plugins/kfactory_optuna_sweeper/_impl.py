@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from kfactory.config.search import JOB_ATTR, PRUNED_ATTR, make_pruner, open_storage, trial_link
 from kfactory.errors import ConfigError, interrupt_status, show_value
 from kfactory.model.checkpoint import write_json_atomic
-from kfactory.overrides import rerun_command, split_override
+from kfactory.overrides import override, rerun_command, split_override
 from kfactory.report.sweep import TIE_BREAK, read_metrics
 from kfactory.run.budget import (
     END_RESERVE_S,
@@ -55,18 +55,27 @@ DIR_ATTR = "dir"  # trial user attribute: the job's run directory
 # The search space ---------------------------------------------------------------------------------
 
 
+def resolved_weights(overrides: list[str], config_file: Path) -> list[str]:
+    """``model.weights=<value>`` as the run resolved experiment=auto's ``${kf_imagenet_or_null:}`` (ImageNet
+    weights for a model that has them, when they download), unless the command line set it."""
+    if any(split_override(o)[0].lstrip("+~") == "model.weights" for o in overrides) or not config_file.is_file():
+        return []
+    weights = OmegaConf.select(OmegaConf.load(config_file), "model.weights", default=None)
+    return [override("model.weights", show_value(weights))]
+
+
 def search_space(overrides: Sequence[str]) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
     """(searched key -> distribution, fixed key -> value) from overrides; a later one for a key wins."""
     space: dict[str, BaseDistribution] = {}
     fixed: dict[str, str] = {}
-    for override in OverridesParser.create().parse_overrides(list(overrides)):
-        key = override.get_key_element()
+    for parsed in OverridesParser.create().parse_overrides(list(overrides)):
+        key = parsed.get_key_element()
         space.pop(key, None)
         fixed.pop(key, None)
-        if override.is_sweep_override():
-            space[key] = distribution(override)
+        if parsed.is_sweep_override():
+            space[key] = distribution(parsed)
         else:
-            fixed[key] = override.get_value_element_as_str()
+            fixed[key] = parsed.get_value_element_as_str()
     return space, fixed
 
 
@@ -527,6 +536,7 @@ def reproduce_command(run_dir: Path) -> str:
     """
     overrides = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
     kept = [o for o in overrides if split_override(o) != ("experiment", "auto") and not o.startswith("auto.")]
+    kept += resolved_weights(kept, run_dir / ".hydra" / "config.yaml")
     metrics_file = run_dir / METRICS_FILE
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     cut = metrics.get("deadline_epoch") or metrics.get("pruned_epoch")

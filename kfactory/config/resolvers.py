@@ -3,7 +3,8 @@
 ``${kf_job_dirname:...}`` (``hydra.sweep.subdir``) names a sweep job's directory
 after the overrides that differ between the sweep's jobs, safe on any filesystem
 and short enough to read as a TensorBoard run name. ``${kf_imagenet_or_null:}``
-(experiment=auto) is ``imagenet`` when the ImageNet weights can be downloaded, else ``null``;
+(experiment=auto's ``model.weights``) is ``imagenet`` when the model has ImageNet weights and they
+can be downloaded, else ``null``;
 ``${kf_images_per_epoch:${auto.budget}}`` the images a trial's epoch trains on at most.
 """
 
@@ -16,10 +17,12 @@ import re
 import socket
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from kfactory.overrides import split_override
+from kfactory.registry import MODELS
 from kfactory.run.budget import images_per_epoch
 
 MAX_DIRNAME = 160  # characters; longer names shorten their values, then keep a prefix plus a short hash
@@ -120,18 +123,24 @@ def next_job_number(sweep_dir: str | Path) -> int:
 
 
 @functools.cache
-def imagenet_or_null() -> str:
-    """``imagenet`` when Keras can download the ImageNet weights (their host answers), else ``null``.
-
-    ``KFACTORY_OFFLINE=1`` says ``null`` without asking.
-    """
+def imagenet_reachable() -> bool:
+    """Whether Keras can download the ImageNet weights (their host answers); ``KFACTORY_OFFLINE=1``: no."""
     if os.environ.get("KFACTORY_OFFLINE") == "1":
-        return "null"
+        return False
     try:
         socket.create_connection(WEIGHTS_HOST, timeout=WEIGHTS_TIMEOUT_S).close()
     except OSError:
-        return "null"
-    return "imagenet"
+        return False
+    return True
+
+
+def imagenet_or_null(*, _parent_: Any = None) -> str | None:
+    """``imagenet`` when the model beside this key (``model.name``) has ImageNet weights and they can be
+    downloaded, else null (kfactory's own networks, or no network)."""
+    name = _parent_.get("name") if isinstance(_parent_, DictConfig) else None
+    if name in MODELS and not MODELS[name].application:
+        return None
+    return "imagenet" if imagenet_reachable() else None
 
 
 def register_resolvers() -> None:

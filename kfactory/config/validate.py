@@ -114,6 +114,10 @@ def _check_model(model: DictConfig, finetune: DictConfig) -> None:
     if min(height, width) < spec.min_size:
         raise ConfigError("model.input_size", [height, width], f"{model.name} needs at least {spec.min_size} px a side")
     weights = model.weights
+    if not spec.application and (weights == "imagenet" or model.include_top):
+        key, value = ("model.weights", weights) if weights == "imagenet" else ("model.include_top", True)
+        accepted = f"{model.name} has no ImageNet weights or top: model.weights=null or a weights file"
+        raise ConfigError(key, value, accepted)
     if weights not in (None, "imagenet"):
         path = expand_path(weights)
         if not path.is_file():

@@ -14,6 +14,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from kfactory.errors import ConfigError
+from kfactory.model import nets
 from kfactory.paths import expand_path
 from kfactory.registry import MODELS, PROBABILITY_ACTIVATIONS, input_size, label_loss
 from kfactory.schema import ModelConfig
@@ -119,7 +120,7 @@ def build_backbone(cfg: DictConfig, num_classes: int) -> keras.Model:
     kwargs = {"include_top": bool(cfg.model.include_top), "input_shape": (height, width, 3)}
     if not cfg.model.include_top:
         kwargs["pooling"] = "avg"
-    app = getattr(keras.applications, spec.keras_name)
+    app = getattr(keras.applications if spec.application else nets, spec.keras_name)
     try:
         if _keeps_imagenet_classifier(cfg, num_classes):
             kwargs["classifier_activation"] = cfg.model.activation
