@@ -202,6 +202,11 @@ def metric_direction(monitor: str, metrics: Sequence[Any] = ()) -> str | None:
     return None
 
 
+# Epochs or runs tied on the monitor (a small validation split: 0.994 from epoch 13 to 30, or 1.0 for
+# several trials) are told apart by this, the lower first: the tied epoch or run that fits best.
+TIE_BREAK = "val_loss"
+
+
 def monitor_mode(monitor: str, mode: str = "auto", metrics: Sequence[Any] = ()) -> str:
     """``min`` or ``max`` for ``trainer.monitor``: ``mode`` when given, else what the metric is (``metric_direction``).
 

@@ -149,7 +149,7 @@ class TrainerConfig:
     max_images_per_epoch: Optional[int] = None
     validation_steps: Optional[int] = None
     early_stopping: Optional[int] = None  # patience in epochs; null disables
-    monitor: str = "val_accuracy"  # picks the best checkpoint and drives early stopping
+    monitor: str = "val_accuracy"  # picks the best checkpoint (a tie: the lower val_loss) and drives early stopping
     # whether a lower (min) or higher (max) monitor is better; auto: known from the metric (a loss, an error,
     # a crossentropy or hinge: min; accuracy, auc, f1...: max); a metric of your own needs min or max
     monitor_mode: str = "auto"

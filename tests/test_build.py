@@ -99,3 +99,20 @@ def test_preprocessing_layers_equal_the_family_preprocess_input(mode, family, tm
     expected = getattr(keras.applications, family).preprocess_input(pixels.copy())
     for built in (model, reloaded):
         np.testing.assert_allclose(built.predict(pixels, verbose=0), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_small_cnn_saves_as_plain_keras_layers_and_takes_its_own_weights_file(tmp_path):
+    import keras
+
+    model = build(["model=small_cnn", "model.input_size=[8,8]", "model.bn_momentum=0.8"], num_classes=4)
+    base = model.get_layer("small_cnn")
+    bns = [layer for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(bns) == 6 and all(layer.momentum == 0.8 for layer in bns)
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.models.load_model(tmp_path / "model.keras")  # safe mode: no kfactory class inside
+    pixels = np.random.default_rng(0).uniform(0, 255, (3, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(reloaded.predict(pixels, verbose=0), model.predict(pixels, verbose=0), atol=1e-6)
+    base.save_weights(tmp_path / "small_cnn.weights.h5")
+    again = build(["model=small_cnn", f"model.weights={tmp_path / 'small_cnn.weights.h5'}", "model.input_size=8"], 4)
+    for expected, got in zip(base.get_weights(), again.get_layer("small_cnn").get_weights(), strict=True):
+        np.testing.assert_array_equal(expected, got)

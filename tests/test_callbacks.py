@@ -81,3 +81,27 @@ def test_a_requeue_signal_waits_for_the_epochs_backup_unless_that_takes_too_long
     finally:
         signal.signal(signal.SIGUSR2, before)
     assert events == expected
+
+
+@pytest.mark.parametrize(
+    ("monitor", "epochs", "best_epoch"),
+    [
+        # accuracy at its best from epoch 2 on, while the loss goes on falling: the epoch that fits best
+        ("val_accuracy", [(0.9, 0.5), (0.99, 0.2), (0.99, 0.1), (0.99, 0.15), (0.98, 0.05)], 2),
+        ("val_accuracy", [(0.9, 0.5), (0.99, 0.2), (0.99, 0.3)], 1),  # a tie with a higher loss keeps the first
+        ("val_loss", [(0.9, 0.5), (0.99, 0.2), (0.98, 0.2)], 1),  # the tie-break is the monitor: strictly better
+    ],
+)
+def test_the_best_epoch_of_a_tie_on_the_monitor_is_the_one_with_the_lower_val_loss(
+    tmp_path, monitor, epochs, best_epoch
+):
+    import keras
+
+    from kfactory.train.best_model import BestModelCheckpoint
+
+    checkpoint = BestModelCheckpoint(tmp_path / "model.keras", monitor, {})
+    checkpoint.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
+    for epoch, (accuracy, loss) in enumerate(epochs):
+        checkpoint.on_epoch_end(epoch, {"loss": 1.0, "val_accuracy": accuracy, "val_loss": loss})
+    assert checkpoint.best_epoch == best_epoch
+    assert checkpoint.best_logs["val_loss"] == epochs[best_epoch][1]

@@ -154,6 +154,14 @@ def test_best_checkpoint_and_early_stopping_replay_the_finished_epochs(tmp_path)
     checkpoint = BestModelCheckpoint(tmp_path / "model.keras", "val_accuracy", {})
     checkpoint.replay(past)
     assert (checkpoint.best, checkpoint.best_epoch) == (0.7, 1)
+    tied = [
+        *past,
+        {"epoch": 3, "val_accuracy": 0.7, "val_loss": 0.4},
+        {"epoch": 4, "val_accuracy": 0.7, "val_loss": 0.5},
+    ]
+    again = BestModelCheckpoint(tmp_path / "model.keras", "val_accuracy", {})
+    again.replay(tied)
+    assert (again.best, again.best_epoch) == (0.7, 3)  # a tie goes to the lower val_loss
     stopping = ResumableEarlyStopping(past, monitor="val_accuracy", mode="max", patience=3)
     stopping.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
     stopping.on_train_begin()

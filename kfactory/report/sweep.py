@@ -27,7 +27,7 @@ from kfactory.config.resolvers import (  # registers the resolvers (also in laun
     next_job_number,
 )
 from kfactory.overrides import split_override
-from kfactory.registry import metric_direction
+from kfactory.registry import TIE_BREAK, metric_direction
 from kfactory.report.folds import FOLDS_KEY, STD_SUFFIX, fold_means, is_number
 from kfactory.run.budget import BUDGET_FILE
 from kfactory.schema import TrainerConfig
@@ -37,7 +37,6 @@ METRICS_FILES = ("metrics.json", "eval_metrics.json")  # task=train, task=eval
 SUMMARY_CSV, SUMMARY_MD = "summary.csv", "summary.md"
 OPTUNA_RESULTS = "optimization_results.yaml"  # the Optuna sweeper's; with several objectives it lists the Pareto front
 STATUS_ORDER = {"ok": 0, "pruned": 1, "failed": 2}  # how the table ranks jobs before their metric
-TIE_BREAK = "val_loss"  # jobs tied on the monitor (a small validation split at 1.0): the lower ranks first
 TOP_ROWS = 10
 TRADE_OFFS = ("params", "test_ms_per_image")  # lower is better: what a search with a budget weighs accuracy against
 GROUP_COLUMN = "cv_group"  # a fold's cross-validation group (kfactory.config.resolvers.fold_group)
