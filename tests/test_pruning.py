@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import types
 
+import pytest
+
 from kfactory.config.search import PRUNED_ATTR
 from kfactory.train.pruning import TrialPruning, pruned_epoch
 
@@ -43,3 +45,23 @@ def test_a_plain_trial_reports_its_epochs_as_steps():
     callback.on_epoch_end(0, {"val_loss": 0.5})
     callback.on_epoch_end(1, {"val_loss": float("nan")})  # a diverged epoch is not reported
     assert trial.reports == [(1, 0.5)] and pruned_epoch([callback]) is None
+
+
+@pytest.mark.parametrize(
+    ("classes", "val", "pruned"),
+    [
+        (4, [0.25] * 8, 5),  # at chance for 5 epochs while training learns: pruned after the fifth
+        (4, [0.25, 0.25, 0.9, 0.25, 0.25, 0.25, 0.25, 0.25], None),  # it left chance once: it can learn
+        (0, [0.25] * 8, None),  # label sets (no single chance level): never for this reason
+    ],
+)
+def test_a_trial_at_chance_while_training_learns_is_pruned_whatever_its_pruner_says(classes, val, pruned):
+    trial = FakeTrial(prune_at=99)  # a bracket with no peers: the pruner itself would let it run
+    callback = TrialPruning(trial, "val_accuracy", classes=classes)
+    callback.set_model(types.SimpleNamespace(stop_training=False))
+    for epoch, accuracy in enumerate(val):
+        callback.on_epoch_end(epoch, {"accuracy": 0.8, "val_accuracy": accuracy})
+        if callback.model.stop_training:
+            break
+    assert pruned_epoch([callback]) == pruned
+    assert trial.attrs == ({PRUNED_ATTR: pruned} if pruned else {})

@@ -115,7 +115,11 @@ def make_callbacks(
         ),
         StopOnNaN(),
         # only in a trial of a pruning Optuna search; with cv_folds its steps count on across the folds
-        *trial_pruning(cfg.trainer.monitor, cfg.data.fold * cfg.trainer.epochs if cfg.hparams_search.cv_folds else 0),
+        *trial_pruning(
+            cfg.trainer.monitor,
+            cfg.data.fold * cfg.trainer.epochs if cfg.hparams_search.cv_folds else 0,
+            len(splits.class_names) if splits is not None and cfg.data.task != "multilabel" else 0,
+        ),
         *deadline_callbacks(validation_batches(cfg, splits)),  # only in a job of a budgeted search (experiment=auto)
     ]
     if splits is not None:
