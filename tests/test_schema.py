@@ -90,9 +90,10 @@ def test_every_key_and_default_is_printed_by_the_composed_config():
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_a_model_file_holds_only_its_name(name):
     option = yaml.safe_load((CONF_DIR / "model" / f"{name}.yaml").read_text())
-    assert option == {"name": name}
+    own = {} if MODELS[name].application else {"weights": None}  # kfactory's own: no ImageNet weights
+    assert option == {"name": name, **own}
     model = compose_config([f"model={name}", "data=keras"]).model
-    shared = {f.name for f in dataclasses.fields(ModelConfig)} - {"name"}
+    shared = {f.name for f in dataclasses.fields(ModelConfig)} - {"name", *own}
     defaults = OmegaConf.structured(ModelConfig)
     assert all(model[key] == defaults[key] for key in shared)
 
