@@ -55,15 +55,6 @@ DIR_ATTR = "dir"  # trial user attribute: the job's run directory
 # The search space ---------------------------------------------------------------------------------
 
 
-def resolved_weights(overrides: list[str], config_file: Path) -> list[str]:
-    """``model.weights=<value>`` as the run resolved experiment=auto's ``${kf_imagenet_or_null:}`` (ImageNet
-    weights for a model that has them, when they download), unless the command line set it."""
-    if any(split_override(o)[0].lstrip("+~") == "model.weights" for o in overrides) or not config_file.is_file():
-        return []
-    weights = OmegaConf.select(OmegaConf.load(config_file), "model.weights", default=None)
-    return [override("model.weights", show_value(weights))]
-
-
 def search_space(overrides: Sequence[str]) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
     """(searched key -> distribution, fixed key -> value) from overrides; a later one for a key wins."""
     space: dict[str, BaseDistribution] = {}
@@ -550,3 +541,12 @@ def reproduce_command(run_dir: Path) -> str:
         else 0
     )
     return rerun_command(kept, drop, [f"trainer.epochs={max(int(cut), int(warmup or 0) + 1)}"])  # warm-up < epochs
+
+
+def resolved_weights(overrides: list[str], config_file: Path) -> list[str]:
+    """``model.weights=<value>`` as the run resolved experiment=auto's ``${kf_imagenet_or_null:}`` (ImageNet
+    weights for a model that has them, when they download), unless the command line set it."""
+    if any(split_override(o)[0].lstrip("+~") == "model.weights" for o in overrides) or not config_file.is_file():
+        return []
+    weights = OmegaConf.select(OmegaConf.load(config_file), "model.weights", default=None)
+    return [override("model.weights", show_value(weights))]

@@ -1,4 +1,4 @@
-"""kfactory's own networks, built as the Keras applications are (same arguments, built-in layers only).
+"""kfactory's own networks, built as the Keras applications are (their arguments, built-in layers only).
 
 ``SmallCNN`` is for small images trained from scratch: the applications were designed for 224 px
 ImageNet photographs, and their smallest input is 32 px, so an 8x8 digit must be enlarged four times
@@ -21,7 +21,6 @@ def SmallCNN(  # noqa: N802 - named as the keras.applications builders are
     weights: str | None = None,
     input_shape: tuple[int, int, int] = (32, 32, 3),
     pooling: str | None = "avg",
-    classifier_activation: str = "softmax",
     name: str = "small_cnn",
 ) -> keras.Model:
     """Pixels in [0, 255] to pooled features (``include_top`` is refused: there is no ImageNet top)."""
