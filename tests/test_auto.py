@@ -255,6 +255,48 @@ def test_trials_tied_at_the_validation_ceiling_are_told_apart_by_their_loss(tmp_
     assert sort_by_monitor(table, "val_accuracy")["job"].tolist() == [2, 0, 3, 1]  # the leaderboard agrees
 
 
+@pytest.mark.parametrize(("images", "chosen"), [(179, 0), (20_000, 1)])
+def test_of_trials_a_small_validation_split_cannot_tell_apart_the_smallest_wins(tmp_path, caplog, images, chosen):
+    import optuna
+
+    from hydra_plugins.kfactory_optuna_sweeper._impl import DIR_ATTR, JOB_ATTR, RESULTS_FILE, write_results
+    from kfactory.report.sweep import summarize_sweep
+
+    study = optuna.create_study(direction="maximize")
+    # accuracy, parameters, val_loss: one image of 179 below the best, the best, four images below it
+    runs = [(178 / 179, 290_000, 0.026), (1.0, 945_000, 0.023), (175 / 179, 100_000, 0.05)]
+    for job, (accuracy, params, loss) in enumerate(runs):
+        correct = round(accuracy * images)
+        run_dir = tmp_path / str(job)
+        (run_dir / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create([f"model.dropout=0.{job}"]), run_dir / ".hydra" / "overrides.yaml")
+        OmegaConf.save(OmegaConf.create({"trainer": {"monitor": "val_accuracy"}}), run_dir / ".hydra" / "config.yaml")
+        metrics = {"val_accuracy": correct / images, "val_loss": loss, "params": params, "val_images": images}
+        (run_dir / "metrics.json").write_text(json.dumps(metrics))
+        trial = study.ask()
+        trial.set_user_attr(DIR_ATTR, str(run_dir))
+        trial.set_user_attr(JOB_ATTR, job)
+        study.tell(trial, correct / images)
+    with caplog.at_level(logging.INFO):
+        write_results(study, tmp_path, None, winner=True)
+    assert OmegaConf.load(tmp_path / RESULTS_FILE).best_dir == str(tmp_path / str(chosen))
+    said = "Trials 0, 1 are within one standard error of the best (1 on 179 validation images); "
+    said += "trial 0 has the fewest parameters (290,000)"
+    assert (said in caplog.text) == (chosen == 0)
+    table = summarize_sweep(tmp_path)
+    assert table.loc[table["chosen"], "job"].tolist() == [chosen]  # the leaderboard marks it
+    assert table["job"].tolist()[0] == 1  # and still ranks by the value measured
+
+
+def test_a_margin_is_one_standard_error_of_the_difference():
+    from hydra_plugins.kfactory_optuna_sweeper._impl import accuracy_margin
+
+    # Laplace's rule: 179 of 179 is taken as 180/181, 178 of 179 as 179/181
+    expected = ((180 / 181 * 1 / 181 + 179 / 181 * 2 / 181) / 179) ** 0.5
+    assert accuracy_margin(1.0, 178 / 179, 179) == pytest.approx(expected)
+    assert accuracy_margin(0.5, 0.5, 100) > accuracy_margin(0.5, 0.5, 10_000) * 9  # it shrinks as 1/sqrt(images)
+
+
 @pytest.mark.parametrize(("left_s", "complete", "resumed"), [(20, True, False), (20, False, True), (200, True, True)])
 def test_a_cut_trial_resumes_unless_its_start_would_overrun_a_search_that_has_a_result(
     tmp_path, caplog, left_s, complete, resumed

@@ -449,9 +449,8 @@ def fixed_cost(study: optuna.Study) -> str:
     """What every trial paid besides training, as medians over the trials that trained: '' when none did."""
     costs = []
     for trial in study.get_trials(deepcopy=False):
-        run_dir = trial.user_attrs.get(DIR_ATTR)
-        metrics = read_metrics(Path(run_dir)) if run_dir and Path(run_dir).is_dir() else None
-        if metrics and "setup_s" in metrics and "finish_s" in metrics:
+        metrics = trial_metrics(trial)
+        if "setup_s" in metrics and "finish_s" in metrics:
             costs.append((metrics["setup_s"], metrics["finish_s"]))
     if not costs:
         return ""
@@ -491,32 +490,74 @@ def write_results(study: optuna.Study, sweep_dir: Path, objectives: list[str] | 
 
 
 def winner_of(study: optuna.Study) -> FrozenTrial:
-    """The study's best trial; of trials tied on its value, the one whose run has the lowest ``TIE_BREAK``.
+    """The trial a search with a budget ends with: of the completed trials its validation split cannot tell
+    from the best, the smallest model (fewest ``params``), then the lowest ``TIE_BREAK``, then the first.
 
-    A small validation split reaches its ceiling (accuracy 1.0) easily, and Optuna
-    names the first trial that did; the loss still tells them apart.
+    "Cannot tell from the best": the same value; for single-label validation accuracies on the same
+    ``val_images`` images, also a value within one standard error of the difference (``accuracy_margin``).
+    On a small split the best of many trials is partly luck (one image is 0.006 of 179), and of models
+    the split cannot tell apart the smallest is the safer and faster choice (the one-standard-error rule).
     """
     best = study.best_trial
-    tied = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value == best.value]
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    metrics = {t.number: trial_metrics(t) for t in complete}
+    images = accuracy_images(complete, metrics)
 
-    def tie_break(trial: FrozenTrial) -> float:
-        run_dir = trial.user_attrs.get(DIR_ATTR)
-        metrics = read_metrics(Path(run_dir)) if run_dir and Path(run_dir).is_dir() else None
-        value = (metrics or {}).get(TIE_BREAK)
-        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
+    def close(trial: FrozenTrial) -> bool:
+        if trial.value == best.value:
+            return True
+        return images is not None and best.value - trial.value <= accuracy_margin(best.value, trial.value, images)
 
-    chosen = min(tied, key=lambda t: (tie_break(t), t.number))
-    if chosen.number != best.number:
-        numbers = ", ".join(str(t.number) for t in sorted(tied, key=lambda t: t.number))
-        log.info(
-            "Trials %s tie at %s; trial %d has the lowest %s (%.4g)",
-            numbers,
-            best.value,
-            chosen.number,
-            TIE_BREAK,
-            tie_break(chosen),
-        )
+    def key(trial: FrozenTrial) -> tuple[float, float, int]:
+        values = metrics[trial.number]
+        return finite(values.get("params")), finite(values.get(TIE_BREAK)), trial.number
+
+    candidates = [t for t in complete if close(t)]
+    chosen = min(candidates, key=key)
+    if len(candidates) > 1:
+        numbers = ", ".join(str(t.number) for t in candidates)
+        if images is None:
+            why = f"tie at {best.value}"
+        else:
+            why = f"are within one standard error of the best ({best.value:.4g} on {images} validation images)"
+        if all(key(t)[0] == key(chosen)[0] for t in candidates):
+            reason = f"the lowest {TIE_BREAK} ({key(chosen)[1]:.4g})"
+        else:
+            reason = f"the fewest parameters ({int(key(chosen)[0]):,})"
+        log.info("Trials %s %s; trial %d has %s", numbers, why, chosen.number, reason)
     return chosen
+
+
+def trial_metrics(trial: FrozenTrial) -> dict[str, Any]:
+    """The trial's run's metrics.json; empty when it has none."""
+    run_dir = trial.user_attrs.get(DIR_ATTR)
+    return (read_metrics(Path(run_dir)) if run_dir and Path(run_dir).is_dir() else None) or {}
+
+
+def accuracy_images(trials: list[FrozenTrial], metrics: dict[int, dict[str, Any]]) -> int | None:
+    """The validation images behind the trials' values when every value is a single-label ``val_accuracy``
+    on the same number of images (its run recorded ``val_images``); else None."""
+    counts = {metrics[t.number].get("val_images") for t in trials}
+    if len(counts) != 1 or not all(metrics[t.number].get("val_accuracy") == t.value for t in trials):
+        return None
+    images = counts.pop()
+    return images if isinstance(images, int) and images > 0 else None
+
+
+def accuracy_margin(first: float, second: float, images: int) -> float:
+    """One standard error of the difference between two accuracies on ``images`` images, each taken as
+    (correct + 1) / (images + 2): Laplace's rule, so that 179 of 179 correct still has an error bar."""
+
+    def variance(accuracy: float) -> float:
+        rate = (round(accuracy * images) + 1) / (images + 2)
+        return rate * (1 - rate) / images
+
+    return math.sqrt(variance(first) + variance(second))
+
+
+def finite(value: Any) -> float:
+    """``value`` as a float when it is a finite number, else infinity (last in an ascending order)."""
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
 
 
 def reproduce_command(run_dir: Path) -> str:

@@ -126,6 +126,8 @@ def summarize_sweep(root: Path, exclude_keys: Iterable[str] = ()):
         pareto = trade_off_front(table, monitor, mode, metrics)
     if pareto is not None:  # a multi-objective search, or one with a budget: mark its Pareto-optimal trials
         table["pareto"] = table["job"].isin(pareto)
+    if (chosen := chosen_job(root)) is not None:  # a search with a budget: the trial it ends with
+        table["chosen"] = table["job"] == chosen
     override_keys = list(dict.fromkeys(key for job in jobs for key, _ in overrides[job]))
     lead = leading_columns(table, override_keys, monitor)
     table = sort_by_monitor(table[lead + [c for c in table.columns if c not in lead]], monitor, mode, metrics)
@@ -165,7 +167,7 @@ def group_folds(
     keys = [" ".join(f"{k}={v}" for k, v in overrides[name] if k != FOLD_KEY) for name in table["dir"]]
     names = [fold_group([f"{k}={v}" for k, v in overrides[name]], exclude_keys, root) for name in table["dir"]]
     table = table.assign(**{GROUP_COLUMN: names})
-    fixed = {"job", GROUP_COLUMN, "status", "pareto", "overrides", "dir", *override_keys}
+    fixed = {"job", GROUP_COLUMN, "status", "pareto", "chosen", "overrides", "dir", *override_keys}
     metrics = [c for c in table.columns if c not in fixed]
     groups = sort_by_monitor(group_rows(table, keys, override_keys, metrics), *monitor)
     parts = []
@@ -252,6 +254,17 @@ def trade_off_front(table, monitor: str, mode: str, metrics: Any = ()) -> list[i
     return sorted(front)
 
 
+def chosen_job(root: Path) -> int | None:
+    """The job a search with a budget ended with (its ``best_dir``, which may not top the table: of trials
+    its validation split cannot tell apart it is the smallest); None for any other sweep."""
+    path = root / OPTUNA_RESULTS
+    if not path.exists():
+        return None
+    results = OmegaConf.load(path)
+    job = OmegaConf.select(results, "best_job", default=None)
+    return job if OmegaConf.select(results, "best_dir", default=None) and isinstance(job, int) else None
+
+
 def pareto_jobs(root: Path) -> list[int] | None:
     """The job numbers of a multi-objective Optuna search's Pareto front; None for any other sweep."""
     path = root / OPTUNA_RESULTS
@@ -301,7 +314,7 @@ def elapsed(job: Path) -> float:
 def leading_columns(table, override_keys: list[str], monitor: str) -> list[str]:
     """Job, the override keys that differ between jobs (all if none differ), status, the monitored value."""
     varying = [k for k in override_keys if table[k].nunique(dropna=False) > 1] or override_keys
-    lead = ["job", *varying, "status", *(["pareto"] if "pareto" in table.columns else [])]
+    lead = ["job", *varying, "status", *(c for c in ("pareto", "chosen") if c in table.columns)]
     return lead + [c for c in ranking_columns(monitor) if c in table.columns]
 
 
