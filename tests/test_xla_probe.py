@@ -27,14 +27,14 @@ class StepClock:
 
 
 def probed_fit(
-    plain: float, xla: float, epoch_steps: int | None = None, extra: list | None = None
+    plain: float, xla: float, epoch_steps: int | None = None, extra: list | None = None, **probe_args
 ) -> tuple[keras.Model, XlaProbe, keras.callbacks.History]:
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), keras.layers.Flatten()])
     model.add(keras.layers.Dense(2, activation="softmax"))
     model.compile("adam", "sparse_categorical_crossentropy", jit_compile=False)
     clock = StepClock(plain, xla)
-    probe = XlaProbe(steps=2, clock=clock)
+    probe = XlaProbe(steps=2, clock=clock, **probe_args)
     clock.probe = probe
     x = np.random.default_rng(0).random((4 * STEPS, 8, 8, 3)).astype("float32")
     y = np.arange(4 * STEPS) % 2
@@ -86,6 +86,52 @@ def test_a_decided_probe_leaves_a_later_phase_alone() -> None:
     model.fit(x, np.arange(8) % 2, batch_size=4, epochs=1, callbacks=[probe], verbose=0)
     assert probe.decided is True and model.jit_compile is True
     assert probe.times[True] == [0.25, 0.25]  # nothing more was timed
+
+
+@pytest.mark.parametrize(("plain", "xla"), [(1.0, 0.5), (0.5, 1.0)])
+def test_a_sweeps_later_jobs_take_the_first_timing_instead_of_timing_again(tmp_path, plain, xla) -> None:
+    from kfactory.train.xla_probe import timed_before
+
+    record = tmp_path / "xla_timed.json"
+    record.write_text('{"resnet50 64px batch 32 on some cpu x2": {"xla": true, "speedup": 1.4}}')
+    _, probe, _ = probed_fit(plain=plain, xla=xla, record=record, key="small_cnn 32px batch 64 on some cpu x2")
+    answer = timed_before(record, "small_cnn 32px batch 64 on some cpu x2")
+    assert answer is not None and answer.jit is probe.decided is (xla < plain) and not answer.measure
+    assert f"timed by an earlier job of this sweep, {plain / xla:.2f}x with XLA" in answer.why
+    assert timed_before(record, "resnet50 64px batch 32 on some cpu x2").jit is True  # the other key is kept
+    assert timed_before(record, "small_cnn 32px batch 64 on another cpu x2") is None  # another kind of machine
+
+
+@pytest.mark.parametrize("text", [None, "{not json", "[1, 2]", '{"k": {"xla": "yes"}}'])
+def test_a_missing_or_unreadable_timing_record_means_timing_again(tmp_path, text) -> None:
+    from kfactory.train.xla_probe import timed_before
+
+    record = tmp_path / "xla_timed.json"
+    if text is not None:
+        record.write_text(text)
+    assert timed_before(record, "k") is None
+
+
+def test_a_sweep_job_plans_xla_from_an_earlier_jobs_timing(tmp_path, monkeypatch, caplog) -> None:
+    import logging
+
+    from kfactory.train import compute, loop
+    from kfactory.train.xla_probe import TIMED_FILE, record_timing, timing_key
+    from tests.conftest import TINY, compose_config
+
+    monkeypatch.setattr(compute, "XLA_MEASURE_MIN_STEPS", 10)
+    cfg = compose_config(["model=vgg16", "model.weights=null", "model.input_size=[32,32]", *TINY], run_dir=tmp_path)
+    monkeypatch.setattr(loop, "sweep_root", lambda: tmp_path)
+    xla, probe = loop.plan_xla(cfg, total_steps=100, distributed=False)
+    assert xla.measure and probe is not None and probe.record == tmp_path / TIMED_FILE  # the first job times
+    record_timing(tmp_path / TIMED_FILE, timing_key("vgg16", 32, cfg.data.batch_size), False, 0.59)
+    with caplog.at_level(logging.INFO):
+        xla, probe = loop.plan_xla(cfg, total_steps=100, distributed=False)
+    assert probe is None and xla.jit is False
+    assert "XLA off (auto: timed by an earlier job of this sweep, 0.59x with XLA (vgg16 32px batch" in caplog.text
+    monkeypatch.setattr(loop, "sweep_root", lambda: None)  # a single run times for itself and keeps no record
+    _, probe = loop.plan_xla(cfg, total_steps=100, distributed=False)
+    assert probe is not None and probe.record is None
 
 
 @pytest.mark.slow

@@ -14,11 +14,14 @@ from kfactory.overrides import task_overrides
 from kfactory.train.hparams import hparam_metrics, run_hparams
 
 
-def in_multirun() -> bool:
-    """Whether this run is one job of a sweep (whose root holds the HParams experiment config)."""
+def sweep_root() -> Path | None:
+    """The sweep's directory when this run is one job of a sweep (the root holds its HParams experiment
+    config), else None."""
     from hydra.types import RunMode
 
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().sweep.dir)
+    return None
 
 
 def write_final_summaries(cfg: DictConfig, log_dir: Path, metrics: dict[str, Any]) -> None:
@@ -34,7 +37,7 @@ def write_final_summaries(cfg: DictConfig, log_dir: Path, metrics: dict[str, Any
     with writer.as_default(step=int(metrics.get("epochs_run", 1))):  # the last epoch, counted from 1
         for key, value in final.items():
             tf.summary.scalar(f"final/{key}", value)
-        if not in_multirun():
+        if sweep_root() is None:
             hparams = [hp.HParam(name) for name in run_hparams(cfg, task_overrides(cfg))]
             hp.hparams_config(hparams=hparams, metrics=hparam_metrics(cfg.trainer, list(final)))
     writer.close()

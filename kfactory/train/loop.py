@@ -25,15 +25,15 @@ from kfactory.train.best_model import BestModelCheckpoint
 from kfactory.train.callbacks import make_callbacks, stop_if_diverged
 from kfactory.train.clock import RunClock
 from kfactory.train.compile import compile_model
-from kfactory.train.compute import build_before_fit, choose_jit_compile, configure_tensorflow
+from kfactory.train.compute import XlaChoice, build_before_fit, choose_jit_compile, configure_tensorflow
 from kfactory.train.deadline import deadline_epoch
 from kfactory.train.diagnosis import chance_diagnosis
 from kfactory.train.distribute import make_strategy
-from kfactory.train.final_summaries import write_final_summaries
+from kfactory.train.final_summaries import sweep_root, write_final_summaries
 from kfactory.train.finetune import fit_in_phases
 from kfactory.train.multilabel import DEFAULT_THRESHOLD, threshold_metrics, tune_thresholds
 from kfactory.train.pruning import pruned_epoch
-from kfactory.train.xla_probe import XlaProbe
+from kfactory.train.xla_probe import TIMED_FILE, XlaProbe, timed_before, timing_key
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +60,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             train_images,
         )
     strategy = make_strategy(cfg.trainer)
-    xla = choose_jit_compile(
-        cfg.trainer.jit_compile,
-        cfg.model.name,
-        max(input_size(cfg.model)),
-        steps * cfg.trainer.epochs,
-        deterministic=cfg.trainer.deterministic,
-        distributed=strategy.num_replicas_in_sync > 1,
-    )
-    log.info("XLA %s (%s)", "timed both ways" if xla.measure else "on" if xla.jit else "off", xla.why)
-    probe = XlaProbe() if xla.measure else None
+    xla, probe = plan_xla(cfg, steps * cfg.trainer.epochs, distributed=strategy.num_replicas_in_sync > 1)
     with strategy.scope():  # variables and optimizer slots live on the strategy's devices
         model = build_model(cfg, len(splits.class_names))
     mode = monitor_mode(cfg.trainer.monitor, cfg.trainer.monitor_mode, cfg.trainer.metrics)
@@ -122,6 +113,22 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         log.warning("Skipped %d unreadable images; the list: %s", len(splits.skipped), run_dir / SKIPPED_FILE)
     # The saved model's value on the whole split, as the sweep summary ranks runs; the best epoch's when absent.
     return metrics.get(cfg.trainer.monitor, checkpoint.best)
+
+
+def plan_xla(cfg: DictConfig, total_steps: int, distributed: bool) -> tuple[XlaChoice, XlaProbe | None]:
+    """XLA on or off, and the probe that times both ways when that is the plan; in a sweep, an earlier
+    job's timing of the same model, input size and batch on this kind of machine instead of a new one."""
+    side, trainer = max(input_size(cfg.model)), cfg.trainer
+    deterministic = trainer.deterministic
+    xla = choose_jit_compile(trainer.jit_compile, cfg.model.name, side, total_steps, None, deterministic, distributed)
+    probe = None
+    if xla.measure:
+        key, sweep = timing_key(cfg.model.name, side, cfg.data.batch_size), sweep_root()
+        record = sweep / TIMED_FILE if sweep else None
+        earlier = timed_before(record, key) if record else None
+        xla, probe = (earlier, None) if earlier else (xla, XlaProbe(record=record, key=key))
+    log.info("XLA %s (%s)", "timed both ways" if probe else "on" if xla.jit else "off", xla.why)
+    return xla, probe
 
 
 def describe_task(cfg: DictConfig) -> str:

@@ -3,22 +3,70 @@
 Used by ``trainer.jit_compile=auto`` on CPU for long runs (``kfactory.train.compute.xla_rule``),
 where XLA made the same model and input size faster on one machine and slower on
 another. The timed steps are ordinary training steps, so nothing is trained twice;
-what the probe costs is one XLA compile, and a few slow steps when XLA loses.
+what the probe costs is one XLA compile, and a few slow steps when XLA loses. In a
+sweep the first job to time a model, input size and batch on a kind of machine writes
+its answer to the sweep's ``xla_timed.json``; later jobs read it instead of timing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import keras
+
+from kfactory.model.checkpoint import write_json_atomic
+from kfactory.train.compute import XlaChoice
 
 log = logging.getLogger(__name__)
 
 PROBE_STEPS = 4  # timed steps each way, after the step that traces (and compiles)
 MIN_GAIN = 1.1  # XLA stays only if its median step is at least this much faster
+TIMED_FILE = "xla_timed.json"  # in a sweep's directory: each timing's answer, for the sweep's later jobs
+
+
+def timing_key(model_name: str, side: int, batch_size: int) -> str:
+    """What a timing answers for: the model, input size and batch, on this kind of machine (CPU and cores)."""
+    return f"{model_name} {side}px batch {batch_size} on {cpu_name()} x{os.cpu_count()}"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what the platform says."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def timed_before(record: Path, key: str) -> XlaChoice | None:
+    """The answer an earlier job of the sweep recorded for ``key``; None if none did (or the file is unreadable)."""
+    try:
+        answer = json.loads(record.read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(answer, dict) or not isinstance(answer.get("xla"), bool):
+        return None
+    why = f"auto: timed by an earlier job of this sweep, {answer.get('speedup', 0):.2f}x with XLA ({key})"
+    return XlaChoice(answer["xla"], why)
+
+
+def record_timing(record: Path, key: str, xla: bool, speedup: float) -> None:
+    """Add this job's answer for ``key`` to the sweep's ``record`` (parallel jobs may each time once)."""
+    try:
+        answers = json.loads(record.read_text()) if record.exists() else {}
+    except ValueError:
+        answers = {}
+    answers = answers if isinstance(answers, dict) else {}
+    answers[key] = {"xla": xla, "speedup": round(speedup, 3)}
+    write_json_atomic(record, answers)
 
 
 class XlaProbe(keras.callbacks.Callback):
@@ -29,9 +77,16 @@ class XlaProbe(keras.callbacks.Callback):
     does starts it again, since compiling resets the train function.
     """
 
-    def __init__(self, steps: int = PROBE_STEPS, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        steps: int = PROBE_STEPS,
+        clock: Callable[[], float] = time.perf_counter,
+        record: Path | None = None,
+        key: str = "",
+    ) -> None:
         super().__init__()
         self.steps, self.clock = steps, clock
+        self.record, self.key = record, key  # where the answer is kept for a sweep's later jobs, and under what
         self.decided: bool | None = None
         self._reset()
 
@@ -88,3 +143,5 @@ class XlaProbe(keras.callbacks.Callback):
             plain / xla,
             self.first[True],
         )
+        if self.record is not None:
+            record_timing(self.record, self.key, self.decided, plain / xla)
