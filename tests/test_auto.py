@@ -271,7 +271,7 @@ def test_of_trials_a_small_validation_split_cannot_tell_apart_the_smallest_wins(
         (run_dir / ".hydra").mkdir(parents=True)
         OmegaConf.save(OmegaConf.create([f"model.dropout=0.{job}"]), run_dir / ".hydra" / "overrides.yaml")
         OmegaConf.save(OmegaConf.create({"trainer": {"monitor": "val_accuracy"}}), run_dir / ".hydra" / "config.yaml")
-        metrics = {"val_accuracy": correct / images, "val_loss": loss, "params": params, "val_images": images}
+        metrics = {"val_accuracy": correct / images, "val_loss": loss, "params": params, "validation_size": images}
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
         trial = study.ask()
         trial.set_user_attr(DIR_ATTR, str(run_dir))

@@ -69,7 +69,7 @@ def test_training_ranks_label_sets_and_stores_thresholds(multilabel_run):
     assert metrics["val_f1_macro_tuned"] >= metrics["val_f1_macro"] - 1e-6  # tuned on this very split
     for key in ("val_f1_micro", "val_pr_auc", "val_roc_auc", "val_exact_match", "val_map", "test_map"):
         assert 0 <= metrics[key] <= 1
-    assert "val_images" not in metrics  # a label set's accuracy is not a share of images: no margin for a search
+    assert "validation_size" not in metrics  # a label set's accuracy is not a share of images: no margin for a search
     metadata = read_metadata(run_dir / "model.keras")
     assert metadata["task"] == "multilabel" and metadata["class_names"] == CLASSES
     assert metadata["activation"] == "sigmoid" and metadata["loss"] == "binary_crossentropy"

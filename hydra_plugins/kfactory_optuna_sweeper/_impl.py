@@ -494,7 +494,7 @@ def winner_of(study: optuna.Study) -> FrozenTrial:
     from the best, the smallest model (fewest ``params``), then the lowest ``TIE_BREAK``, then the first.
 
     "Cannot tell from the best": the same value; for single-label validation accuracies on the same
-    ``val_images`` images, also a value within one standard error of the difference (``accuracy_margin``).
+    ``validation_size`` images, also a value within one standard error of the difference (``accuracy_margin``).
     On a small split the best of many trials is partly luck (one image is 0.006 of 179), and of models
     the split cannot tell apart the smallest is the safer and faster choice (the one-standard-error rule).
     """
@@ -536,8 +536,8 @@ def trial_metrics(trial: FrozenTrial) -> dict[str, Any]:
 
 def accuracy_images(trials: list[FrozenTrial], metrics: dict[int, dict[str, Any]]) -> int | None:
     """The validation images behind the trials' values when every value is a single-label ``val_accuracy``
-    on the same number of images (its run recorded ``val_images``); else None."""
-    counts = {metrics[t.number].get("val_images") for t in trials}
+    on the same number of images (its run recorded ``validation_size``); else None."""
+    counts = {metrics[t.number].get("validation_size") for t in trials}
     if len(counts) != 1 or not all(metrics[t.number].get("val_accuracy") == t.value for t in trials):
         return None
     images = counts.pop()

@@ -99,7 +99,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     metrics[f"best_{cfg.trainer.monitor}"] = checkpoint.best
     metrics["params"] = model.count_params()  # a search can weigh accuracy against size
     if single_label and (images := len(splits.indices.get("val", []))):
-        metrics["val_images"] = images  # val_accuracy's denominator: a search weighs how far apart two runs are
+        metrics["validation_size"] = images  # val_accuracy's denominator: a search weighs how far apart two runs are
     if pruned := pruned_epoch(callbacks):
         metrics.update(pruned=True, pruned_epoch=pruned)
     if stopped := deadline_epoch(callbacks):
