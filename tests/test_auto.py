@@ -209,6 +209,20 @@ def test_each_trial_resolves_its_weights_and_the_winners_command_says_what_they_
     assert shlex.split(reproduce_command(tmp_path))[2:] == [*overrides[1:]]
 
 
+def test_the_winners_command_gives_the_weights_the_run_recorded_not_what_the_network_says_now(tmp_path, monkeypatch):
+    from kfactory.config import resolvers
+    from tests.conftest import compose_config
+
+    monkeypatch.setattr(resolvers, "imagenet_reachable", lambda: False)  # the host stopped answering after training
+    (tmp_path / ".hydra").mkdir()
+    overrides = ["experiment=auto", "model=mobilenet_v2"]
+    OmegaConf.save(OmegaConf.create(overrides), tmp_path / ".hydra" / "overrides.yaml")
+    OmegaConf.save(compose_config(overrides, run_dir=tmp_path), tmp_path / ".hydra" / "config.yaml")
+    assert shlex.split(reproduce_command(tmp_path))[-1] == "model.weights=null"  # a run without the record
+    (tmp_path / "metrics.json").write_text(json.dumps({"val_accuracy": 0.9, "weights": "imagenet"}))
+    assert shlex.split(reproduce_command(tmp_path))[-1] == "model.weights=imagenet"
+
+
 def test_the_search_reports_the_median_fixed_cost_of_the_trials_that_trained(tmp_path):
     import optuna
 

@@ -36,6 +36,7 @@ def test_train_writes_model_metrics_history_tensorboard_and_config(trained_run):
     splits = pd.read_csv(run_dir / "splits.csv")  # digits: one row per image, by row number
     assert len(splits) == 1797 and splits["split"].value_counts()["test"] == 179
     assert metrics["validation_size"] == splits["split"].value_counts()["val"]  # what val_accuracy is a share of
+    assert metrics["weights"] is None  # what the run started from, as resolved
     assert f"tensorboard --logdir {run_dir / 'tensorboard'}" in output
     assert str(run_dir / "model.keras") in output
 

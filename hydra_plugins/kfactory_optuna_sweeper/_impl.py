@@ -568,9 +568,9 @@ def reproduce_command(run_dir: Path) -> str:
     """
     overrides = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
     kept = [o for o in overrides if split_override(o) != ("experiment", "auto") and not o.startswith("auto.")]
-    kept += resolved_weights(kept, run_dir / ".hydra" / "config.yaml")
     metrics_file = run_dir / METRICS_FILE
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    kept += resolved_weights(kept, metrics, run_dir / ".hydra" / "config.yaml")
     cut = metrics.get("deadline_epoch") or metrics.get("pruned_epoch")
     drop = ("resume", "trainer.epochs") if cut else ("resume",)  # a trial resumed after a kill ran with resume=auto
     if not cut:
@@ -584,10 +584,19 @@ def reproduce_command(run_dir: Path) -> str:
     return rerun_command(kept, drop, [f"trainer.epochs={max(int(cut), int(warmup or 0) + 1)}"])  # warm-up < epochs
 
 
-def resolved_weights(overrides: list[str], config_file: Path) -> list[str]:
+def resolved_weights(overrides: list[str], metrics: dict[str, Any], config_file: Path) -> list[str]:
     """``model.weights=<value>`` as the run resolved experiment=auto's ``${kf_imagenet_or_null:}`` (ImageNet
-    weights for a model that has them, when they download), unless the command line set it."""
-    if any(split_override(o)[0].lstrip("+~") == "model.weights" for o in overrides) or not config_file.is_file():
+    weights for a model that has them, when they download), unless the command line set it.
+
+    The run's metrics.json records the value it trained with; a run from before that resolves its
+    config again (which asks the network now).
+    """
+    if any(split_override(o)[0].lstrip("+~") == "model.weights" for o in overrides):
         return []
-    weights = OmegaConf.select(OmegaConf.load(config_file), "model.weights", default=None)
+    if "weights" in metrics:
+        weights = metrics["weights"]
+    elif config_file.is_file():
+        weights = OmegaConf.select(OmegaConf.load(config_file), "model.weights", default=None)
+    else:
+        return []
     return [override("model.weights", show_value(weights))]

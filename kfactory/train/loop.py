@@ -9,7 +9,7 @@ from typing import Any
 
 import keras
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from kfactory.data.augment import augment_entries, write_augmented_images
 from kfactory.data.class_weights import class_weights, record_class_counts
@@ -96,6 +96,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     if cfg.data.task == "multilabel":
         metrics.update(store_thresholds(best, run_dir / MODEL_FILE, splits))
     metrics.update(best_epoch=checkpoint.best_epoch + 1, epochs_run=epochs_run)
+    metrics["weights"] = OmegaConf.select(cfg, "model.weights")  # as resolved: what a search's winner started from
     metrics[f"best_{cfg.trainer.monitor}"] = checkpoint.best
     metrics["params"] = model.count_params()  # a search can weigh accuracy against size
     if single_label and (images := len(splits.indices.get("val", []))):
