@@ -102,6 +102,15 @@ def test_a_sweeps_later_jobs_take_the_first_timing_instead_of_timing_again(tmp_p
     assert timed_before(record, "small_cnn 32px batch 64 on another cpu x2") is None  # another kind of machine
 
 
+def test_a_timing_record_without_a_number_still_gives_its_answer(tmp_path) -> None:
+    from kfactory.train.xla_probe import timed_before
+
+    record = tmp_path / "xla_timed.json"
+    record.write_text('{"k": {"xla": false, "speedup": "fast"}}')
+    answer = timed_before(record, "k")
+    assert answer.jit is False and "the faster way kept (k)" in answer.why
+
+
 @pytest.mark.parametrize("text", [None, "{not json", "[1, 2]", '{"k": {"xla": "yes"}}'])
 def test_a_missing_or_unreadable_timing_record_means_timing_again(tmp_path, text) -> None:
     from kfactory.train.xla_probe import timed_before

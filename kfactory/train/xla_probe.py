@@ -54,7 +54,9 @@ def timed_before(record: Path, key: str) -> XlaChoice | None:
         return None
     if not isinstance(answer, dict) or not isinstance(answer.get("xla"), bool):
         return None
-    why = f"auto: timed by an earlier job of this sweep, {answer.get('speedup', 0):.2f}x with XLA ({key})"
+    speedup = answer.get("speedup")
+    measured = f"{speedup:.2f}x with XLA" if isinstance(speedup, (int, float)) else "the faster way kept"
+    why = f"auto: timed by an earlier job of this sweep, {measured} ({key})"
     return XlaChoice(answer["xla"], why)
 
 
