@@ -21,6 +21,7 @@ max(2 % of the budget, 30 s); a model file that loads, every time.
 
     python benchmarks/automl.py --budget 5m                   # both image sets
     python benchmarks/automl.py --budget 15m --sets photos
+    python benchmarks/automl.py --budget 5m --sets digits --seed 1   # another split, search and tuner seed
 KerasTuner and AutoKeras are not kfactory's dependencies: pip install keras-tuner==1.4.8 autokeras==3.0.0
 (a virtual environment with --system-site-packages keeps them apart; pass its python as --python).
 """
@@ -90,9 +91,9 @@ def data_args(name: str, work: Path) -> list[str]:
 # --- the ways, each in its own process ------------------------------------------------------------------------
 
 
-def run_kfactory(name: str, work: Path, budget_s: float) -> dict:
+def run_kfactory(name: str, work: Path, budget_s: float, seed: int) -> dict:
     sweep = work / "kfactory"
-    argv = [sys.executable, str(ROOT / "run.py"), "experiment=auto", f"auto.budget={budget_s:.0f}s"]
+    argv = [sys.executable, str(ROOT / "run.py"), "experiment=auto", f"auto.budget={budget_s:.0f}s", f"seed={seed}"]
     argv += [*data_args(name, work), "trainer.verbose=0", f"hydra.sweep.dir={sweep}"]
     wall = run_timed(argv, work / "kfactory.log", budget_s)
     best = Path(str(OmegaConf.load(sweep / "optimization_results.yaml").best_dir))
@@ -102,9 +103,9 @@ def run_kfactory(name: str, work: Path, budget_s: float) -> dict:
             "trials": trials}  # fmt: skip
 
 
-def run_recipe(name: str, work: Path, budget_s: float) -> dict:
+def run_recipe(name: str, work: Path, budget_s: float, seed: int) -> dict:
     run_dir = work / "recipe"
-    argv = [sys.executable, str(ROOT / "run.py"), "experiment=from_scratch_small", "model=small_cnn"]
+    argv = [sys.executable, str(ROOT / "run.py"), "experiment=from_scratch_small", "model=small_cnn", f"seed={seed}"]
     argv += data_args(name, work)
     argv += ["trainer.verbose=0", f"hydra.run.dir={run_dir}"]
     started = time.time()
@@ -115,8 +116,9 @@ def run_recipe(name: str, work: Path, budget_s: float) -> dict:
             "trials": 1}  # fmt: skip
 
 
-def run_child(way: str, name: str, work: Path, budget_s: float, python: str) -> dict:
+def run_child(way: str, name: str, work: Path, budget_s: float, python: str, seed: int) -> dict:
     argv = [python, __file__, "--child", way, "--sets", name, "--work", str(work), "--budget", f"{budget_s:.0f}s"]
+    argv += ["--seed", str(seed)]
     wall = run_timed(argv, work / f"{way}.log", budget_s)
     result = json.loads((work / f"{way}.json").read_text())
     result["wall_s"] = wall
@@ -229,7 +231,7 @@ def plain_int_shapes(autokeras) -> None:
     autokeras.graph.Graph.set_io_shapes = set_io_shapes
 
 
-def child(way: str, name: str, work: Path, budget_s: float) -> None:
+def child(way: str, name: str, work: Path, budget_s: float, seed: int) -> None:
     started = time.time()
     deadline = started + budget_s - 10  # the best model's save and test evaluation come after
     import keras
@@ -243,7 +245,7 @@ def child(way: str, name: str, work: Path, budget_s: float) -> None:
         import keras_tuner
 
         tuner = keras_tuner.Hyperband(build_hypermodel(classes), objective="val_accuracy", max_epochs=MAX_EPOCHS,
-                                      factor=3, seed=42, directory=str(work / "kt"), project_name=name,
+                                      factor=3, seed=seed, directory=str(work / "kt"), project_name=name,
                                       overwrite=True, max_consecutive_failed_trials=10)  # fmt: skip
         limit = deadline_callback(deadline, lambda: tuner.oracle)
         tuner.search(x, y, validation_data=(x_val, y_val), batch_size=64, callbacks=[stop, limit], verbose=2)
@@ -253,7 +255,7 @@ def child(way: str, name: str, work: Path, budget_s: float) -> None:
         import autokeras
 
         classifier = autokeras.ImageClassifier(max_trials=100, directory=str(work / "ak"), project_name=name,
-                                               overwrite=True, seed=42)  # fmt: skip
+                                               overwrite=True, seed=seed)  # fmt: skip
         limit = deadline_callback(deadline, lambda: classifier.tuner.oracle)
         plain_int_shapes(autokeras)
         classifier.fit(x, y, validation_data=(x_val, y_val), epochs=MAX_EPOCHS, batch_size=64,
@@ -293,10 +295,11 @@ def main() -> None:
     parser.add_argument("--python", default=sys.executable, help="the python that has keras-tuner and autokeras")
     parser.add_argument("--work", type=Path, default=Path("/tmp/kfactory-automl"))
     parser.add_argument("--child", choices=("keras_tuner", "autokeras"))
+    parser.add_argument("--seed", type=int, default=42, help="kfactory's seed (the split, the search) and the tuners'")
     args = parser.parse_args()
     budget_s = parse_seconds(args.budget)
     if args.child:
-        child(args.child, args.sets[0], args.work, budget_s)
+        child(args.child, args.sets[0], args.work, budget_s, args.seed)
         return
     margin = max(0.02 * budget_s, 30.0)
     rows = []
@@ -307,11 +310,11 @@ def main() -> None:
             write_photos(work / "photos")
         for way in args.ways:
             if way == "kfactory":
-                result = run_kfactory(name, work, budget_s)
+                result = run_kfactory(name, work, budget_s, args.seed)
             elif way == "recipe":
-                result = run_recipe(name, work, budget_s)
+                result = run_recipe(name, work, budget_s, args.seed)
             else:
-                result = run_child(way, name, work, budget_s, args.python)
+                result = run_child(way, name, work, budget_s, args.python, args.seed)
             # KerasTuner's and AutoKeras's files load where their package is: the child loaded its own back
             result.update(set=name, way=way, usable=result.get("usable") or model_loads(result["model"]))
             result["overrun_s"] = result["wall_s"] - budget_s
