@@ -262,7 +262,7 @@ def test_trials_tied_at_the_validation_ceiling_are_told_apart_by_their_loss(tmp_
         write_results(study, tmp_path, None, winner=True)
     results = OmegaConf.load(tmp_path / RESULTS_FILE)
     assert results.best_dir == str(tmp_path / "2") and results.command == "python run.py model.dropout=0.2"
-    assert "Trials 0, 2, 3 tie at 1.0; trial 2 has the lowest val_loss (0.05)" in caplog.text
+    assert "Trials 0, 2, 3 tie at 1.0000; trial 2 has the lowest val_loss (0.05)" in caplog.text
     table = pd.DataFrame(
         {"job": [0, 1, 2, 3], "status": "ok", "val_accuracy": [a for a, _ in runs], "val_loss": [0.3, 0.01, 0.05, None]}
     )
@@ -294,7 +294,7 @@ def test_of_trials_a_small_validation_split_cannot_tell_apart_the_smallest_wins(
     with caplog.at_level(logging.INFO):
         write_results(study, tmp_path, None, winner=True)
     assert OmegaConf.load(tmp_path / RESULTS_FILE).best_dir == str(tmp_path / str(chosen))
-    said = "Trials 0, 1 are within one standard error of the best (1 on 179 validation images); "
+    said = "Trials 0, 1 are within one standard error of the best (1.0000 on 179 validation images); "
     said += "trial 0 has the fewest parameters (290,000)"
     assert (said in caplog.text) == (chosen == 0)
     table = summarize_sweep(tmp_path)

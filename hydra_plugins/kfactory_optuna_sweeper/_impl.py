@@ -516,10 +516,10 @@ def winner_of(study: optuna.Study) -> FrozenTrial:
     chosen = min(candidates, key=key)
     if len(candidates) > 1:
         numbers = ", ".join(str(t.number) for t in candidates)
-        if images is None:
-            why = f"tie at {best.value}"
+        if all(t.value == best.value for t in candidates):
+            why = f"tie at {best.value:.4f}" + (f" on {images} validation images" if images else "")
         else:
-            why = f"are within one standard error of the best ({best.value:.4g} on {images} validation images)"
+            why = f"are within one standard error of the best ({best.value:.4f} on {images} validation images)"
         if all(key(t)[0] == key(chosen)[0] for t in candidates):
             reason = f"the lowest {TIE_BREAK} ({key(chosen)[1]:.4g})"
         else:
