@@ -162,4 +162,5 @@ def test_a_long_cpu_run_times_xla_then_trains_on_with_the_faster_way(tmp_path, m
     decided = re.search(r"XLA (on|off) \(auto, timed 4 steps each way: [\d.]+ s a step with XLA", caplog.text)
     assert decided, caplog.text[-2000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["epochs_run"] == 6 and all(map(math.isfinite, metrics.values()))
+    numbers = [value for key, value in metrics.items() if key != "weights"]  # weights: what training started from
+    assert metrics["epochs_run"] == 6 and all(map(math.isfinite, numbers)) and metrics["weights"] is None
