@@ -29,6 +29,7 @@ from kfactory.config.search import JOB_ATTR, PRUNED_ATTR, make_pruner, open_stor
 from kfactory.errors import ConfigError, interrupt_status, show_value
 from kfactory.model.checkpoint import write_json_atomic
 from kfactory.overrides import override, rerun_command, split_override
+from kfactory.report.folds import is_number
 from kfactory.report.sweep import TIE_BREAK, read_metrics
 from kfactory.run.budget import (
     END_RESERVE_S,
@@ -473,7 +474,8 @@ def write_results(study: optuna.Study, sweep_dir: Path, objectives: list[str] | 
     if len(study.directions) == 1:
         best = winner_of(study) if winner else study.best_trial
         results.update(best_job=best.user_attrs.get(JOB_ATTR), best_params=best.params, best_value=best.value)
-        log.info("Best trial %d (job %s): %s = %s", best.number, best.user_attrs.get(JOB_ATTR), best.params, best.value)
+        said = "The search ends with trial" if winner else "Best trial"
+        log.info("%s %d (job %s): %s = %s", said, best.number, best.user_attrs.get(JOB_ATTR), best.params, best.value)
         run_dir = best.user_attrs.get(DIR_ATTR)
         if winner and run_dir and Path(run_dir).is_dir():
             results.update(best_dir=run_dir, command=reproduce_command(Path(run_dir)))
@@ -497,41 +499,58 @@ def winner_of(study: optuna.Study) -> FrozenTrial:
     ``validation_size`` images, also a value within one standard error of the difference (``accuracy_margin``).
     On a small split the best of many trials is partly luck (one image is 0.006 of 179), and of models
     the split cannot tell apart the smallest is the safer and faster choice (the one-standard-error rule).
+    A trial without metrics (one that repeated an earlier trial's settings, or whose run is gone) counts
+    on its value alone.
     """
     best = study.best_trial
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     metrics = {t.number: trial_metrics(t) for t in complete}
-    images = accuracy_images(complete, metrics)
+    measured = [t for t in complete if metrics[t.number]]
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    images = accuracy_images(measured, metrics) if maximize else None
 
     def close(trial: FrozenTrial) -> bool:
         if trial.value == best.value:
             return True
-        return images is not None and best.value - trial.value <= accuracy_margin(best.value, trial.value, images)
+        if images is None or not metrics[trial.number]:
+            return False
+        return best.value - trial.value <= accuracy_margin(best.value, trial.value, images)
 
     def key(trial: FrozenTrial) -> tuple[float, float, int]:
         values = metrics[trial.number]
-        return finite(values.get("params")), finite(values.get(TIE_BREAK)), trial.number
+        return number_or_inf(values.get("params")), number_or_inf(values.get(TIE_BREAK)), trial.number
 
     candidates = [t for t in complete if close(t)]
     chosen = min(candidates, key=key)
     if len(candidates) > 1:
-        numbers = ", ".join(str(t.number) for t in candidates)
-        if all(t.value == best.value for t in candidates):
-            why = f"tie at {best.value:.4f}" + (f" on {images} validation images" if images else "")
-        else:
-            why = f"are within one standard error of the best ({best.value:.4f} on {images} validation images)"
-        if all(key(t)[0] == key(chosen)[0] for t in candidates):
-            reason = f"the lowest {TIE_BREAK} ({key(chosen)[1]:.4g})"
-        else:
-            reason = f"the fewest parameters ({int(key(chosen)[0]):,})"
-        log.info("Trials %s %s; trial %d has %s", numbers, why, chosen.number, reason)
+        reason = why_chosen(chosen, candidates, key)
+        log.info("Trials %s; trial %d has %s", weighed(candidates, best, images), chosen.number, reason)
     return chosen
 
 
+def weighed(candidates: list[FrozenTrial], best: FrozenTrial, images: int | None) -> str:
+    """'0, 1 tie at 0.9944 ...' or '0, 1 are within one standard error of the best (...)'."""
+    numbers = ", ".join(str(t.number) for t in candidates)
+    if all(t.value == best.value for t in candidates):
+        return f"{numbers} tie at {best.value:.4f}" + (f" on {images} validation images" if images else "")
+    return f"{numbers} are within one standard error of the best ({best.value:.4f} on {images} validation images)"
+
+
+def why_chosen(chosen: FrozenTrial, candidates: list[FrozenTrial], key: Any) -> str:
+    """What set ``chosen`` apart from the other ``candidates``: its size, its ``TIE_BREAK``, or neither."""
+    params, tie_break, _ = key(chosen)
+    smallest = [t for t in candidates if key(t)[0] == params]
+    said = [] if len(smallest) == len(candidates) else [f"the fewest parameters ({int(params):,})"]
+    if len(smallest) > 1 and math.isfinite(tie_break):
+        said.append(f"the lowest {TIE_BREAK} ({tie_break:.4g})")
+    return " and ".join(said) or "the lowest trial number"
+
+
 def trial_metrics(trial: FrozenTrial) -> dict[str, Any]:
-    """The trial's run's metrics.json; empty when it has none."""
+    """The trial's run's metrics.json; empty when it has none (or it holds no mapping)."""
     run_dir = trial.user_attrs.get(DIR_ATTR)
-    return (read_metrics(Path(run_dir)) if run_dir and Path(run_dir).is_dir() else None) or {}
+    metrics = read_metrics(Path(run_dir)) if run_dir and Path(run_dir).is_dir() else None
+    return metrics if isinstance(metrics, dict) else {}
 
 
 def accuracy_images(trials: list[FrozenTrial], metrics: dict[int, dict[str, Any]]) -> int | None:
@@ -541,7 +560,7 @@ def accuracy_images(trials: list[FrozenTrial], metrics: dict[int, dict[str, Any]
     if len(counts) != 1 or not all(metrics[t.number].get("val_accuracy") == t.value for t in trials):
         return None
     images = counts.pop()
-    return images if isinstance(images, int) and images > 0 else None
+    return images if is_number(images) and images == int(images) and images > 0 else None
 
 
 def accuracy_margin(first: float, second: float, images: int) -> float:
@@ -555,9 +574,9 @@ def accuracy_margin(first: float, second: float, images: int) -> float:
     return math.sqrt(variance(first) + variance(second))
 
 
-def finite(value: Any) -> float:
+def number_or_inf(value: Any) -> float:
     """``value`` as a float when it is a finite number, else infinity (last in an ascending order)."""
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
+    return float(value) if is_number(value) else math.inf
 
 
 def reproduce_command(run_dir: Path) -> str:
