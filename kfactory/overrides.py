@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -41,3 +42,13 @@ def task_overrides(cfg: DictConfig) -> list[str]:
     if HydraConfig.initialized():
         return list(HydraConfig.get().overrides.task)
     return list(OmegaConf.select(cfg, "hydra.overrides.task", default=[]) or [])
+
+
+def sweep_root() -> Path | None:
+    """The sweep's directory when this run is one job of a sweep, else None (a single run, or no Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().sweep.dir)
+    return None

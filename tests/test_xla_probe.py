@@ -102,6 +102,16 @@ def test_a_sweeps_later_jobs_take_the_first_timing_instead_of_timing_again(tmp_p
     assert timed_before(record, "small_cnn 32px batch 64 on another cpu x2") is None  # another kind of machine
 
 
+def test_a_timing_that_cannot_be_recorded_leaves_the_job_running(tmp_path, caplog) -> None:
+    import logging
+
+    from kfactory.train.xla_probe import record_timing
+
+    with caplog.at_level(logging.INFO):
+        record_timing(tmp_path / "gone" / "xla_timed.json", "k", True, 1.5)  # its directory is not there
+    assert "XLA timing not recorded for the sweep's later jobs" in caplog.text
+
+
 def test_a_timing_record_without_a_number_still_gives_its_answer(tmp_path) -> None:
     from kfactory.train.xla_probe import timed_before
 
@@ -129,11 +139,13 @@ def test_a_sweep_job_plans_xla_from_an_earlier_jobs_timing(tmp_path, monkeypatch
     from tests.conftest import TINY, compose_config
 
     monkeypatch.setattr(compute, "XLA_MEASURE_MIN_STEPS", 10)
+    monkeypatch.setattr(compute, "has_gpu", lambda: False)  # the CPU rule, on any machine
     cfg = compose_config(["model=vgg16", "model.weights=null", "model.input_size=[32,32]", *TINY], run_dir=tmp_path)
     monkeypatch.setattr(loop, "sweep_root", lambda: tmp_path)
     xla, probe = loop.plan_xla(cfg, total_steps=100, distributed=False)
     assert xla.measure and probe is not None and probe.record == tmp_path / TIMED_FILE  # the first job times
-    record_timing(tmp_path / TIMED_FILE, timing_key("vgg16", 32, cfg.data.batch_size), False, 0.59)
+    variant = f", freeze {cfg.model.freeze}, {cfg.trainer.precision}"
+    record_timing(tmp_path / TIMED_FILE, timing_key("vgg16", 32, cfg.data.batch_size, variant), False, 0.59)
     with caplog.at_level(logging.INFO):
         xla, probe = loop.plan_xla(cfg, total_steps=100, distributed=False)
     assert probe is None and xla.jit is False

@@ -6,22 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from tensorboard.plugins.hparams import api as hp
 
-from kfactory.overrides import task_overrides
+from kfactory.overrides import sweep_root, task_overrides
 from kfactory.train.hparams import hparam_metrics, run_hparams
-
-
-def sweep_root() -> Path | None:
-    """The sweep's directory when this run is one job of a sweep (the root holds its HParams experiment
-    config), else None."""
-    from hydra.types import RunMode
-
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return Path(HydraConfig.get().sweep.dir)
-    return None
 
 
 def write_final_summaries(cfg: DictConfig, log_dir: Path, metrics: dict[str, Any]) -> None:

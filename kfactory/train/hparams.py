@@ -25,7 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from kfactory.config.resolvers import FOLD_KEY, fold_group
-from kfactory.overrides import split_override, task_overrides
+from kfactory.overrides import split_override, sweep_root, task_overrides
 from kfactory.registry import input_size, metric_log_name
 
 # Overridden keys that are already logged under a shorter name.
@@ -90,13 +90,9 @@ def session_group(cfg: DictConfig, run_dir: Path) -> str:
     if not cfg.data.folds:
         return run_dir.name
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    exclude, sweep_dir = [], run_dir  # a single run's own directory holds no varied keys: every override names it
-    if HydraConfig.initialized():
-        hydra_cfg = HydraConfig.get()
-        exclude = list(hydra_cfg.job.config.override_dirname.exclude_keys)
-        sweep_dir = Path(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else run_dir
+    exclude = list(HydraConfig.get().job.config.override_dirname.exclude_keys) if HydraConfig.initialized() else []
+    sweep_dir = sweep_root() or run_dir  # a single run's own directory holds no varied keys: every override names it
     return fold_group(task_overrides(cfg), exclude, sweep_dir)
 
 

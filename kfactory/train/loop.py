@@ -18,6 +18,7 @@ from kfactory.data.pipeline import Splits, epoch_steps, make_dataset, make_split
 from kfactory.errors import RunStopped
 from kfactory.model.build import build_model
 from kfactory.model.checkpoint import MODEL_FILE, load_model, update_metadata, write_json_atomic
+from kfactory.overrides import sweep_root
 from kfactory.registry import input_size, monitor_mode
 from kfactory.run.resume import drop_backup, restore_history
 from kfactory.targets import is_custom_model
@@ -29,7 +30,7 @@ from kfactory.train.compute import XlaChoice, build_before_fit, choose_jit_compi
 from kfactory.train.deadline import deadline_epoch
 from kfactory.train.diagnosis import chance_diagnosis
 from kfactory.train.distribute import make_strategy
-from kfactory.train.final_summaries import sweep_root, write_final_summaries
+from kfactory.train.final_summaries import write_final_summaries
 from kfactory.train.finetune import fit_in_phases
 from kfactory.train.multilabel import DEFAULT_THRESHOLD, threshold_metrics, tune_thresholds
 from kfactory.train.pruning import pruned_epoch
@@ -120,11 +121,18 @@ def plan_xla(cfg: DictConfig, total_steps: int, distributed: bool) -> tuple[XlaC
     """XLA on or off, and the probe that times both ways when that is the plan; in a sweep, an earlier
     job's timing of the same model, input size and batch on this kind of machine instead of a new one."""
     side, trainer = max(input_size(cfg.model)), cfg.trainer
-    deterministic = trainer.deterministic
-    xla = choose_jit_compile(trainer.jit_compile, cfg.model.name, side, total_steps, None, deterministic, distributed)
+    xla = choose_jit_compile(
+        trainer.jit_compile,
+        cfg.model.name,
+        side,
+        total_steps,
+        deterministic=trainer.deterministic,
+        distributed=distributed,
+    )
     probe = None
     if xla.measure:
-        key, sweep = timing_key(cfg.model.name, side, cfg.data.batch_size), sweep_root()
+        variant = f", freeze {cfg.model.freeze}, {trainer.precision}"
+        key, sweep = timing_key(cfg.model.name, side, cfg.data.batch_size, variant), sweep_root()
         record = sweep / TIMED_FILE if sweep else None
         earlier = timed_before(record, key) if record else None
         xla, probe = (earlier, None) if earlier else (xla, XlaProbe(record=record, key=key))

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import keras
 
-from kfactory.model.checkpoint import write_json_atomic
 from kfactory.train.compute import XlaChoice
 
 log = logging.getLogger(__name__)
@@ -31,9 +30,14 @@ MIN_GAIN = 1.1  # XLA stays only if its median step is at least this much faster
 TIMED_FILE = "xla_timed.json"  # in a sweep's directory: each timing's answer, for the sweep's later jobs
 
 
-def timing_key(model_name: str, side: int, batch_size: int) -> str:
-    """What a timing answers for: the model, input size and batch, on this kind of machine (CPU and cores)."""
-    return f"{model_name} {side}px batch {batch_size} on {cpu_name()} x{os.cpu_count()}"
+def timing_key(model_name: str, side: int, batch_size: int, variant: str = "") -> str:
+    """What a timing answers for: the model, input size and batch (and ``variant``: what else changes a step's
+    cost, such as the frozen layers and the precision), on this kind of machine (CPU and TensorFlow's threads)."""
+    import tensorflow as tf
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = tf.config.threading.get_intra_op_parallelism_threads() or cores  # 0: TensorFlow's default, all
+    return f"{model_name} {side}px batch {batch_size}{variant} on {cpu_name()}, {threads} threads"
 
 
 def cpu_name() -> str:
@@ -61,14 +65,17 @@ def timed_before(record: Path, key: str) -> XlaChoice | None:
 
 
 def record_timing(record: Path, key: str, xla: bool, speedup: float) -> None:
-    """Add this job's answer for ``key`` to the sweep's ``record`` (parallel jobs may each time once)."""
+    """Add this job's answer for ``key`` to the sweep's ``record``, if it can: a parallel job writing at the
+    same moment, or a directory that refuses the file, only means that a later job times again."""
     try:
         answers = json.loads(record.read_text()) if record.exists() else {}
-    except ValueError:
-        answers = {}
-    answers = answers if isinstance(answers, dict) else {}
-    answers[key] = {"xla": xla, "speedup": round(speedup, 3)}
-    write_json_atomic(record, answers)
+        answers = answers if isinstance(answers, dict) else {}
+        answers[key] = {"xla": xla, "speedup": round(speedup, 3)}
+        tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")  # one per job: parallel writers never share it
+        tmp.write_text(json.dumps(answers, indent=2) + "\n")
+        os.replace(tmp, record)
+    except (OSError, ValueError) as error:
+        log.info("XLA timing not recorded for the sweep's later jobs (%s): they time again", error)
 
 
 class XlaProbe(keras.callbacks.Callback):
