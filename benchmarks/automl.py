@@ -295,7 +295,12 @@ def main() -> None:
     parser.add_argument("--python", default=sys.executable, help="the python that has keras-tuner and autokeras")
     parser.add_argument("--work", type=Path, default=Path("/tmp/kfactory-automl"))
     parser.add_argument("--child", choices=("keras_tuner", "autokeras"))
-    parser.add_argument("--seed", type=int, default=42, help="kfactory's seed (the split, the search) and the tuners'")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="kfactory's seed (the split, the search) and the tuners'; another than 42 works under <work>/seed-<seed>",
+    )
     args = parser.parse_args()
     budget_s = parse_seconds(args.budget)
     if args.child:
@@ -303,8 +308,9 @@ def main() -> None:
         return
     margin = max(0.02 * budget_s, 30.0)
     rows = []
+    root = args.work if args.seed == 42 else args.work / f"seed-{args.seed}"  # another seed: another search
     for name in args.sets:
-        work = args.work / name
+        work = root / name
         work.mkdir(parents=True, exist_ok=True)
         if name == "photos" and not (work / "photos").is_dir():
             write_photos(work / "photos")

@@ -164,6 +164,8 @@ def train_folds(cfg: DictConfig, run_dir: Path, dir_key: str, hydra_cfg: DictCon
         if key in metrics:  # every fold has it (not one written before these keys, nor one resumed with no epoch left)
             metrics[key] = sum(m[key] for m in done)
     metrics[FOLDS_KEY] = len(done)
+    if "weights" in done[0]:  # what every fold started from (fold_means keeps numbers only)
+        metrics["weights"] = done[0]["weights"]
     if done[-1].get("pruned"):
         metrics.update(pruned=True, pruned_epoch=done[-1]["pruned_epoch"], pruned_fold=len(done) - 1)
     write_json_atomic(run_dir / METRICS_FILE, metrics)

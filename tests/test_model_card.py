@@ -74,6 +74,17 @@ def test_metrics_and_config_come_from_the_training_run(model, tmp_path):
     assert "```yaml\n" in config and "dropout: 0.25" in config
 
 
+@pytest.mark.parametrize(
+    ("weights", "said"), [(None, "random initialization (model.weights=null)"), ("imagenet", "model.weights=imagenet")]
+)
+def test_the_card_says_what_training_started_from_as_the_run_resolved_it(model, tmp_path, weights, said):
+    card = card_for(model, tmp_path, training_run(tmp_path / "run", {"val_accuracy": 0.9, "weights": weights}))
+    assert f"- Trained from: {said}\n" in card
+    assert "weights" not in card.split("## Final metrics")[1].split("##")[0]  # no metric
+    older = training_run(tmp_path / "old_run", {"val_accuracy": 0.9})  # a run from before weights was recorded
+    assert "Trained from" not in card_for(model, tmp_path / "old", older)
+
+
 def test_without_metrics_json_the_checkpoints_own_numbers_are_shown(model, tmp_path):
     metadata = {**METADATA, "best_val_loss": 0.25, "best_epoch": 3}
     card = card_for(model, tmp_path, training_run(tmp_path / "run"), metadata=metadata)

@@ -258,6 +258,7 @@ def test_a_cv_folds_trial_trains_its_folds_and_is_their_mean(tmp_path: Path):
         assert {p.name for p in (job / f"fold_{i}").iterdir()} >= RUN_LAYOUT - {"kfactory.log"}
         assert list((job / f"fold_{i}" / "tensorboard" / "train").glob("events.out.tfevents.*"))
     mean = (folds[0]["val_accuracy"] + folds[1]["val_accuracy"]) / 2
+    assert "weights" in folds[0] and json.loads((job / "metrics.json").read_text())["weights"] == folds[0]["weights"]
     (trial,) = load_study(sweep_dir).trials
     assert trial.state.name == "COMPLETE" and trial.value == pytest.approx(mean)
     assert sorted(trial.intermediate_values) == [1, 2]  # fold 0's epoch, then fold 1's: steps count on

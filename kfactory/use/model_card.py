@@ -49,12 +49,15 @@ def write_model_card(
     """Write ``model_card.md`` in ``out_dir`` for ``artefact``, exported from ``source``."""
     height, width = (int(s) for s in model.input_shape[1:3])
     names = metadata["class_names"]
+    metrics_file = source.parent / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     lines = [
         f"# Model card: {metadata.get('model', model.name)}",
         "",
         f"- File: `{artefact.relative_to(out_dir)}` ({fmt})",
         f"- Exported from: `{source}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- Architecture: {model.name}, {model.count_params():,} parameters",
+        *_start_lines(metrics),
         f"- Input: {height}x{width} RGB pixels in [0, 255]; the preprocessing is inside the model",
         f"- Output: probabilities of {len(names)} classes (activation {metadata.get('activation', '?')},"
         f" loss {metadata.get('loss', '?')})",
@@ -67,7 +70,7 @@ def write_model_card(
         "",
         _usage(fmt, artefact, out_dir, height, width, "thresholds" in metadata),
         *_check_lines(checks),
-        *_metrics_lines(source.parent / "metrics.json", metadata),
+        *_metrics_lines(metrics, metadata),
         *_config_lines(source.parent / ".hydra" / "config.yaml"),
     ]
     card = out_dir / CARD_FILE
@@ -96,9 +99,18 @@ def _check_lines(checks: dict[str, Any]) -> list[str]:
     return ["", "## Conversion check (TFLite interpreter vs Keras)", "", "| check | value |", "|---|---|", *rows]
 
 
-def _metrics_lines(path: Path, metadata: dict[str, Any]) -> list[str]:
-    """Final metrics of the training run, else what the checkpoint itself recorded."""
-    metrics = json.loads(path.read_text()) if path.is_file() else {}
+def _start_lines(metrics: dict[str, Any]) -> list[str]:
+    """What training started from, as the run resolved ``model.weights`` (runs from before it was recorded: none)."""
+    if "weights" not in metrics:
+        return []
+    weights = metrics["weights"]
+    said = "random initialization (model.weights=null)" if weights is None else f"model.weights={weights}"
+    return [f"- Trained from: {said}"]
+
+
+def _metrics_lines(metrics: dict[str, Any], metadata: dict[str, Any]) -> list[str]:
+    """Final metrics of the training run (``metrics``, its metrics.json), else what the checkpoint recorded."""
+    metrics = {k: v for k, v in metrics.items() if k != "weights"}  # no metric: the card's "Trained from"
     if not metrics:
         metrics = {k: v for k, v in metadata.items() if k not in ("class_names", "model", "input_size", "loss")}
         metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
