@@ -24,6 +24,16 @@ def test_stuck_at_chance_needs_learning_in_training_and_none_in_validation(train
     assert stuck_at_chance(train, val, classes) is stuck
 
 
+def test_a_trial_pruned_at_chance_is_named_with_the_lower_bar_it_was_pruned_by():
+    from kfactory.train.diagnosis import AT_CHANCE
+
+    history = {"accuracy": [0.10, 0.13, 0.17, 0.20, 0.26], "val_accuracy": [0.10] * 5}  # the digits' MobileNetV2
+    assert chance_diagnosis(history, 10, tiny_model(batch_norm=True), 115, from_scratch=True) is None
+    said = chance_diagnosis(history, 10, tiny_model(batch_norm=True), 115, from_scratch=True, learned=AT_CHANCE)
+    assert said.startswith("Validation accuracy stayed near chance (best 0.10; chance is 0.10 with 10 classes)")
+    assert "batch-normalization statistics" in said
+
+
 def tiny_model(batch_norm: bool) -> keras.Model:
     layers = [keras.Input((4,)), keras.layers.Dense(3)]
     return keras.Sequential([*layers, *([keras.layers.BatchNormalization()] if batch_norm else [])])

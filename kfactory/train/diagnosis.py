@@ -16,10 +16,11 @@ AT_CHANCE = 0.15  # validation below chance plus this share of the way from chan
 LEARNED = 0.5  # training above chance plus this share of the way to 1 counts as learning
 
 
-def stuck_at_chance(train_accuracy: float, best_val_accuracy: float, classes: int) -> bool:
-    """Whether training learned while the best validation accuracy of the run stayed at chance."""
+def stuck_at_chance(train_accuracy: float, best_val_accuracy: float, classes: int, learned: float = LEARNED) -> bool:
+    """Whether training learned (got above chance plus ``learned`` of the way to 1) while the best validation
+    accuracy of the run stayed at chance."""
     chance = 1 / classes
-    return best_val_accuracy < chance + AT_CHANCE * (1 - chance) and train_accuracy > chance + LEARNED * (1 - chance)
+    return best_val_accuracy < chance + AT_CHANCE * (1 - chance) and train_accuracy > chance + learned * (1 - chance)
 
 
 def has_batch_norm(model: keras.Model) -> bool:
@@ -33,14 +34,20 @@ def has_batch_norm(model: keras.Model) -> bool:
 
 
 def chance_diagnosis(
-    history: dict[str, list[float]], classes: int, model: keras.Model, steps: int, from_scratch: bool
+    history: dict[str, list[float]],
+    classes: int,
+    model: keras.Model,
+    steps: int,
+    from_scratch: bool,
+    learned: float = LEARNED,
 ) -> str | None:
     """One line on a run whose validation accuracy stayed at chance while training accuracy climbed; else None.
 
-    ``history``: the fit's logs by key (``accuracy``, ``val_accuracy``); ``steps``: training steps run.
+    ``history``: the fit's logs by key (``accuracy``, ``val_accuracy``); ``steps``: training steps run;
+    ``learned``: how far above chance training must be (``AT_CHANCE`` for a trial pruned for it).
     """
     train, val = history.get("accuracy"), history.get("val_accuracy")
-    if not train or not val or classes < 2 or not stuck_at_chance(train[-1], max(val), classes):
+    if not train or not val or classes < 2 or not stuck_at_chance(train[-1], max(val), classes, learned):
         return None
     seen = (
         f"Validation accuracy stayed near chance (best {max(val):.2f}; chance is {1 / classes:.2f} with {classes} "

@@ -28,12 +28,12 @@ from kfactory.train.clock import RunClock
 from kfactory.train.compile import compile_model
 from kfactory.train.compute import XlaChoice, build_before_fit, choose_jit_compile, configure_tensorflow
 from kfactory.train.deadline import deadline_epoch
-from kfactory.train.diagnosis import chance_diagnosis
+from kfactory.train.diagnosis import AT_CHANCE, LEARNED, chance_diagnosis
 from kfactory.train.distribute import make_strategy
 from kfactory.train.final_summaries import write_final_summaries
 from kfactory.train.finetune import fit_in_phases
 from kfactory.train.multilabel import DEFAULT_THRESHOLD, threshold_metrics, tune_thresholds
-from kfactory.train.pruning import pruned_epoch
+from kfactory.train.pruning import pruned_at_chance, pruned_epoch
 from kfactory.train.xla_probe import TIMED_FILE, XlaProbe, timed_before, timing_key
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,10 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     epochs_run = len(past) + len(history.epoch)
     classes, from_scratch = len(splits.class_names), cfg.model.weights is None
     single_label = cfg.data.task != "multilabel"  # a label set's accuracy has another chance level
-    if single_label and (stuck := chance_diagnosis(history.history, classes, model, steps * epochs_run, from_scratch)):
+    learned = AT_CHANCE if pruned_at_chance(callbacks) else LEARNED  # the bar the pruning used, if it did
+    if single_label and (
+        stuck := chance_diagnosis(history.history, classes, model, steps * epochs_run, from_scratch, learned)
+    ):
         log.warning("%s", stuck)
     if checkpoint.best is None:
         monitor = cfg.trainer.monitor
