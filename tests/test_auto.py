@@ -316,6 +316,27 @@ def test_a_margin_is_one_standard_error_of_the_difference():
     assert accuracy_margin(0.5, 0.5, 10_000) == pytest.approx(0.5 * 2**0.5 / 100, rel=1e-3)  # as 1/sqrt(images)
 
 
+def test_a_search_whose_command_line_fixed_every_key_runs_its_one_point_once():
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    from hydra_plugins.kfactory_optuna_sweeper._impl import FIXED_ATTR, OptunaSearch
+
+    search = OptunaSearch(
+        params=None, sampler="tpe", seed=0, sampler_args={}, pruner="none", pruner_args={}, direction="maximize",
+        directions=None, study_name="s", storage=None, n_trials=1000, n_jobs=1, enqueue=[], budget=300,
+    )  # fmt: skip
+    study = optuna.create_study(direction="maximize")
+    fixed = {"model.dropout": "0.2"}
+    assert search.trials_to_run(study, {}, fixed) == 1  # not 1000 repeats of it
+    assert search.trials_to_run(study, {"model.dropout": CategoricalDistribution([0.0, 0.1])}, {}) == 1000
+    trial = study.ask()
+    trial.set_user_attr(FIXED_ATTR, fixed)
+    study.tell(trial, 0.5)
+    assert search.trials_to_run(study, {}, fixed) == 0  # the same command again: its point already ran
+    assert search.trials_to_run(study, {}, {"model.dropout": "0.5"}) == 1  # other fixed values: another point
+
+
 @pytest.mark.parametrize(("left_s", "complete", "resumed"), [(20, True, False), (20, False, True), (200, True, True)])
 def test_a_cut_trial_resumes_unless_its_start_would_overrun_a_search_that_has_a_result(
     tmp_path, caplog, left_s, complete, resumed

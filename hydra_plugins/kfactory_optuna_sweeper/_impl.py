@@ -190,7 +190,7 @@ class OptunaSearch:
         study = self.open_study(space)
         self.enqueue_starts(study, space, fixed)
         job = next_job_number(self.sweep_dir, study.get_trials(deepcopy=False))
-        remaining = self.trials_to_run(study, space)
+        remaining = self.trials_to_run(study, space, fixed)
         so_far = len(study.trials)
         log.info("Study %s: %d trials so far, %d to run, first job %d", study.study_name, so_far, remaining, job)
         if self.budget_s is not None:
@@ -334,12 +334,17 @@ class OptunaSearch:
                 log.info("Enqueued start %s: %s outside the search space, so sampled", entry, outside)
             study.enqueue_trial({k: v for k, v in entry.items() if k not in outside}, skip_if_exists=True)
 
-    def trials_to_run(self, study: optuna.Study, space: dict[str, BaseDistribution]) -> int:
-        """``n_trials``, or fewer when a grid has fewer points left."""
+    def trials_to_run(self, study: optuna.Study, space: dict[str, BaseDistribution], fixed: dict[str, str]) -> int:
+        """``n_trials``, or fewer when a grid has fewer points left; one when the command line fixed every key
+        and no trial ran with these values yet (every later trial would only repeat it), else none."""
+        trials = study.get_trials(deepcopy=False)
+        if not space:
+            ran = any(t.state.is_finished() and t.user_attrs.get(FIXED_ATTR) == fixed for t in trials)
+            return 0 if ran else min(self.n_trials, 1)
         if self.sampler_name != "grid":
             return self.n_trials
         points = math.prod(len(grid_values(key, dist)) for key, dist in space.items())
-        done = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+        done = sum(t.state.is_finished() for t in trials)
         return max(min(self.n_trials, points - done), 0)
 
     def job_overrides(self, study: optuna.Study, trial: optuna.Trial, fixed: dict[str, str]) -> list[str]:
