@@ -335,6 +335,10 @@ def test_a_search_whose_command_line_fixed_every_key_runs_its_one_point_once():
     study.tell(trial, 0.5)
     assert search.trials_to_run(study, {}, fixed) == 0  # the same command again: its point already ran
     assert search.trials_to_run(study, {}, {"model.dropout": "0.5"}) == 1  # other fixed values: another point
+    failed = study.ask()
+    failed.set_user_attr(FIXED_ATTR, {"model.dropout": "0.7"})
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)
+    assert search.trials_to_run(study, {}, {"model.dropout": "0.7"}) == 1  # a failed point runs again, once mended
 
 
 @pytest.mark.parametrize(("left_s", "complete", "resumed"), [(20, True, False), (20, False, True), (200, True, True)])

@@ -339,7 +339,8 @@ class OptunaSearch:
         and no trial ran with these values yet (every later trial would only repeat it), else none."""
         trials = study.get_trials(deepcopy=False)
         if not space:
-            ran = any(t.state.is_finished() and t.user_attrs.get(FIXED_ATTR) == fixed for t in trials)
+            answered = (TrialState.COMPLETE, TrialState.PRUNED)  # answer_from_earlier repeats these; a failure reruns
+            ran = any(t.state in answered and t.user_attrs.get(FIXED_ATTR) == fixed for t in trials)
             return 0 if ran else min(self.n_trials, 1)
         if self.sampler_name != "grid":
             return self.n_trials
