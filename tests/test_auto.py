@@ -306,6 +306,49 @@ def test_of_trials_a_small_validation_split_cannot_tell_apart_the_smallest_wins(
     assert OmegaConf.load(tmp_path / RESULTS_FILE).best_dir == str(tmp_path / str(chosen))  # the rule still holds
 
 
+def test_a_search_whose_trials_all_stopped_early_ends_with_the_best_saved_model(tmp_path, caplog):
+    import optuna
+    from optuna.trial import TrialState
+
+    from hydra_plugins.kfactory_optuna_sweeper._impl import DIR_ATTR, JOB_ATTR, RESULTS_FILE, write_results
+    from kfactory.report.sweep import summarize_sweep
+
+    study = optuna.create_study(direction="maximize")
+    # epoch values, whether the run saved a model: the best values are in a run that saved none
+    runs = [([0.2, 0.5], True), ([0.3, 0.6, 0.4], True), ([0.9], False), ([], True)]
+    for job, (values, saved) in enumerate(runs):
+        run_dir = tmp_path / f"{job}_model.dropout=0.{job}"
+        (run_dir / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create([f"model.dropout=0.{job}"]), run_dir / ".hydra" / "overrides.yaml")
+        OmegaConf.save(OmegaConf.create({"trainer": {"monitor": "val_accuracy"}}), run_dir / ".hydra" / "config.yaml")
+        (run_dir / "metrics.json").write_text(json.dumps({"pruned": True, "pruned_epoch": len(values)}))
+        if saved:
+            (run_dir / "model.keras").write_bytes(b"")
+        trial = study.ask()
+        trial.set_user_attr(DIR_ATTR, str(run_dir))
+        trial.set_user_attr(JOB_ATTR, job)
+        for step, value in enumerate(values, start=1):
+            trial.report(value, step)
+        study.tell(trial, state=TrialState.PRUNED)
+    with caplog.at_level(logging.INFO):
+        write_results(study, tmp_path, None, winner=True)
+    results = OmegaConf.load(tmp_path / RESULTS_FILE)
+    assert results.best_job == 1 and results.best_value == 0.6 and results.stopped_early
+    assert results.best_dir == str(tmp_path / "1_model.dropout=0.1")
+    assert results.command == "python run.py model.dropout=0.1 model.weights=null trainer.epochs=3"  # as it ran
+    said = "No trial ran to its end (4 pruned); the search ends with trial 1 (job 1), stopped early, whose best "
+    assert said + "epoch scored 0.6; a larger auto.budget lets trials finish" in caplog.text
+    table = summarize_sweep(tmp_path)
+    assert table.loc[table["chosen"], "job"].tolist() == [1]  # the leaderboard marks it
+
+    (tmp_path / RESULTS_FILE).unlink()
+    for job in (0, 1, 3):
+        (tmp_path / f"{job}_model.dropout=0.{job}" / "model.keras").unlink()
+    write_results(study, tmp_path, None, winner=True)  # no model anywhere: the error, and no results
+    assert "Error: none of the study's 4 trials completed" in caplog.text
+    assert not (tmp_path / RESULTS_FILE).exists()
+
+
 def test_a_margin_is_one_standard_error_of_the_difference():
     from hydra_plugins.kfactory_optuna_sweeper._impl import accuracy_margin
 

@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kfactory.config.search import JOB_ATTR, PRUNED_ATTR, make_pruner, open_storage, trial_link
 from kfactory.errors import ConfigError, interrupt_status, show_value
-from kfactory.model.checkpoint import write_json_atomic
+from kfactory.model.checkpoint import MODEL_FILE, write_json_atomic
 from kfactory.overrides import override, rerun_command, split_override
 from kfactory.report.folds import is_number
 from kfactory.report.sweep import TIE_BREAK, read_metrics
@@ -473,11 +473,27 @@ def write_results(study: optuna.Study, sweep_dir: Path, objectives: list[str] | 
     """
     trials = study.get_trials(deepcopy=False)
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState if state.is_finished()}
-    if not counts.get("complete"):
+    stopped = best_stopped_early(study) if winner and not counts.get("complete") else None
+    if not counts.get("complete") and stopped is None:
         log.error("Error: none of the study's %d trials completed (%s); no best trial", len(trials), counts)
         return
     results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name, "trials": counts}
-    if len(study.directions) == 1:
+    if stopped is not None:
+        trial, value = stopped
+        results.update(best_job=trial.user_attrs.get(JOB_ATTR), best_params=trial.params, best_value=value)
+        results["stopped_early"] = True
+        log.warning(
+            "No trial ran to its end (%s); the search ends with trial %d (job %s), stopped early, whose best "
+            "epoch scored %s; a larger auto.budget lets trials finish",
+            ", ".join(f"{n} {state}" for state, n in counts.items() if n),
+            trial.number,
+            trial.user_attrs.get(JOB_ATTR),
+            f"{value:.4g}",
+        )
+        run_dir = trial.user_attrs.get(DIR_ATTR)
+        results.update(best_dir=run_dir, command=reproduce_command(Path(run_dir)))
+        log.info("Best run: %s; without the search: %s", run_dir, results["command"])
+    elif len(study.directions) == 1:
         best = winner_of(study) if winner else study.best_trial
         results.update(best_job=best.user_attrs.get(JOB_ATTR), best_params=best.params, best_value=best.value)
         said = "The search ends with trial" if winner else "Best trial"
@@ -495,6 +511,25 @@ def write_results(study: optuna.Study, sweep_dir: Path, objectives: list[str] | 
         ]
         log.info("Pareto-optimal trials: %s", ", ".join(str(t.number) for t in study.best_trials))
     OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)
+
+
+def best_stopped_early(study: optuna.Study) -> tuple[FrozenTrial, float] | None:
+    """Of the trials stopped early (pruned, or cut by the budget) whose run saved a model, the one with the
+    best reported value, and that value (its best epoch's, the epoch its saved model holds); None if none.
+
+    A search with a budget must not end with nothing when no trial ran to its end.
+    """
+    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    saved = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
+        run_dir, values = trial.user_attrs.get(DIR_ATTR), list(trial.intermediate_values.values())
+        finite = [v for v in values if math.isfinite(v)]
+        if run_dir and finite and (Path(run_dir) / MODEL_FILE).is_file():
+            saved.append((trial, pick(finite)))
+    if not saved:
+        return None
+    best = pick(value for _, value in saved)
+    return next((trial, value) for trial, value in saved if value == best)  # the first of tied trials
 
 
 def winner_of(study: optuna.Study) -> FrozenTrial:
