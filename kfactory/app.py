@@ -159,7 +159,9 @@ def train_folds(cfg: DictConfig, run_dir: Path, dir_key: str, hydra_cfg: DictCon
             log.info("Fold %d reached the search's deadline; the folds after it are not trained", fold)
             break
     metrics = fold_means(done)
-    for key in ("epochs_run", "wall_time_s", "setup_s", "finish_s"):  # the run's totals, so no spread beside them
+    # The run's totals, so no spread beside them; the folds' validation images are every image validated once,
+    # which a search's winner rule weighs the mean val_accuracy on.
+    for key in ("epochs_run", "wall_time_s", "setup_s", "finish_s", "validation_size"):
         metrics.pop(f"{key}{STD_SUFFIX}", None)
         if key in metrics:  # every fold has it (not one written before these keys, nor one resumed with no epoch left)
             metrics[key] = sum(m[key] for m in done)

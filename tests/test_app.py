@@ -213,6 +213,7 @@ def fake_folds(monkeypatch, values: list[float], pruned_fold: int | None = None)
         fold = cfg.data.fold
         calls.append((fold, cfg.data.folds, run_dir.name))
         metrics = {"val_accuracy": values[fold], "epochs_run": 2, "wall_time_s": 1.5, "setup_s": 0.5}
+        metrics["validation_size"] = 60 + fold  # the folds need not be the same size
         if fold == pruned_fold:
             metrics.update(pruned=True, pruned_epoch=1)
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
@@ -231,6 +232,7 @@ def test_cv_folds_trains_each_fold_in_its_folder_and_returns_their_mean(hydra_jo
     assert metrics["val_accuracy"] == pytest.approx(0.7) and metrics["val_accuracy_std"] == pytest.approx(0.1633, 1e-3)
     assert metrics["folds"] == 3 and metrics["epochs_run"] == 6 and metrics["wall_time_s"] == 4.5  # totals
     assert metrics["setup_s"] == 1.5 and "setup_s_std" not in metrics  # a total too
+    assert metrics["validation_size"] == 183 and "validation_size_std" not in metrics  # each image validated once
     assert "epochs_run_std" not in metrics and "wall_time_s_std" not in metrics  # no spread beside a total
     saved = OmegaConf.load(run_dir / "fold_2" / ".hydra" / "config.yaml")  # what task=eval of a fold reads
     assert (saved.data.folds, saved.data.fold) == (3, 2)
