@@ -4,7 +4,9 @@ Each way gets the same wall-clock budget, the same images and the same held-out 
 process of its own (its whole wall time counted, imports included), one after another:
   kfactory     python run.py experiment=auto auto.budget=<budget>
   recipe       the best hand recipe (experiment=from_scratch_small model=small_cnn: kfactory's small CNN at
-               32 px, 30 epochs) as one run, stopped by the same deadline if it would run longer
+               32 px, 30 epochs) as one run, stopped by the same deadline if it would run longer, with
+               trainer.deterministic=auto as experiment=auto's trials have it: kfactory's first trial is this
+               recipe, and the same settings then train the same model both ways
   keras_tuner  KerasTuner Hyperband (max_epochs 30, factor 3) over the same space as experiment=auto:
                kfactory's small CNN and six keras.applications families from scratch, input size 32-128 px,
                learning rate 3e-4 to 1e-2 (log), dropout 0 or 0.2, augmentation none / light / strong; no trial
@@ -106,7 +108,7 @@ def run_kfactory(name: str, work: Path, budget_s: float, seed: int) -> dict:
 def run_recipe(name: str, work: Path, budget_s: float, seed: int) -> dict:
     run_dir = work / "recipe"
     argv = [sys.executable, str(ROOT / "run.py"), "experiment=from_scratch_small", "model=small_cnn", f"seed={seed}"]
-    argv += data_args(name, work)
+    argv += [*data_args(name, work), "trainer.deterministic=auto"]
     argv += ["trainer.verbose=0", f"hydra.run.dir={run_dir}"]
     started = time.time()
     env = {"KFACTORY_DEADLINE": f"{started + budget_s - 5:.1f}"}  # the deadline a search's job gets

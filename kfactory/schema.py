@@ -156,7 +156,9 @@ class TrainerConfig:
     jit_compile: Any = "auto"  # auto | true | false (XLA)
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16
     threads: Optional[int] = None  # null: all cores (cores / n_jobs under hydra/launcher=joblib)
-    deterministic: bool = False
+    # deterministic ops: the same seed and settings train the same model on the same machine; auto: where
+    # TensorFlow sees no GPU (on CPU they cost little; a GPU's deterministic kernels are slower)
+    deterministic: Any = False  # false | true | auto
     strategy: str = "default"  # default | mirrored | tpu
     devices: Optional[list[str]] = None  # mirrored: e.g. ['/gpu:0', '/gpu:1']; null: all local GPUs
     cpu_devices: Optional[int] = None  # split the CPU into N logical devices

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from kfactory.errors import ConfigError
 from kfactory.run import budget as budget_module
 from kfactory.run.budget import BudgetLedger, format_duration, parse_budget
+from kfactory.train.clock import TIMING_KEYS
 from kfactory.train.deadline import AFTER_FIT_S, Deadline
 from tests.conftest import ROOT, run_cli
 
@@ -520,3 +521,25 @@ def test_a_killed_search_continues_with_the_time_left_and_ends_with_a_model_and_
     rerun = run_cli([*words[2:], f"hydra.run.dir={tmp_path / 'again'}"], cwd=tmp_path, env={"KFACTORY_OFFLINE": "1"})
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert (tmp_path / "again" / "model.keras").is_file()
+
+
+@pytest.mark.slow
+def test_the_winners_command_trains_the_same_model_again(tmp_path):
+    sweep = tmp_path / "auto"
+    fixed = ["model=small_cnn", "model.input_size=16", "model.bn_momentum=0.9", "model.dropout=0.1"]
+    fixed += ["optimizer.learning_rate=0.002", "data/augment=light", "trainer.epochs=3", "trainer.verbose=0"]
+    search = start_auto(["experiment=auto", "auto.budget=1m", *fixed, f"hydra.sweep.dir={sweep}"], tmp_path)
+    out, err = search.communicate(timeout=240)
+    assert search.returncode == 0, err[-3000:]
+    results = OmegaConf.load(sweep / "optimization_results.yaml")
+    words = shlex.split(results.command)
+    assert "trainer.deterministic=auto" in words  # deterministic ops on this CPU, as in the search
+    again = tmp_path / "again"
+    rerun = run_cli([*words[2:], f"hydra.run.dir={again}"], cwd=tmp_path, env={"KFACTORY_OFFLINE": "1"})
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    best = Path(results.best_dir)
+    assert (again / "history.csv").read_text() == (best / "history.csv").read_text()
+    first, second = (json.loads((d / "metrics.json").read_text()) for d in (best, again))
+    for key in TIMING_KEYS:  # seconds, not results
+        first.pop(key), second.pop(key)
+    assert first == second

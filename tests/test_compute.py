@@ -38,7 +38,7 @@ def test_auto_rule_follows_the_measurements(model: str, side: int, steps: int, g
 
 def test_a_deterministic_or_distributed_run_is_not_timed() -> None:
     assert xla_rule("resnet50", 32, 1000, False, deterministic=True) == XlaChoice(
-        False, "auto: trainer.deterministic=true, and a timed choice would not be reproducible"
+        False, "auto: deterministic ops (trainer.deterministic), and a timed choice would not be reproducible"
     )
     assert not xla_rule("resnet50", 32, 1000, False, distributed=True).measure
 

@@ -28,7 +28,8 @@ TYPE_REFUSALS = [
     (["trainer.callbacks=5"], "trainer.callbacks", "a list"),
     (["loss=custom", "loss._target_=x.y", "loss.labels=[1]"], "loss.labels", "a string"),
     (["hparams_search.objectives=val_accuracy"], "hparams_search.objectives", "a list"),
-    (["trainer.deterministic=yes"], "trainer.deterministic", "true or false"),
+    (["trainer.deterministic=yes"], "trainer.deterministic", "true, false or auto"),
+    (["trainer.deterministic=1"], "trainer.deterministic", "true, false or auto"),
     (["data.val_split=[0.1]"], "data.val_split", "a number"),
     (["+trainer.epoch=3"], "trainer.epoch", "a key of trainer"),  # an unknown key under a typed group
     (["+finetune.head=1"], "finetune.head", "a key of finetune"),

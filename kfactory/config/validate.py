@@ -178,6 +178,8 @@ def _check_trainer(t: DictConfig, multilabel: bool = False) -> None:
             raise ConfigError(f"trainer.{key}", t[key], "null or an integer >= 1")
     if t.jit_compile != "auto" and not isinstance(t.jit_compile, bool):  # typed Any: auto, true or false
         raise ConfigError("trainer.jit_compile", t.jit_compile, "one of auto, true, false")
+    if t.deterministic != "auto" and not isinstance(t.deterministic, bool):  # typed Any: 1 == True is no bool
+        raise ConfigError("trainer.deterministic", t.deterministic, "true, false or auto (true where there is no GPU)")
     check_choice("trainer.precision", t.precision, PRECISIONS)
     _check_monitor(t, multilabel)
     _check_tensorboard(t.tensorboard)

@@ -50,7 +50,7 @@ def configure_tensorflow(trainer: DictConfig, seed: int) -> None:
     if threads:
         set_threads(int(threads))
     keras.utils.set_random_seed(seed)
-    if trainer.deterministic:
+    if trainer.deterministic is True or (trainer.deterministic == "auto" and not has_gpu()):
         tf.config.experimental.enable_op_determinism()
     if trainer.precision != "float32" and not has_gpu():
         log.warning("trainer.precision=%s on a CPU is usually slower than float32", trainer.precision)
@@ -151,7 +151,9 @@ def xla_rule(
     if side > XLA_CPU_MAX_SIDE:
         return XlaChoice(False, f"auto: on CPU XLA trained slower at {side} px (ResNet50 at 224 px 0.62x)")
     if deterministic:
-        return XlaChoice(False, "auto: trainer.deterministic=true, and a timed choice would not be reproducible")
+        return XlaChoice(
+            False, "auto: deterministic ops (trainer.deterministic), and a timed choice would not be reproducible"
+        )
     if distributed:
         return XlaChoice(False, "auto: off on CPU under a distribution strategy")
     if total_steps < XLA_MEASURE_MIN_STEPS:

@@ -129,7 +129,7 @@ def plan_xla(cfg: DictConfig, total_steps: int, distributed: bool) -> tuple[XlaC
         cfg.model.name,
         side,
         total_steps,
-        deterministic=trainer.deterministic,
+        deterministic=bool(trainer.deterministic),  # auto: on without a GPU, the only case the rule reads it
         distributed=distributed,
     )
     probe = None
