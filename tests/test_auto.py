@@ -348,6 +348,10 @@ def test_a_search_whose_trials_all_stopped_early_ends_with_the_best_saved_model(
     write_results(study, tmp_path, None, winner=True)  # no model anywhere: the error, and no results
     assert "Error: none of the study's 4 trials completed" in caplog.text
     assert not (tmp_path / RESULTS_FILE).exists()
+    several = optuna.create_study(directions=["maximize", "minimize"])  # Pareto fronts have no single best
+    several.tell(several.ask(), state=TrialState.PRUNED)
+    write_results(several, tmp_path, ["val_accuracy", "params"], winner=True)
+    assert "Error: none of the study's 1 trials completed" in caplog.text
 
 
 def test_a_margin_is_one_standard_error_of_the_difference():

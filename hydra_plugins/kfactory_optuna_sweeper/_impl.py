@@ -473,7 +473,8 @@ def write_results(study: optuna.Study, sweep_dir: Path, objectives: list[str] | 
     """
     trials = study.get_trials(deepcopy=False)
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState if state.is_finished()}
-    stopped = best_stopped_early(study) if winner and not counts.get("complete") else None
+    one_objective = len(study.directions) == 1
+    stopped = best_stopped_early(study) if winner and one_objective and not counts.get("complete") else None
     if not counts.get("complete") and stopped is None:
         log.error("Error: none of the study's %d trials completed (%s); no best trial", len(trials), counts)
         return
@@ -493,7 +494,7 @@ def write_results(study: optuna.Study, sweep_dir: Path, objectives: list[str] | 
         run_dir = trial.user_attrs.get(DIR_ATTR)
         results.update(best_dir=run_dir, command=reproduce_command(Path(run_dir)))
         log.info("Best run: %s; without the search: %s", run_dir, results["command"])
-    elif len(study.directions) == 1:
+    elif one_objective:
         best = winner_of(study) if winner else study.best_trial
         results.update(best_job=best.user_attrs.get(JOB_ATTR), best_params=best.params, best_value=best.value)
         said = "The search ends with trial" if winner else "Best trial"
