@@ -1,4 +1,4 @@
-"""What trainer.deterministic=true costs, and what it buys: the same run twice, each way, on the digits.
+"""What trainer.deterministic=true costs, and what it buys: the same run repeated each way, on the digits.
 
 Each way trains the same settings (``--model`` at ``--size`` px from scratch, ``--epochs`` epochs, seed 0)
 with ``python run.py`` in its own process, alternating which way goes first:

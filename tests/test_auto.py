@@ -348,6 +348,19 @@ def test_a_search_whose_trials_all_stopped_early_ends_with_the_best_saved_model(
     write_results(study, tmp_path, None, winner=True)  # no model anywhere: the error, and no results
     assert "Error: none of the study's 4 trials completed" in caplog.text
     assert not (tmp_path / RESULTS_FILE).exists()
+    from hydra_plugins.kfactory_optuna_sweeper._impl import best_stopped_early
+
+    lowest = optuna.create_study(direction="minimize")  # a loss: the lowest epoch value wins
+    for job, values in enumerate([[0.9, 0.5], [0.7, 0.6]]):
+        (tmp_path / f"min{job}").mkdir()
+        (tmp_path / f"min{job}" / "model.keras").write_bytes(b"")
+        trial = lowest.ask()
+        trial.set_user_attr(DIR_ATTR, str(tmp_path / f"min{job}"))
+        for step, value in enumerate(values, start=1):
+            trial.report(value, step)
+        lowest.tell(trial, state=TrialState.PRUNED)
+    chosen, value = best_stopped_early(lowest)
+    assert (chosen.number, value) == (0, 0.5)
     several = optuna.create_study(directions=["maximize", "minimize"])  # Pareto fronts have no single best
     several.tell(several.ask(), state=TrialState.PRUNED)
     write_results(several, tmp_path, ["val_accuracy", "params"], winner=True)
@@ -532,16 +545,18 @@ def test_the_winners_command_trains_the_same_model_again(tmp_path):
     sweep = tmp_path / "auto"
     fixed = ["model=small_cnn", "model.input_size=16", "model.bn_momentum=0.9", "model.dropout=0.1"]
     fixed += ["optimizer.learning_rate=0.002", "data/augment=light", "trainer.epochs=3", "trainer.verbose=0"]
-    search = start_auto(["experiment=auto", "auto.budget=1m", *fixed, f"hydra.sweep.dir={sweep}"], tmp_path)
-    out, err = search.communicate(timeout=240)
-    assert search.returncode == 0, err[-3000:]
+    env = {"KFACTORY_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}  # the CPU, where auto turns the ops on
+    # one fixed point runs once, in seconds: the deadline of a 5-minute budget cannot cut it short
+    search = run_cli(["experiment=auto", "auto.budget=5m", *fixed, f"hydra.sweep.dir={sweep}"], tmp_path, env=env)
+    assert search.returncode == 0, search.stderr[-3000:]
     results = OmegaConf.load(sweep / "optimization_results.yaml")
     words = shlex.split(results.command)
-    assert "trainer.deterministic=auto" in words  # deterministic ops on this CPU, as in the search
+    assert "trainer.deterministic=auto" in words  # as the trial had it
     again = tmp_path / "again"
-    rerun = run_cli([*words[2:], f"hydra.run.dir={again}"], cwd=tmp_path, env={"KFACTORY_OFFLINE": "1"})
+    rerun = run_cli([*words[2:], f"hydra.run.dir={again}"], cwd=tmp_path, env=env)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     best = Path(results.best_dir)
+    assert "deadline_epoch" not in json.loads((best / "metrics.json").read_text())  # it trained all its epochs
     assert (again / "history.csv").read_text() == (best / "history.csv").read_text()
     first, second = (json.loads((d / "metrics.json").read_text()) for d in (best, again))
     for key in TIMING_KEYS:  # seconds, not results

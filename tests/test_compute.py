@@ -43,6 +43,15 @@ def test_a_deterministic_or_distributed_run_is_not_timed() -> None:
     assert not xla_rule("resnet50", 32, 1000, False, distributed=True).measure
 
 
+@pytest.mark.parametrize(("setting", "gpu", "on"), [(True, True, True), (False, False, False), ("auto", False, True),
+                                                    ("auto", True, False)])  # fmt: skip
+def test_deterministic_auto_turns_the_ops_on_only_without_a_gpu(monkeypatch, setting, gpu, on) -> None:
+    from kfactory.train import compute
+
+    monkeypatch.setattr(compute, "has_gpu", lambda: gpu)
+    assert compute.deterministic_ops(setting) is on
+
+
 def test_reasons_name_what_decided() -> None:
     assert "mobilenet_v2" in xla_rule("mobilenet_v2", 32, 1000, False).why
     assert "224 px" in xla_rule("resnet50", 224, 1000, False).why

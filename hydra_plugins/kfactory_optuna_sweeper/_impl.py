@@ -466,10 +466,10 @@ def fixed_cost(study: optuna.Study) -> str:
 
 
 def write_results(study: optuna.Study, sweep_dir: Path, objectives: list[str] | None, winner: bool = False) -> None:
-    """optimization_results.yaml: the best trial, or the Pareto-optimal ones; one error line if none finished.
+    """optimization_results.yaml: the best trial, or the Pareto-optimal ones; one error line if there is none.
 
     ``winner`` (a search with a budget): also the best run's directory and the command that trains it without
-    the search.
+    the search; when no trial completed, the best of those stopped early that saved a model.
     """
     trials = study.get_trials(deepcopy=False)
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState if state.is_finished()}
@@ -479,31 +479,7 @@ def write_results(study: optuna.Study, sweep_dir: Path, objectives: list[str] | 
         log.error("Error: none of the study's %d trials completed (%s); no best trial", len(trials), counts)
         return
     results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name, "trials": counts}
-    if stopped is not None:
-        trial, value = stopped
-        results.update(best_job=trial.user_attrs.get(JOB_ATTR), best_params=trial.params, best_value=value)
-        results["stopped_early"] = True
-        log.warning(
-            "No trial ran to its end (%s); the search ends with trial %d (job %s), stopped early, whose best "
-            "epoch scored %s; a larger auto.budget lets trials finish",
-            ", ".join(f"{n} {state}" for state, n in counts.items() if n),
-            trial.number,
-            trial.user_attrs.get(JOB_ATTR),
-            f"{value:.4g}",
-        )
-        run_dir = trial.user_attrs.get(DIR_ATTR)
-        results.update(best_dir=run_dir, command=reproduce_command(Path(run_dir)))
-        log.info("Best run: %s; without the search: %s", run_dir, results["command"])
-    elif one_objective:
-        best = winner_of(study) if winner else study.best_trial
-        results.update(best_job=best.user_attrs.get(JOB_ATTR), best_params=best.params, best_value=best.value)
-        said = "The search ends with trial" if winner else "Best trial"
-        log.info("%s %d (job %s): %s = %s", said, best.number, best.user_attrs.get(JOB_ATTR), best.params, best.value)
-        run_dir = best.user_attrs.get(DIR_ATTR)
-        if winner and run_dir and Path(run_dir).is_dir():
-            results.update(best_dir=run_dir, command=reproduce_command(Path(run_dir)))
-            log.info("Best run: %s; without the search: %s", run_dir, results["command"])
-    else:
+    if not one_objective:
         results["objectives"] = objectives
         results["directions"] = [d.name.lower() for d in study.directions]
         results["solutions"] = [
@@ -511,14 +487,38 @@ def write_results(study: optuna.Study, sweep_dir: Path, objectives: list[str] | 
             for t in sorted(study.best_trials, key=lambda t: t.number)
         ]
         log.info("Pareto-optimal trials: %s", ", ".join(str(t.number) for t in study.best_trials))
+        OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)
+        return
+    if stopped is not None:
+        best, value = stopped
+        results["stopped_early"] = True
+        log.warning(
+            "No trial ran to its end (%s); the search ends with trial %d (job %s), stopped early, whose best "
+            "epoch scored %s; a larger auto.budget lets trials finish",
+            ", ".join(f"{n} {state}" for state, n in counts.items() if n),
+            best.number,
+            best.user_attrs.get(JOB_ATTR),
+            f"{value:.4g}",
+        )
+    else:
+        best = winner_of(study) if winner else study.best_trial
+        value = best.value
+        said = "The search ends with trial" if winner else "Best trial"
+        log.info("%s %d (job %s): %s = %s", said, best.number, best.user_attrs.get(JOB_ATTR), best.params, value)
+    results.update(best_job=best.user_attrs.get(JOB_ATTR), best_params=best.params, best_value=value)
+    run_dir = best.user_attrs.get(DIR_ATTR)
+    if winner and run_dir and Path(run_dir).is_dir():
+        results.update(best_dir=run_dir, command=reproduce_command(Path(run_dir)))
+        log.info("Best run: %s; without the search: %s", run_dir, results["command"])
     OmegaConf.save(OmegaConf.create(results), sweep_dir / RESULTS_FILE)
 
 
 def best_stopped_early(study: optuna.Study) -> tuple[FrozenTrial, float] | None:
-    """Of the trials stopped early (pruned, or cut by the budget) whose run saved a model, the one with the
-    best reported value, and that value (its best epoch's, the epoch its saved model holds); None if none.
+    """Of the pruned trials whose run saved a model, the one with the best reported value, and that value
+    (its best epoch's, the epoch its saved model holds); None if none did.
 
-    A search with a budget must not end with nothing when no trial ran to its end.
+    A search with a budget must not end with nothing when no trial ran to its end. A k-fold trial keeps
+    its models in its folds' directories, not its own, and does not count.
     """
     pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
     saved = []
@@ -589,9 +589,12 @@ def why_chosen(chosen: FrozenTrial, candidates: list[FrozenTrial], key: Any) -> 
 
 
 def trial_metrics(trial: FrozenTrial) -> dict[str, Any]:
-    """The trial's run's metrics.json; empty when it has none (or it holds no mapping)."""
+    """The trial's run's metrics.json; empty when it has none (or it is not JSON, or holds no mapping)."""
     run_dir = trial.user_attrs.get(DIR_ATTR)
-    metrics = read_metrics(Path(run_dir)) if run_dir and Path(run_dir).is_dir() else None
+    try:
+        metrics = read_metrics(Path(run_dir)) if run_dir and Path(run_dir).is_dir() else None
+    except ValueError:  # not JSON: counts as a run without metrics
+        metrics = None
     return metrics if isinstance(metrics, dict) else {}
 
 

@@ -50,7 +50,7 @@ def configure_tensorflow(trainer: DictConfig, seed: int) -> None:
     if threads:
         set_threads(int(threads))
     keras.utils.set_random_seed(seed)
-    if trainer.deterministic is True or (trainer.deterministic == "auto" and not has_gpu()):
+    if deterministic_ops(trainer.deterministic):
         tf.config.experimental.enable_op_determinism()
     if trainer.precision != "float32" and not has_gpu():
         log.warning("trainer.precision=%s on a CPU is usually slower than float32", trainer.precision)
@@ -109,6 +109,11 @@ def build_before_fit(model: keras.Model, element_spec: Any) -> None:
         symbolic_build(model, element_spec)
     except Exception as error:  # the step traces twice, as in plain Keras
         log.debug("Variables left to the first trace (%s: %s)", type(error).__name__, error)
+
+
+def deterministic_ops(setting: bool | str) -> bool:
+    """Whether ``trainer.deterministic`` turns TensorFlow's deterministic ops on: true, or auto without a GPU."""
+    return setting is True or (setting == "auto" and not has_gpu())
 
 
 def has_gpu() -> bool:

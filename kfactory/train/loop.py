@@ -26,7 +26,13 @@ from kfactory.train.best_model import BestModelCheckpoint
 from kfactory.train.callbacks import make_callbacks, stop_if_diverged
 from kfactory.train.clock import RunClock
 from kfactory.train.compile import compile_model
-from kfactory.train.compute import XlaChoice, build_before_fit, choose_jit_compile, configure_tensorflow
+from kfactory.train.compute import (
+    XlaChoice,
+    build_before_fit,
+    choose_jit_compile,
+    configure_tensorflow,
+    deterministic_ops,
+)
 from kfactory.train.deadline import deadline_epoch
 from kfactory.train.diagnosis import AT_CHANCE, LEARNED, chance_diagnosis
 from kfactory.train.distribute import make_strategy
@@ -129,7 +135,7 @@ def plan_xla(cfg: DictConfig, total_steps: int, distributed: bool) -> tuple[XlaC
         cfg.model.name,
         side,
         total_steps,
-        deterministic=bool(trainer.deterministic),  # auto: on without a GPU, the only case the rule reads it
+        deterministic=deterministic_ops(trainer.deterministic),
         distributed=distributed,
     )
     probe = None
