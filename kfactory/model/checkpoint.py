@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -29,8 +30,11 @@ PIXELS_SIGNATURE = "serving_pixels"  # a batch of uint8 RGB pixels at the input 
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to a temporary file, then rename it over ``path``, durably (``replace_durably``)."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write JSON to a temporary file, then rename it over ``path``, durably (``replace_durably``).
+
+    The temporary file is this process's own, so that parallel jobs writing one file never share it.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=float) + "\n")
     replace_durably(tmp, path)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import keras
 
+from kfactory.model.checkpoint import write_json_atomic
 from kfactory.train.compute import XlaChoice
 
 log = logging.getLogger(__name__)
@@ -71,9 +72,7 @@ def record_timing(record: Path, key: str, xla: bool, speedup: float) -> None:
         answers = json.loads(record.read_text()) if record.exists() else {}
         answers = answers if isinstance(answers, dict) else {}
         answers[key] = {"xla": xla, "speedup": round(speedup, 3)}
-        tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")  # one per job: parallel writers never share it
-        tmp.write_text(json.dumps(answers, indent=2) + "\n")
-        os.replace(tmp, record)
+        write_json_atomic(record, answers)
     except (OSError, ValueError) as error:
         log.info("XLA timing not recorded for the sweep's later jobs (%s): they time again", error)
 
