@@ -25,7 +25,7 @@ def test_a_file_is_synced_before_its_rename_and_the_directory_after(tmp_path, mo
     target = tmp_path / "metrics.json"
     write_json_atomic(target, {"val_accuracy": 0.5})
     assert [kind for kind, _ in events] == ["fsync", "replace", "fsync"]
-    assert events[0][1] == str(tmp_path / ".metrics.json.tmp")  # the finished data, before the rename
+    assert events[0][1] == str(tmp_path / f".metrics.json.{os.getpid()}.tmp")  # the finished data, before the rename
     assert events[2][1] == str(tmp_path)  # the directory entry, after it
     assert target.read_text() == '{\n  "val_accuracy": 0.5\n}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
