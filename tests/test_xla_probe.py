@@ -135,7 +135,7 @@ def test_a_sweep_job_plans_xla_from_an_earlier_jobs_timing(tmp_path, monkeypatch
     import logging
 
     from kfactory.train import compute, loop
-    from kfactory.train.xla_probe import TIMED_FILE, record_timing, timing_key
+    from kfactory.train.xla_probe import TIMED_FILE, record_timing
     from tests.conftest import TINY, compose_config
 
     monkeypatch.setattr(compute, "XLA_MEASURE_MIN_STEPS", 10)
@@ -144,8 +144,7 @@ def test_a_sweep_job_plans_xla_from_an_earlier_jobs_timing(tmp_path, monkeypatch
     monkeypatch.setattr(loop, "sweep_root", lambda: tmp_path)
     xla, probe = loop.plan_xla(cfg, total_steps=100, distributed=False)
     assert xla.measure and probe is not None and probe.record == tmp_path / TIMED_FILE  # the first job times
-    variant = f", freeze {cfg.model.freeze}, {cfg.trainer.precision}"
-    record_timing(tmp_path / TIMED_FILE, timing_key("vgg16", 32, cfg.data.batch_size, variant), False, 0.59)
+    record_timing(tmp_path / TIMED_FILE, probe.key, False, 0.59)  # its answer, under the key it timed for
     with caplog.at_level(logging.INFO):
         xla, probe = loop.plan_xla(cfg, total_steps=100, distributed=False)
     assert probe is None and xla.jit is False
